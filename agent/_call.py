@@ -1,0 +1,172 @@
+"""One call from start to end, on any transport: workflow -> providers -> VoiceSession -> record."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from pipeline import DEFAULT_BACKCHANNELS as _DEFAULT_BACKCHANNELS
+from pipeline import (
+    AgentSpeech,
+    AudioSink,
+    Backchannel,
+    CallSummary,
+    Clock,
+    Dialogue,
+    PipelineFault,
+    SessionConfig,
+    SessionEvent,
+    ToolCall,
+    ToolCalled,
+    ToolOutcome,
+    TurnConfig,
+    UserTranscript,
+    VADConfig,
+    VoiceSession,
+)
+from workflows import TurnSettings, Workflow, render
+
+from ._providers import ProviderPool
+
+log = structlog.get_logger("voicerun.call")
+
+
+def turn_config(s: TurnSettings) -> TurnConfig:
+    return TurnConfig(
+        vad=VADConfig(
+            mode=s.vad_mode,
+            start_voiced_ms=s.start_of_speech_ms,
+            end_silence_ms=s.end_of_speech_ms,
+            preroll_ms=s.preroll_ms,
+        ),
+        barge_in_ms=s.barge_in_ms,
+        backchannel_max_ms=s.backchannel_max_ms,
+        backchannels=s.backchannels if s.backchannels is not None else _DEFAULT_BACKCHANNELS,
+        first_clause_min_chars=s.first_clause_min_chars,
+    )
+
+
+@dataclass
+class CallRecord:
+    call_id: str
+    workflow_slug: str
+    started_at: datetime
+    agent_history: list[str]
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)
+    summary: CallSummary | None = None
+
+    @property
+    def status(self) -> str:
+        return "completed" if self.summary is not None else "failed"
+
+
+class _Transcript:
+    """Turns session events into transcript entries stamped with wall-clock time."""
+
+    def __init__(self, record: CallRecord, t0: float, agent: str) -> None:
+        self._record = record
+        self._t0 = t0
+        self.agent = agent
+        self._entries: list[tuple[float, int, dict[str, Any]]] = []
+        self._add(t0, {"role": "system", "content": "Call started"})
+
+    def _stamp(self, t: float) -> str:
+        wall = self._record.started_at + timedelta(seconds=t - self._t0)
+        return wall.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def _add(self, t: float, entry: dict[str, Any]) -> None:
+        entry = {**entry, "timestamp": self._stamp(t), "agent_name": self.agent}
+        self._entries.append((t, len(self._entries), entry))
+
+    def on_event(self, ev: SessionEvent) -> None:
+        if isinstance(ev, UserTranscript) and ev.final:
+            self._add(ev.t, {"role": "user", "content": ev.text})
+        elif isinstance(ev, Backchannel):
+            self._add(ev.t, {"role": "user", "content": ev.text, "backchannel": True})
+        elif isinstance(ev, AgentSpeech):
+            entry: dict[str, Any] = {"role": "assistant", "content": ev.text}
+            if ev.interrupted:
+                entry["interrupted"] = True
+            self._add(ev.t, entry)
+        elif isinstance(ev, ToolCalled):
+            self._add(
+                ev.t,
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_call": {"name": ev.name, "arguments": ev.arguments},
+                    "tool_result": ev.result,
+                    **({"tool_error": True} if ev.is_error else {}),
+                },
+            )
+        elif isinstance(ev, PipelineFault):
+            self._record.faults.append(f"{ev.stage}: {ev.error}")
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [e for _, _, e in sorted(self._entries, key=lambda x: (x[0], x[1]))]
+
+
+async def _builtin_tools(call: ToolCall) -> ToolOutcome:
+    if call.name == "end_call":
+        return ToolOutcome({"ok": True}, end_call=True)
+    return ToolOutcome({"error": f"unknown tool {call.name!r}"}, is_error=True)
+
+
+async def run_call(
+    *,
+    workflow: Workflow,
+    providers: ProviderPool,
+    caller: AsyncIterator[bytes],
+    sink: AudioSink,
+    clock: Clock,
+    user_data: Mapping[str, Any] | None = None,
+    call_id: str | None = None,
+) -> CallRecord:
+    """Run one call. Run each call in its own task: the call's log context is bound here."""
+    call_id = call_id or str(uuid.uuid4())
+    agent_name = workflow.start
+    spec = workflow.agent(agent_name)
+    structlog.contextvars.bind_contextvars(call_id=call_id, agent=agent_name)
+    user = dict(user_data or {})
+    record = CallRecord(call_id, workflow.slug, datetime.now(UTC), [agent_name])
+    transcript = _Transcript(record, clock.now(), agent_name)
+
+    stt = await providers.stt(workflow.stt_for(agent_name))
+    tts = await providers.tts(workflow.tts_for(agent_name))
+    llm = providers.llm(workflow.llm_for(agent_name), spec)
+    dialogue = Dialogue(llm, render(spec.instructions, user=user), run_tool=_builtin_tools)
+    greeting = render(spec.greeting, user=user) if spec.greeting else None
+    config = SessionConfig(
+        turn=turn_config(workflow.turn_for(agent_name)),
+        max_duration_s=workflow.defaults.max_duration_seconds,
+    )
+    stt_session = await stt.connect()
+    session = VoiceSession(
+        stt=stt_session,
+        tts=tts,
+        dialogue=dialogue,
+        sink=sink,
+        clock=clock,
+        config=config,
+        on_event=transcript.on_event,
+        greeting=greeting,
+    )
+    log.info("call_started", workflow=workflow.slug)
+    try:
+        record.summary = await session.run(caller)
+    finally:
+        await stt_session.aclose()
+        record.transcript = transcript.entries()
+    log.info(
+        "call_ended",
+        reason=record.summary.reason,
+        duration_s=round(record.summary.duration_s, 3),
+        turns=len(record.summary.turns),
+    )
+    return record

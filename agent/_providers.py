@@ -1,0 +1,75 @@
+"""Provider names in workflow files -> provider instances, shared by every call of the process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import LLM, STT, TTS
+from pipeline.providers.rules import Rule, RulesLLM
+from workflows import AgentSpec, ProviderSpec
+
+
+class UnknownProviderError(ValueError):
+    """A workflow names a provider this build does not have."""
+
+
+class ProviderPool:
+    """Creates each configured STT/TTS once (models load once per process) and reuses it."""
+
+    def __init__(self) -> None:
+        self._stt: dict[str, STT] = {}
+        self._tts: dict[str, TTS] = {}
+
+    @staticmethod
+    def _key(spec: ProviderSpec) -> str:
+        return spec.model_dump_json()
+
+    async def stt(self, spec: ProviderSpec) -> STT:
+        key = self._key(spec)
+        if key not in self._stt:
+            self._stt[key] = _make_stt(spec)
+            await self._stt[key].warm()
+        return self._stt[key]
+
+    async def tts(self, spec: ProviderSpec) -> TTS:
+        key = self._key(spec)
+        if key not in self._tts:
+            self._tts[key] = _make_tts(spec)
+            await self._tts[key].warm()
+        return self._tts[key]
+
+    def llm(self, spec: ProviderSpec, agent: AgentSpec) -> LLM:
+        if spec.provider == "rules":
+            rules = [
+                Rule(pattern=r.pattern(), say=r.say, tool="end_call" if r.end_call else None)
+                for r in agent.rules
+            ]
+            return RulesLLM(rules, agent.fallback)
+        raise UnknownProviderError(f"unknown llm provider {spec.provider!r} (available: rules)")
+
+    async def aclose(self) -> None:
+        for p in [*self._stt.values(), *self._tts.values()]:
+            await p.aclose()
+
+
+def _options(spec: ProviderSpec) -> dict[str, Any]:
+    return dict(spec.options)
+
+
+def _make_stt(spec: ProviderSpec) -> STT:
+    if spec.provider == "whisper":
+        from pipeline.providers.whisper import WhisperConfig, WhisperSTT
+
+        return WhisperSTT(WhisperConfig(**_options(spec)))
+    raise UnknownProviderError(f"unknown stt provider {spec.provider!r} (available: whisper)")
+
+
+def _make_tts(spec: ProviderSpec) -> TTS:
+    if spec.provider == "hibari":
+        from pipeline.providers.hibari import HibariConfig, HibariTTS
+
+        opts = _options(spec)
+        if spec.model:
+            opts.setdefault("voice", spec.model)
+        return HibariTTS(HibariConfig(**opts))
+    raise UnknownProviderError(f"unknown tts provider {spec.provider!r} (available: hibari)")

@@ -1,0 +1,1 @@
+"""The control API (arrives with the control API issue)."""

@@ -1,0 +1,1 @@
+"""Usage metering and the ledger (arrives with the metering issue)."""

@@ -1,0 +1,160 @@
+"""Time for the pipeline: every timestamp and every pacing wait goes through a Clock.
+
+RealClock is the event loop's monotonic clock. VirtualClock runs a call "as fast as possible on
+the recording's own timeline": while nothing is computing, time jumps straight to the next
+deadline (silence and playback cost nothing); while work is in flight (a decode in a thread, a
+provider request), time advances at the real rate, so latency figures still include compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds on a monotonic timeline."""
+        ...
+
+    async def sleep_until(self, deadline: float) -> None: ...
+
+    def busy(self) -> Any:
+        """Async context manager marking real work in flight (a no-op on a real clock)."""
+        ...
+
+
+class RealClock:
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    async def sleep_until(self, deadline: float) -> None:
+        delay = deadline - self._loop.time()
+        await asyncio.sleep(delay if delay > 0 else 0)
+
+    @asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        yield
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """Default executor that tells the clock while thread work is in flight."""
+
+    def __init__(self, clock: VirtualClock, loop: asyncio.AbstractEventLoop, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="voicerun-work")
+        self._clock = clock
+        self._loop = loop
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self._clock._enter_busy()
+        fut = super().submit(fn, *args, **kwargs)
+        # Runs in the worker thread, and is added before asyncio's own wrapper callback, so the
+        # clock leaves "busy" before the awaiting coroutine resumes.
+        fut.add_done_callback(lambda _f: self._loop.call_soon_threadsafe(self._clock._exit_busy))
+        return fut
+
+
+class VirtualClock:
+    """Autojumping clock; start() installs it on the running loop, aclose() removes it."""
+
+    def __init__(self, max_workers: int = 4) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._now = 0.0
+        self._busy = 0
+        self._anchor = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        self._executor = _CountingExecutor(self, self._loop, max_workers)
+        self._driver: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop.set_default_executor(self._executor)
+        self._driver = asyncio.create_task(self._drive(), name="virtual-clock")
+
+    async def aclose(self) -> None:
+        if self._driver is not None:
+            self._driver.cancel()
+            try:
+                await self._driver
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def now(self) -> float:
+        if self._busy:
+            return self._now + (self._loop.time() - self._anchor)
+        return self._now
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self.now():
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        heapq.heappush(self._sleepers, (deadline, next(self._seq), fut))
+        self._changed.set()
+        await fut
+
+    @asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        self._enter_busy()
+        try:
+            yield
+        finally:
+            self._exit_busy()
+
+    def _enter_busy(self) -> None:
+        if self._busy == 0:
+            self._anchor = self._loop.time()
+        self._busy += 1
+
+    def _exit_busy(self) -> None:
+        self._busy -= 1
+        if self._busy == 0:
+            self._now += self._loop.time() - self._anchor
+            self._changed.set()
+
+    def _wake_due(self) -> None:
+        now = self.now()
+        while self._sleepers and self._sleepers[0][0] <= now:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _settle(self) -> None:
+        # Let every runnable callback run before deciding that the loop is idle. asyncio has no
+        # public "is anything ready" query; _ready is the run queue BaseEventLoop has always had.
+        ready = getattr(self._loop, "_ready", None)
+        for _ in range(10_000):
+            await asyncio.sleep(0)
+            if ready is not None and not ready:
+                return
+
+    async def _drive(self) -> None:
+        while True:
+            await self._settle()
+            self._wake_due()
+            if self._busy:
+                self._changed.clear()
+                timeout = (self._sleepers[0][0] - self.now()) if self._sleepers else None
+                try:
+                    async with asyncio.timeout(max(timeout, 0.0) if timeout is not None else None):
+                        await self._changed.wait()
+                except TimeoutError:
+                    pass
+                continue
+            if self._sleepers:
+                # Nothing is runnable and nothing computes: jump to the next deadline.
+                self._now = max(self._now, self._sleepers[0][0])
+                self._wake_due()
+                continue
+            self._changed.clear()
+            await self._changed.wait()

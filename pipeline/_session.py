@@ -1,0 +1,463 @@
+"""One call: caller frames in, agent frames out, turn-taking, barge-in and per-turn metrics.
+
+The caller path is a plain method call per frame (VAD, STT push, barge-in check): no queue hop,
+no task switch. Each reply runs in one task with two children, LLM -> clause splitter and
+TTS -> playout, joined by a small bounded queue. Everything is owned by the session's TaskGroup
+and cancelled when the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import structlog
+
+from ._audio import FRAME_MS, FRAME_S
+from ._clock import Clock
+from ._dialogue import Dialogue, EndCallEvent, ToolResultEvent
+from ._events import (
+    AgentSpeech,
+    Backchannel,
+    CallEnded,
+    PipelineFault,
+    SessionEvent,
+    ToolCalled,
+    TurnCompleted,
+    TurnMetrics,
+    Usage,
+    UserSpeechStarted,
+    UserTranscript,
+)
+from ._llm import LLMUsage, TextDelta
+from ._playout import AudioSink, Playout, SegmentStats
+from ._stt import STTSession, Utterance
+from ._text import SentenceSplitter, is_backchannel, spoken_prefix
+from ._tts import TTS
+from ._vad import Endpointer, VADConfig
+
+log = structlog.get_logger("voicerun.pipeline")
+
+DEFAULT_BACKCHANNELS = (
+    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "okay", "ok",
+    "right", "sure", "i see", "got it",
+)  # fmt: skip
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    vad: VADConfig = field(default_factory=VADConfig)
+    barge_in_ms: int = 60
+    """Caller voiced this long over the agent pauses the agent (it resumes if it was a backchannel)."""
+    backchannel_max_ms: int = 1200
+    """Overlapping speech longer than this interrupts whatever its words."""
+    backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS
+    first_clause_min_chars: int = 16
+    max_buffer_s: float = 10.0
+    """Agent audio synthesized ahead of playback before TTS is made to wait."""
+    leading_silence_dbfs: float = -45.0
+    """Quieter audio at the start of a reply is trimmed, so the caller does not wait through it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    max_duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    reason: str
+    duration_s: float
+    usage: Usage
+    turns: tuple[TurnMetrics, ...]
+
+
+@dataclass(eq=False)
+class _Reply:
+    user_text: str | None  # None for a line the agent says on its own (greeting)
+    fixed_text: str | None = None
+    t_last_voiced: float | None = None
+    t_final: float | None = None
+    t_commit: float = 0.0
+    t_first_token: float | None = None
+    t_tts_request: float | None = None
+    t_tts_audio: float | None = None
+    t_first_out: float | None = None
+    segments: list[tuple[str, SegmentStats]] = field(default_factory=list)
+    paused: bool = False
+    end_call: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def heard(self) -> str:
+        parts = []
+        for text, stats in self.segments:
+            if stats.played == 0:
+                break
+            fraction = stats.played / stats.written if stats.written else 0.0
+            parts.append(spoken_prefix(text, fraction))
+            if fraction < 1.0:
+                break
+        return " ".join(p for p in parts if p)
+
+    def full_text(self) -> str:
+        return " ".join(text for text, _ in self.segments)
+
+
+class VoiceSession:
+    def __init__(
+        self,
+        *,
+        stt: STTSession,
+        tts: TTS,
+        dialogue: Dialogue,
+        sink: AudioSink,
+        clock: Clock,
+        config: SessionConfig | None = None,
+        on_event: Callable[[SessionEvent], None] | None = None,
+        greeting: str | None = None,
+    ) -> None:
+        self.config = config or SessionConfig()
+        self._turn = self.config.turn
+        self._stt = stt
+        self._tts = tts
+        self.dialogue = dialogue
+        self._clock = clock
+        self._emit_cb = on_event
+        self._greeting = greeting
+        self._endpointer = Endpointer(self._turn.vad)
+        self._playout = Playout(clock, sink, self._turn.max_buffer_s)
+        self._barge_in_frames = max(1, self._turn.barge_in_ms // FRAME_MS)
+        self.usage = Usage()
+        self.turns: list[TurnMetrics] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._work: set[asyncio.Task[Any]] = set()
+        self._utt: Utterance | None = None
+        self._utt_onset = 0.0
+        self._voiced_run = 0
+        self._reply: _Reply | None = None
+        self._interrupting: asyncio.Task[None] | None = None
+        self._carry_text = ""
+        self._ended = asyncio.Event()
+        self._end_reason = ""
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, caller: AsyncIterator[bytes]) -> CallSummary:
+        """Run the call until the caller hangs up and the agent finishes, end_call, or max duration."""
+        t_start = self._clock.now()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                playout = tg.create_task(self._playout.run(), name="playout")
+                feed = tg.create_task(self._consume(caller), name="caller-audio")
+                watchdog = None
+                if self.config.max_duration_s:
+                    watchdog = tg.create_task(self._watchdog(t_start + self.config.max_duration_s))
+                if self._greeting:
+                    self._start_reply(_Reply(user_text=None, fixed_text=self._greeting, t_commit=t_start))
+                await self._ended.wait()
+                for task in (playout, feed, watchdog, *self._work):
+                    if task is not None:
+                        task.cancel()
+        finally:
+            if self._utt is not None:
+                self._utt.cancel()
+        t_end = self._clock.now()
+        self.usage.call_seconds = t_end - t_start
+        self._emit(CallEnded(reason=self._end_reason, t=t_end))
+        return CallSummary(self._end_reason, t_end - t_start, self.usage, tuple(self.turns))
+
+    def end(self, reason: str) -> None:
+        if not self._ended.is_set():
+            self._end_reason = reason
+            self._ended.set()
+
+    async def _watchdog(self, deadline: float) -> None:
+        await self._clock.sleep_until(deadline)
+        log.info("call_max_duration_reached", max_duration_s=self.config.max_duration_s)
+        self.end("max_duration")
+
+    async def _consume(self, caller: AsyncIterator[bytes]) -> None:
+        async for pcm in caller:
+            self._on_frame(pcm)
+        # The caller hung up (or the recording ended): close the open utterance, let the agent
+        # finish what it is saying, then end.
+        if self._utt is not None:
+            self._end_utterance(self._clock.now())
+        while self._work:
+            await asyncio.wait(set(self._work))
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._playout.mark(lambda t: done.done() or done.set_result(t))
+        await done
+        self.end("user_ended")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        assert self._tg is not None
+        task = self._tg.create_task(coro, name=name)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+        return task
+
+    def _emit(self, event: SessionEvent) -> None:
+        if self._emit_cb is not None:
+            self._emit_cb(event)
+
+    # -- caller audio path (runs once per 20 ms frame; keep it cheap) ---------------------
+
+    def _on_frame(self, pcm: bytes) -> None:
+        now = self._clock.now()
+        r = self._endpointer.process(pcm, now - FRAME_S)
+        self._voiced_run = self._voiced_run + 1 if r.voiced else 0
+        if r.event == "start":
+            self._utt_onset = r.onset_s
+            self._emit(UserSpeechStarted(t=r.onset_s))
+            self._utt = self._stt.begin(self._on_interim)
+            for frame in r.preroll:
+                self._utt.push(frame, False)
+            self._utt.push(pcm, True)
+        elif self._utt is not None:
+            self._utt.push(pcm, r.voiced)
+            if r.event == "end":
+                self._end_utterance(r.last_voiced_s)
+
+        reply = self._reply
+        if reply is None or not self._endpointer.in_speech:
+            return
+        if not reply.paused and self._voiced_run >= self._barge_in_frames:
+            # Stop talking at once; whether this was an interruption or a backchannel is decided
+            # when the words are known.
+            reply.paused = True
+            self._playout.pause()
+            log.debug("agent_paused_for_caller", onset_s=round(self._utt_onset, 3))
+        elif reply.paused and (now - self._utt_onset) * 1000 >= self._turn.backchannel_max_ms:
+            self._interrupt(reply)
+
+    def _on_interim(self, text: str) -> None:
+        self._emit(UserTranscript(text=text, final=False, t=self._clock.now()))
+
+    def _end_utterance(self, last_voiced_s: float) -> None:
+        utt, self._utt = self._utt, None
+        assert utt is not None
+        self._spawn(self._finish_utterance(utt, last_voiced_s), "stt-final")
+
+    # -- turn decisions -------------------------------------------------------------------
+
+    async def _finish_utterance(self, utt: Utterance, last_voiced_s: float) -> None:
+        try:
+            async with self._clock.busy():
+                transcript = await utt.finalize()
+        except Exception as exc:
+            log.error("stt_failed", error=str(exc), exc_info=True)
+            self._emit(PipelineFault(stage="stt", error=str(exc), t=self._clock.now()))
+            self._resume_if_paused()
+            return
+        t_final = self._clock.now()
+        self.usage.stt_audio_seconds += transcript.audio_s
+        text = transcript.text.strip()
+        if text:
+            self._emit(UserTranscript(text=text, final=True, t=t_final))
+        reply = self._reply
+        if reply is not None:
+            if not text or is_backchannel(text, self._turn.backchannels):
+                if text:
+                    log.info("backchannel_ignored", text=text)
+                    self._emit(Backchannel(text=text, t=t_final))
+                self._resume_if_paused()
+                return
+            self._interrupt(reply)
+        if self._interrupting is not None:
+            await self._interrupting
+            self._interrupting = None
+        if not text:
+            return
+        if self._carry_text:
+            text, self._carry_text = f"{self._carry_text} {text}", ""
+        self._start_reply(
+            _Reply(user_text=text, t_last_voiced=last_voiced_s, t_final=t_final, t_commit=self._clock.now())
+        )
+
+    def _resume_if_paused(self) -> None:
+        reply = self._reply
+        if reply is not None and reply.paused:
+            reply.paused = False
+            self._playout.resume()
+
+    def _interrupt(self, reply: _Reply) -> None:
+        """Silence the reply now (before the next frame) and cancel its work."""
+        self._reply = None
+        self._playout.flush()
+        heard = reply.heard()
+        assert reply.task is not None
+        reply.task.cancel()
+        self._interrupting = self._spawn(self._after_interrupt(reply, heard), "interrupt")
+
+    async def _after_interrupt(self, reply: _Reply, heard: str) -> None:
+        assert reply.task is not None
+        await asyncio.wait([reply.task])
+        # History changes only after the reply task has unwound (it records what it generated).
+        if reply.user_text is None:
+            if heard:
+                self.dialogue.add_assistant(heard)
+        elif heard:
+            self.dialogue.trim_last_reply(heard)
+        else:
+            self._carry_text = self.dialogue.retract_turn()
+        log.info("agent_interrupted", heard=heard)
+        self._finish_turn(reply, heard, interrupted=True)
+
+    def _finish_turn(self, reply: _Reply, heard: str, *, interrupted: bool) -> None:
+        now = self._clock.now()
+        if heard:
+            self._emit(AgentSpeech(text=heard, t=reply.t_first_out or now, interrupted=interrupted))
+        if reply.user_text is None or reply.t_last_voiced is None or reply.t_final is None:
+            return
+
+        def ms(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        metrics = TurnMetrics(
+            eou_delay_ms=ms(reply.t_last_voiced, reply.t_commit) or 0.0,
+            stt_latency_ms=ms(reply.t_last_voiced, reply.t_final) or 0.0,
+            llm_ttft_ms=ms(reply.t_commit, reply.t_first_token),
+            tts_ttfb_ms=ms(reply.t_tts_request, reply.t_tts_audio),
+            e2e_latency_ms=ms(reply.t_last_voiced, reply.t_first_out),
+            interrupted=interrupted,
+        )
+        self.turns.append(metrics)
+        log.info("turn_completed", **{k: getattr(metrics, k) for k in metrics.__slots__})
+        self._emit(TurnCompleted(metrics=metrics, t=now))
+
+    # -- the reply ------------------------------------------------------------------------
+
+    def _start_reply(self, reply: _Reply) -> None:
+        self._reply = reply
+        reply.task = self._spawn(self._run_reply(reply), "reply")
+
+    async def _run_reply(self, reply: _Reply) -> None:
+        segments: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._generate(reply, segments), name="reply-llm")
+                tg.create_task(self._speak(reply, segments), name="reply-tts")
+            played: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            self._playout.mark(lambda t: played.done() or played.set_result(t))
+            await played
+        except ExceptionGroup as group:
+            for exc in group.exceptions:
+                stage = "tts" if reply.t_tts_request is not None and reply.t_first_out is None else "llm"
+                log.error("reply_failed", stage=stage, error=str(exc), exc_info=exc)
+                self._emit(PipelineFault(stage=stage, error=str(exc), t=self._clock.now()))
+        if self._reply is reply:
+            self._reply = None
+            heard = reply.heard()
+            if reply.user_text is None and heard:
+                self.dialogue.add_assistant(heard)
+            self._finish_turn(reply, heard, interrupted=False)
+            if reply.end_call:
+                self.end("agent_ended")
+
+    async def _busy_iter(self, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Iterate a provider stream, telling the clock that each wait is real work."""
+        while True:
+            try:
+                async with self._clock.busy():
+                    item = await anext(stream)
+            except StopAsyncIteration:
+                return
+            yield item
+
+    async def _generate(self, reply: _Reply, out: asyncio.Queue[str | None]) -> None:
+        splitter = SentenceSplitter(self._turn.first_clause_min_chars)
+        if reply.fixed_text is not None:
+            for seg in [*splitter.push(reply.fixed_text), *splitter.flush()]:
+                await out.put(seg)
+            await out.put(None)
+            return
+        assert reply.user_text is not None
+        async for ev in self._busy_iter(self.dialogue.respond(reply.user_text)):
+            if isinstance(ev, TextDelta):
+                if reply.t_first_token is None:
+                    reply.t_first_token = self._clock.now()
+                for seg in splitter.push(ev.text):
+                    await out.put(seg)
+            elif isinstance(ev, LLMUsage):
+                self.usage.llm_prompt_tokens += ev.prompt_tokens
+                self.usage.llm_completion_tokens += ev.completion_tokens
+                self.usage.llm_cached_tokens += ev.cached_tokens
+            elif isinstance(ev, ToolResultEvent):
+                self._emit(
+                    ToolCalled(
+                        name=ev.call.name,
+                        arguments=dict(ev.call.arguments),
+                        result=ev.outcome.result,
+                        is_error=ev.outcome.is_error,
+                        t=self._clock.now(),
+                    )
+                )
+            elif isinstance(ev, EndCallEvent):
+                reply.end_call = True
+        for seg in splitter.flush():
+            await out.put(seg)
+        await out.put(None)
+
+    async def _speak(self, reply: _Reply, segments: asyncio.Queue[str | None]) -> None:
+        while (text := await segments.get()) is not None:
+            stats = SegmentStats()
+            first_of_reply = not reply.segments
+            reply.segments.append((text, stats))
+            self.usage.tts_characters += len(text)
+            if reply.t_tts_request is None:
+                reply.t_tts_request = self._clock.now()
+            trimming = first_of_reply
+            async for pcm in self._busy_iter(self._tts.synthesize(text)):
+                if reply.t_tts_audio is None:
+                    reply.t_tts_audio = self._clock.now()
+                if trimming:
+                    pcm = _trim_leading_silence(pcm, self._turn.leading_silence_dbfs)
+                    if not pcm:
+                        continue
+                    trimming = False
+                on_start = (
+                    self._on_first_frame(reply) if reply.t_first_out is None and stats.written == 0 else None
+                )
+                await self._playout.write(pcm, stats, on_start)
+
+    def _on_first_frame(self, reply: _Reply) -> Callable[[float], None]:
+        def started(t: float) -> None:
+            if reply.t_first_out is None:
+                reply.t_first_out = t
+
+        return started
+
+
+def _trim_leading_silence(pcm: bytes, threshold_dbfs: float) -> bytes:
+    x = np.frombuffer(pcm, "<i2")
+    if not x.size:
+        return pcm
+    level = 32768.0 * 10 ** (threshold_dbfs / 20)
+    loud = np.flatnonzero(np.abs(x.astype(np.int32)) > level)
+    if not loud.size:
+        return b""
+    start = max(0, int(loud[0]) - 16)  # keep 1 ms so the attack is not clipped
+    return x[start:].tobytes()
+
+
+def turn_summary(turns: Sequence[TurnMetrics]) -> dict[str, float | None]:
+    """Means of the per-turn latencies, as the call metrics object reports them."""
+
+    def mean(values: list[float | None]) -> float | None:
+        vals = [v for v in values if v is not None]
+        return round(sum(vals) / len(vals), 1) if vals else None
+
+    return {
+        "stt_latency_ms": mean([t.stt_latency_ms for t in turns]),
+        "llm_latency_ms": mean([t.llm_ttft_ms for t in turns]),
+        "tts_latency_ms": mean([t.tts_ttfb_ms for t in turns]),
+        "e2e_latency_ms": mean([t.e2e_latency_ms for t in turns]),
+    }

@@ -1,0 +1,57 @@
+"""Streaming speech-to-text interface.
+
+An STT is process-wide (it owns models or HTTP clients); connect() gives a per-call session
+(a socket, a decode queue) opened when the call starts so the first utterance pays no set-up;
+each utterance is pushed frame by frame while the caller speaks and finalized at the endpoint.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+InterimCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    audio_s: float
+    """Seconds of audio the engine received for this utterance (what it bills)."""
+
+
+class Utterance(ABC):
+    @abstractmethod
+    def push(self, pcm: bytes, voiced: bool) -> None:
+        """Add one internal-format frame. Never blocks; must be cheap (it runs on the audio path)."""
+
+    @abstractmethod
+    async def finalize(self) -> Transcript:
+        """The caller stopped: return the final transcript of everything pushed."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Drop the utterance; pending work is abandoned."""
+
+
+class STTSession(ABC):
+    @abstractmethod
+    def begin(self, on_interim: InterimCallback | None = None) -> Utterance: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release per-call resources."""
+
+
+class STT(ABC):
+    name: str
+    model: str
+
+    async def warm(self) -> None:  # noqa: B027 - optional hook
+        """Load models once per process; called before the first call."""
+
+    @abstractmethod
+    async def connect(self) -> STTSession: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release process-wide resources."""
