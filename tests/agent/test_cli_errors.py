@@ -1,0 +1,83 @@
+"""`voicerun run` on bad input: one line naming the file and the problem, exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW = ROOT / "workflows" / "examples" / "front-desk.yaml"
+
+
+def voicerun(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def good_wav(tmp_path: Path) -> Path:
+    import numpy as np
+
+    from pipeline import write_wav
+
+    p = tmp_path / "caller.wav"
+    write_wav(p, [np.zeros(1600, np.int16)])
+    return p
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d / "missing.wav", "missing.wav: no such file"),
+        (lambda d: (d / "notes.wav").write_text("hello") and d / "notes.wav", "notes.wav: not a readable PCM WAV"),
+        (lambda d: (d / "empty.wav").write_bytes(b"") or d / "empty.wav", "empty.wav: not a readable PCM WAV"),
+    ],
+    ids=["missing", "not-a-wav", "empty"],
+)
+def test_bad_recording(tmp_path: Path, make, expected: str) -> None:  # type: ignore[no-untyped-def]
+    line = one_line_error(voicerun("run", "--workflow", WORKFLOW, "--input", make(tmp_path), "--fast"))
+    assert expected in line
+
+
+def test_truncated_wav_header(tmp_path: Path, good_wav: Path) -> None:
+    bad = tmp_path / "cut.wav"
+    bad.write_bytes(good_wav.read_bytes()[:30])
+    assert "cut.wav: not a readable PCM WAV" in one_line_error(
+        voicerun("run", "--workflow", WORKFLOW, "--input", bad, "--fast")
+    )
+
+
+def test_workflow_that_does_not_parse(tmp_path: Path, good_wav: Path) -> None:
+    wf = tmp_path / "broken.yaml"
+    wf.write_text("version: 1\nslug: x\nstart: a\nagents:\n  a:\n    instructions: [unclosed\n")
+    line = one_line_error(voicerun("run", "--workflow", wf, "--input", good_wav, "--fast"))
+    assert line.startswith(f"voicerun: error: {wf}:7:1: YAML:")
+
+
+def test_workflow_with_a_wrong_key(tmp_path: Path, good_wav: Path) -> None:
+    wf = tmp_path / "typo.yaml"
+    wf.write_text("version: 1\nslug: x\nstart: a\nagents:\n  a:\n    instructions: hi\n    greting: hello\n")
+    line = one_line_error(voicerun("run", "--workflow", wf, "--input", good_wav, "--fast"))
+    assert line == f"voicerun: error: {wf}:7:5: agents.a.greting: unknown key"
+
+
+def test_user_data_must_be_a_json_object(good_wav: Path) -> None:
+    line = one_line_error(voicerun("run", "--workflow", WORKFLOW, "--input", good_wav, "--user-data", "[1]"))
+    assert line == "voicerun: error: --user-data must be a JSON object"
+
+
+def test_help_is_fast_to_reach_and_lists_run() -> None:
+    proc = voicerun("--help")
+    assert proc.returncode == 0 and "run" in proc.stdout
