@@ -145,7 +145,7 @@ async def test_tts_starts_on_the_first_clause_before_the_llm_finishes() -> None:
                 yield pcm
 
     audio = timeline(("speech", 1.0), ("silence", 3.0))
-    run, _ = await run_call(audio, ["question"], SlowLLM(), tts=WatchingTTS(0.2))
+    await run_call(audio, ["question"], SlowLLM(), tts=WatchingTTS(0.2))
     assert seen_by_tts == ["Well, let me think about that,", "the answer is forty-two."]
 
 
@@ -203,7 +203,7 @@ async def test_speech_before_the_reply_is_heard_merges_into_one_turn() -> None:
                 await slow.wait()  # never released: the caller goes on talking
             yield TextDelta(text=f"You said: {messages[-1].content}.")
 
-    run, summary = await run_call(audio, ["book a table", "for two people"], HoldingLLM())
+    run, _ = await run_call(audio, ["book a table", "for two people"], HoldingLLM())
     users = [m.content for m in run.dialogue.messages if m.role == "user"]
     assert users == ["book a table for two people"]
     assert [e.text for e in run.of(AgentSpeech)] == ["You said: book a table for two people."]
