@@ -56,10 +56,14 @@ class _CountingExecutor(ThreadPoolExecutor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         self._clock._enter_busy()
         fut = super().submit(fn, *args, **kwargs)
-        # Runs in the worker thread, and is added before asyncio's own wrapper callback, so the
-        # clock leaves "busy" before the awaiting coroutine resumes.
-        fut.add_done_callback(lambda _f: self._loop.call_soon_threadsafe(self._clock._exit_busy))
+        # run_in_executor wraps `fut` right after submit() returns; registering on the next loop
+        # turn puts our callback behind asyncio's, so the result reaches the loop before "busy"
+        # ends and the clock can never jump while a finished result is still in flight.
+        self._loop.call_soon(fut.add_done_callback, self._done)
         return fut
+
+    def _done(self, _fut: Future[Any]) -> None:
+        self._loop.call_soon_threadsafe(self._clock._exit_busy)
 
 
 class VirtualClock:
@@ -122,12 +126,15 @@ class VirtualClock:
             self._now += self._loop.time() - self._anchor
             self._changed.set()
 
-    def _wake_due(self) -> None:
+    def _wake_due(self) -> bool:
         now = self.now()
+        woke = False
         while self._sleepers and self._sleepers[0][0] <= now:
             _, _, fut = heapq.heappop(self._sleepers)
             if not fut.done():
                 fut.set_result(None)
+                woke = True
+        return woke
 
     async def _settle(self) -> None:
         # Let every runnable callback run before deciding that the loop is idle. asyncio has no
@@ -141,7 +148,9 @@ class VirtualClock:
     async def _drive(self) -> None:
         while True:
             await self._settle()
-            self._wake_due()
+            if self._wake_due():
+                # Whoever woke must run (and maybe sleep again, sooner) before time moves on.
+                continue
             if self._busy:
                 self._changed.clear()
                 timeout = (self._sleepers[0][0] - self.now()) if self._sleepers else None
@@ -154,7 +163,6 @@ class VirtualClock:
             if self._sleepers:
                 # Nothing is runnable and nothing computes: jump to the next deadline.
                 self._now = max(self._now, self._sleepers[0][0])
-                self._wake_due()
                 continue
             self._changed.clear()
             await self._changed.wait()
