@@ -86,6 +86,17 @@ class Playout:
         else:
             self._items.append(_Marker(fire))
 
+    async def drained(self) -> float:
+        """Wait until everything written so far has played; returns when the last frame ended."""
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        def fire(t: float) -> None:
+            if not done.done():
+                done.set_result(t)
+
+        self.mark(fire)
+        return await done
+
     def pause(self) -> None:
         self._paused = True
 

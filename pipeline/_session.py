@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import structlog
@@ -42,7 +42,7 @@ from ._vad import Endpointer, VADConfig
 log = structlog.get_logger("voicerun.pipeline")
 
 DEFAULT_BACKCHANNELS = (
-    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "okay", "ok",
+    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "aha", "yeah", "yep", "okay", "ok",
     "right", "sure", "i see", "got it",
 )  # fmt: skip
 
@@ -192,9 +192,7 @@ class VoiceSession:
             self._end_utterance(self._clock.now())
         while self._work:
             await asyncio.wait(set(self._work))
-        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._playout.mark(lambda t: done.done() or done.set_result(t))
-        await done
+        await self._playout.drained()
         self.end("user_ended")
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -345,12 +343,12 @@ class VoiceSession:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._generate(reply, segments), name="reply-llm")
                 tg.create_task(self._speak(reply, segments), name="reply-tts")
-            played: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-            self._playout.mark(lambda t: played.done() or played.set_result(t))
-            await played
+            await self._playout.drained()
         except ExceptionGroup as group:
             for exc in group.exceptions:
-                stage = "tts" if reply.t_tts_request is not None and reply.t_first_out is None else "llm"
+                stage: Literal["llm", "tts"] = (
+                    "tts" if reply.t_tts_request is not None and reply.t_first_out is None else "llm"
+                )
                 log.error("reply_failed", stage=stage, error=str(exc), exc_info=exc)
                 self._emit(PipelineFault(stage=stage, error=str(exc), t=self._clock.now()))
         if self._reply is reply:

@@ -24,11 +24,13 @@ class Transcript:
 class Utterance(ABC):
     @abstractmethod
     def push(self, pcm: bytes, voiced: bool) -> None:
-        """Add one internal-format frame. Never blocks; must be cheap (it runs on the audio path)."""
+        """Add one internal-format frame. Never blocks; must be cheap (it runs on the audio path).
+        Frames pushed after finalize() or cancel() are ignored."""
 
     @abstractmethod
     async def finalize(self) -> Transcript:
-        """The caller stopped: return the final transcript of everything pushed."""
+        """The caller stopped: return the final transcript of everything pushed. Raises
+        ProviderError if the engine fails or the utterance was cancelled."""
 
     @abstractmethod
     def cancel(self) -> None:
