@@ -48,8 +48,10 @@ class ProviderPool:
         raise UnknownProviderError(f"unknown llm provider {spec.provider!r} (available: rules)")
 
     async def aclose(self) -> None:
-        for p in [*self._stt.values(), *self._tts.values()]:
-            await p.aclose()
+        for stt in self._stt.values():
+            await stt.aclose()
+        for tts in self._tts.values():
+            await tts.aclose()
 
 
 def _options(spec: ProviderSpec) -> dict[str, Any]:

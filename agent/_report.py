@@ -56,7 +56,7 @@ def latency_table(turns: list[TurnMetrics]) -> str:
     e2e = [t.e2e_latency_ms for t in turns if t.e2e_latency_ms is not None]
     if e2e:
         rows.append(("median", "", "", "", "", f"{statistics.median(e2e):.0f}", ""))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(heads)]
     line = "  ".join(h.rjust(w) for h, w in zip(heads, widths, strict=True))
     body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return (

@@ -14,7 +14,11 @@ WORKFLOW = ROOT / "workflows" / "examples" / "front-desk.yaml"
 
 def voicerun(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *map(str, args)], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-m", "agent", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
 
 
@@ -41,8 +45,14 @@ def good_wav(tmp_path: Path) -> Path:
     ("make", "expected"),
     [
         (lambda d: d / "missing.wav", "missing.wav: no such file"),
-        (lambda d: (d / "notes.wav").write_text("hello") and d / "notes.wav", "notes.wav: not a readable PCM WAV"),
-        (lambda d: (d / "empty.wav").write_bytes(b"") or d / "empty.wav", "empty.wav: not a readable PCM WAV"),
+        (
+            lambda d: (d / "notes.wav").write_text("hello") and d / "notes.wav",
+            "notes.wav: not a readable PCM WAV",
+        ),
+        (
+            lambda d: (d / "empty.wav").write_bytes(b"") or d / "empty.wav",
+            "empty.wav: not a readable PCM WAV",
+        ),
     ],
     ids=["missing", "not-a-wav", "empty"],
 )

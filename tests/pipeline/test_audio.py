@@ -84,7 +84,9 @@ def test_frames_are_20ms_and_the_last_is_padded() -> None:
         (b"RIFF\x24\x00\x00\x00WAVEfmt ", "not a readable PCM WAV"),
     ],
 )
-def test_unreadable_input_names_the_file_and_the_problem(tmp_path: Path, content: bytes | None, expected: str) -> None:
+def test_unreadable_input_names_the_file_and_the_problem(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
     p = tmp_path / "caller.wav"
     if content is not None:
         p.write_bytes(content)

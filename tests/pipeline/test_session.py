@@ -132,7 +132,9 @@ async def test_tts_starts_on_the_first_clause_before_the_llm_finishes() -> None:
     class SlowLLM(LLM):
         name = model = "slow"
 
-        async def chat(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
+        async def chat(
+            self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        ) -> AsyncIterator[LLMEvent]:
             yield TextDelta(text="Well, let me think about that, ")
             await release.wait()
             yield TextDelta(text="the answer is forty-two.")
@@ -185,7 +187,9 @@ async def test_backchannel_over_the_agent_does_not_cut_it_off() -> None:
 async def test_overlap_longer_than_a_backchannel_interrupts_before_the_transcript() -> None:
     audio = timeline(("speech", 1.0), ("silence", 1.0), ("speech", 2.5), ("silence", 3.0))
     turn = TurnConfig(backchannel_max_ms=800)
-    run, summary = await run_call(audio, ["hi", "uh-huh"], ScriptedLLM("A fairly long reply. " * 8), tts=ToneTTS(1.0), turn=turn)
+    run, summary = await run_call(
+        audio, ["hi", "uh-huh"], ScriptedLLM("A fairly long reply. " * 8), tts=ToneTTS(1.0), turn=turn
+    )
     assert summary.turns[0].interrupted
     assert not run.of(Backchannel)
 
@@ -198,7 +202,9 @@ async def test_speech_before_the_reply_is_heard_merges_into_one_turn() -> None:
     class HoldingLLM(LLM):
         name = model = "holding"
 
-        async def chat(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
+        async def chat(
+            self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        ) -> AsyncIterator[LLMEvent]:
             if messages[-1].content == "book a table":
                 await slow.wait()  # never released: the caller goes on talking
             yield TextDelta(text=f"You said: {messages[-1].content}.")
@@ -222,7 +228,9 @@ async def test_a_failing_llm_is_reported_and_the_call_goes_on() -> None:
         name = model = "flaky"
         calls = 0
 
-        async def chat(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
+        async def chat(
+            self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        ) -> AsyncIterator[LLMEvent]:
             self.calls += 1
             if self.calls == 1:
                 raise RuntimeError("upstream returned garbage")
@@ -240,7 +248,9 @@ async def test_end_call_tool_ends_the_call_after_the_line_is_played() -> None:
     class ByeLLM(LLM):
         name = model = "bye"
 
-        async def chat(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
+        async def chat(
+            self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        ) -> AsyncIterator[LLMEvent]:
             if messages[-1].role == "user":
                 yield TextDelta(text="Goodbye now.")
                 yield ToolCallRequest(call=ToolCall("c1", "end_call", {}))

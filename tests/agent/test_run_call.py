@@ -1,0 +1,176 @@
+"""Whole calls on the embedded engines (Whisper, rules, Hibari): `voicerun run` on recorded speech,
+barge-in and backchannels, with every claim checked against the call audio itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from agent._call import CallRecord, run_call
+from agent._providers import ProviderPool
+from agent._recording import RecordingCall
+from pipeline import SAMPLE_RATE, VirtualClock, to_internal
+from workflows import load_workflow_text
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "workflows" / "examples"
+AUDIBLE = 32768 * 10 ** (-40 / 20)  # -40 dBFS
+
+LONG_GREETING = (
+    "Thanks for calling the test kitchen. Let me tell you about today's specials, because there "
+    "are quite a few of them. We have fresh pasta with tomatoes and basil, a wood fired pizza with "
+    "mushrooms, and a lemon tart that people drive across town for."
+)
+WORKFLOW = f"""
+version: 1
+slug: test-kitchen
+start: host
+agents:
+  host:
+    instructions: Test host.
+    greeting: "{LONG_GREETING}"
+    rules:
+      - keywords: [open, hours]
+        say: We open at five.
+    fallback: Sorry?
+"""
+
+
+def active(x: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.abs(x.astype(np.int32)) > AUDIBLE)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def voice() -> Any:
+    """Caller lines spoken by the embedded TTS at a slower pace (told apart from the agent)."""
+    from hibari import Hibari
+
+    tts = await asyncio.to_thread(Hibari)
+
+    def say(text: str) -> np.ndarray:
+        return to_internal(tts(text, speed=0.9, seed=3), 24_000)
+
+    return say
+
+
+def caller(*parts: tuple[str, float | np.ndarray]) -> np.ndarray:
+    out = []
+    for kind, v in parts:
+        out.append(np.zeros(int(float(v) * SAMPLE_RATE), np.int16) if kind == "wait" else np.asarray(v))
+    return np.concatenate(out)
+
+
+async def simulate(workflow_text: str, audio: np.ndarray) -> tuple[CallRecord, np.ndarray, np.ndarray]:
+    clock = VirtualClock()
+    clock.start()
+    providers = ProviderPool()
+    try:
+        rec = RecordingCall(audio, clock)
+        record = await asyncio.create_task(
+            run_call(
+                workflow=load_workflow_text(workflow_text),
+                providers=providers,
+                caller=rec.caller_frames(),
+                sink=rec,
+                clock=clock,
+            )
+        )
+        caller_ch, agent_ch = rec.mix()
+        return record, caller_ch, agent_ch
+    finally:
+        await clock.aclose()
+        await providers.aclose()
+
+
+def test_voicerun_run_on_the_bundled_recording(tmp_path: Path) -> None:
+    out, report = tmp_path / "call.wav", tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--workflow", str(EXAMPLES / "front-desk.yaml"),
+         "--input", str(EXAMPLES / "audio" / "front-desk-caller.wav"),
+         "--output", str(out), "--report", str(report), "--fast"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={"HF_HUB_OFFLINE": "1", "VOICERUN_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert {"call_id", "workflow_slug", "status", "duration_seconds", "agent_history", "transcript",
+            "metrics", "usage"} <= data.keys()  # fmt: skip
+    assert data["status"] == "completed" and data["workflow_slug"] == "front-desk"
+    users = [e["content"].lower() for e in data["transcript"] if e["role"] == "user"]
+    agents = [e["content"] for e in data["transcript"] if e["role"] == "assistant" and e["content"]]
+    assert len(users) == 3, data["transcript"]
+    assert "open" in users[0] and "tonight" in users[0]
+    assert "located" in users[1]
+    assert "thanks" in users[2] and "bye" in users[2]
+    assert agents[:3] == [
+        "Thanks for calling Luigi's. How can I help you today?",
+        "We're open every day from five in the evening until eleven.",
+        "We're at twelve Harbor Street, right next to the old lighthouse.",
+    ]
+    assert data["ended_reason"] == "agent_ended"
+    turns = data["metrics"]["turns"]
+    assert len(turns) == 3 and not any(t["interrupted"] for t in turns)
+
+    # e2e is the silence the caller hears: compare with the gap in the recorded call.
+    stereo = read_wav_stereo(out)
+    caller_ch, agent_ch = stereo[:, 0], stereo[:, 1]
+    for turn, user_entry_start in zip(turns, speech_ends(caller_ch), strict=False):
+        reply = active(agent_ch[user_entry_start:])
+        gap_ms = reply[0] / SAMPLE_RATE * 1000
+        assert turn["e2e_latency_ms"] == pytest.approx(gap_ms, abs=40)
+        assert turn["e2e_latency_ms"] >= turn["eou_delay_ms"] >= 295
+    usage = data["usage"]
+    assert usage["stt_audio_seconds"] > 3 and usage["tts_characters"] > 100
+    assert usage["llm_prompt_tokens"] == 0  # the rules engine uses no tokens and says so
+    assert usage["call_seconds"] == pytest.approx(data["duration_seconds"], abs=0.01)
+    assert "e2e" in proc.stdout and "We're open every day" in proc.stdout
+
+
+def read_wav_stereo(path: Path) -> np.ndarray:
+    import wave
+
+    with wave.open(str(path)) as w:
+        assert w.getnchannels() == 2 and w.getframerate() == SAMPLE_RATE
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+
+
+def speech_ends(x: np.ndarray, min_gap_s: float = 0.6) -> list[int]:
+    """Sample index where each caller utterance ends (audible runs separated by long silences)."""
+    idx = active(x)
+    gaps = np.flatnonzero(np.diff(idx) > min_gap_s * SAMPLE_RATE)
+    return [int(idx[g]) + 1 for g in gaps] + [int(idx[-1]) + 1]
+
+
+async def test_barge_in_with_real_engines(voice: Any) -> None:
+    audio = caller(("wait", 4.0), ("say", voice("Sorry, what time do you open?")), ("wait", 5.0))
+    record, caller_ch, agent_ch = await simulate(WORKFLOW, audio)
+    onset = int(active(caller_ch)[0])
+    agent_audio = active(agent_ch)
+    greeting_end = int(agent_audio[agent_audio < onset + SAMPLE_RATE][-1])
+    assert 0 <= (greeting_end - onset) / SAMPLE_RATE <= 0.100, "agent kept talking over the caller"
+    greeting = next(e for e in record.transcript if e["role"] == "assistant")
+    assert greeting.get("interrupted") is True
+    assert greeting["content"] and LONG_GREETING.startswith(greeting["content"])
+    assert len(greeting["content"]) < len(LONG_GREETING) / 2
+    answer = [e["content"] for e in record.transcript if e["role"] == "assistant"][-1]
+    assert answer == "We open at five."
+    assert record.summary is not None and not record.summary.turns[0].interrupted
+
+
+async def test_backchannel_with_real_engines(voice: Any) -> None:
+    audio = caller(("wait", 4.0), ("say", voice("Okay.")), ("wait", 14.0))
+    record, _, agent_ch = await simulate(WORKFLOW, audio)
+    said = [e for e in record.transcript if e["role"] == "assistant"]
+    assert len(said) == 1 and said[0]["content"] == LONG_GREETING and not said[0].get("interrupted")
+    assert [e["content"].lower().strip(".!") for e in record.transcript if e.get("backchannel")] == ["okay"]
+    # the whole greeting was played: as much agent audio as when the caller stays silent
+    _, _, undisturbed = await simulate(WORKFLOW, caller(("wait", 18.0)))
+    assert len(active(agent_ch)) == pytest.approx(len(active(undisturbed)), rel=0.02)
