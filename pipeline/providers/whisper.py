@@ -11,6 +11,7 @@ oversubscribed by one caller.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 import time
@@ -234,6 +235,9 @@ class WhisperUtterance(Utterance):
         self._model = model
         self._config = config
         self._loop = asyncio.get_running_loop()
+        # Results come back through call_soon_threadsafe from a worker thread, whose context is
+        # empty; running them in the call's context keeps call_id and agent on their log lines.
+        self._context = contextvars.copy_context()
         self._on_interim = on_interim if config.interim_interval_s > 0 else None
         self._interim_frames = max(1, round(config.interim_interval_s / FRAME_S))
         self._pause_frames = max(1, round(config.speculate_after_ms / 1000 / FRAME_S))
@@ -324,7 +328,7 @@ class WhisperUtterance(Utterance):
 
     def _post(self, decode: _Decode, text: str | None, error: BaseException | None) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._on_decoded, decode, text, error)
+            self._loop.call_soon_threadsafe(self._on_decoded, decode, text, error, context=self._context)
         except RuntimeError:  # the loop is closed: the call is over and nobody wants the result
             pass
 

@@ -1,0 +1,77 @@
+"""Every log line a call writes carries its call_id and agent, including lines from its tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import structlog
+
+from agent._call import run_call
+from agent._providers import ProviderPool
+from agent._recording import RecordingCall
+from pipeline import SAMPLE_RATE, VirtualClock
+from workflows import load_workflow_text
+
+WORKFLOW = """
+version: 1
+slug: log-check
+start: main
+agents:
+  main:
+    instructions: Test.
+    greeting: Hello there.
+    fallback: I see.
+"""
+
+
+@pytest.fixture
+def captured() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+
+    def keep(_logger: Any, _method: str, event: dict[str, Any]) -> Any:
+        events.append(event)
+        raise structlog.DropEvent
+
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, keep], cache_logger_on_first_use=False
+    )
+    try:
+        yield events
+    finally:
+        structlog.configure(**old)
+
+
+async def test_call_logs_carry_call_id_and_agent(captured: list[dict[str, Any]], speech_samples: Any) -> None:
+    words = np.frombuffer(speech_samples[1].pcm, np.int16)
+    audio = np.concatenate([np.zeros(2 * SAMPLE_RATE, np.int16), words, np.zeros(2 * SAMPLE_RATE, np.int16)])
+    clock = VirtualClock()
+    clock.start()
+    providers = ProviderPool()
+    try:
+        rec = RecordingCall(audio, clock)
+        record = await asyncio.create_task(
+            run_call(
+                workflow=load_workflow_text(WORKFLOW),
+                providers=providers,
+                caller=rec.caller_frames(),
+                sink=rec,
+                clock=clock,
+                call_id="call-under-test",
+            )
+        )
+    finally:
+        await clock.aclose()
+        await providers.aclose()
+    assert record.summary is not None and len(record.summary.turns) == 1
+    names = {e["event"] for e in captured}
+    assert {"call_started", "turn_completed", "call_ended"} <= names
+    for event in captured:
+        assert event.get("call_id") == "call-under-test", event
+        assert event.get("agent") == "main", event
+    # and nothing leaks into the caller's context once the call is over
+    assert "call_id" not in structlog.contextvars.get_contextvars()
