@@ -20,8 +20,9 @@ demo: $(STAMP)
 		--input workflows/examples/audio/front-desk-caller.wav \
 		--output out/front-desk-call.wav --report out/front-desk-report.json
 
+# asyncio debug mode reports any callback that blocks the loop for more than 100 ms.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,7 +37,9 @@ lock: $(STAMP)
 	$(LOCK) --extra dev -o requirements-dev.lock
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/embedded_call.py
+	$(BIN)/python bench/embedded_latency.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

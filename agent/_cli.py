@@ -65,6 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline import AudioFormatError, read_wav
     from workflows import TemplateError, WorkflowError, load_workflow
 
+    from ._recording import call_from_recording
+
     try:
         workflow = load_workflow(args.workflow)
     except WorkflowError as exc:
@@ -75,7 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     user = _user_data(args.user_data)
     try:
-        record, mix = asyncio.run(_run_recording(workflow, caller, user, fast=args.fast))
+        record, mix = asyncio.run(call_from_recording(workflow, caller, fast=args.fast, user_data=user))
     except TemplateError as exc:
         raise UsageError(f"{args.workflow}: {exc}") from None
 
@@ -103,37 +105,3 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for fault in record.faults:
         print(f"fault: {fault}", file=sys.stderr)
     return EXIT_OK
-
-
-async def _run_recording(workflow: Any, caller: Any, user: dict[str, Any], *, fast: bool) -> tuple[Any, Any]:
-    from pipeline import RealClock, VirtualClock
-
-    from ._call import run_call
-    from ._providers import ProviderPool
-    from ._recording import RecordingCall
-
-    providers = ProviderPool()
-    clock: RealClock | VirtualClock
-    if fast:
-        clock = VirtualClock()
-        clock.start()
-    else:
-        clock = RealClock()
-    try:
-        recording = RecordingCall(caller, clock)
-        # Its own task, so the call's log context stays with the call.
-        record = await asyncio.create_task(
-            run_call(
-                workflow=workflow,
-                providers=providers,
-                caller=recording.caller_frames(),
-                sink=recording,
-                clock=clock,
-                user_data=user,
-            )
-        )
-        return record, recording.mix()
-    finally:
-        if isinstance(clock, VirtualClock):
-            await clock.aclose()
-        await providers.aclose()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import numpy as np
 
-from pipeline import FRAME_S, SAMPLE_RATE, Clock, Int16Array, frames
+from pipeline import FRAME_S, SAMPLE_RATE, Clock, Int16Array, RealClock, VirtualClock, frames
+from workflows import Workflow
+
+from ._call import CallRecord, run_call
+from ._providers import ProviderPool
 
 
 class RecordingCall:
@@ -40,3 +46,47 @@ class RecordingCall:
         caller = np.zeros(end, np.int16)
         caller[: len(self._caller)] = self._caller
         return caller, agent
+
+
+async def call_from_recording(
+    workflow: Workflow,
+    caller: Int16Array,
+    *,
+    fast: bool,
+    providers: ProviderPool | None = None,
+    user_data: Mapping[str, Any] | None = None,
+    call_id: str | None = None,
+) -> tuple[CallRecord, tuple[Int16Array, Int16Array]]:
+    """Play a recording as the caller of one call; returns the record and (caller, agent) audio.
+
+    fast: a VirtualClock (idle time skipped, compute charged); else the real clock. Providers
+    passed in are reused and left open; otherwise a pool is made for this call and closed.
+    """
+    own_pool = providers is None
+    pool = providers if providers is not None else ProviderPool()
+    clock: RealClock | VirtualClock
+    if fast:
+        clock = VirtualClock()
+        clock.start()
+    else:
+        clock = RealClock()
+    try:
+        recording = RecordingCall(caller, clock)
+        # Its own task, so the call's log context stays with the call.
+        record = await asyncio.create_task(
+            run_call(
+                workflow=workflow,
+                providers=pool,
+                caller=recording.caller_frames(),
+                sink=recording,
+                clock=clock,
+                user_data=user_data,
+                call_id=call_id,
+            )
+        )
+        return record, recording.mix()
+    finally:
+        if isinstance(clock, VirtualClock):
+            await clock.aclose()
+        if own_pool:
+            await pool.aclose()

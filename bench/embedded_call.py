@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from agent._call import run_call
 from agent._providers import ProviderPool
-from agent._recording import RecordingCall
-from pipeline import SAMPLE_RATE, RealClock, to_internal
+from agent._recording import call_from_recording
+from pipeline import SAMPLE_RATE, to_internal
 from workflows import load_workflow
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "examples" / "front-desk.yaml"
@@ -53,17 +52,7 @@ def caller_audio() -> np.ndarray:
 
 
 async def one_call(audio: np.ndarray, providers: ProviderPool) -> list[float]:
-    clock = RealClock()
-    rec = RecordingCall(audio, clock)
-    record = await asyncio.create_task(
-        run_call(
-            workflow=load_workflow(WORKFLOW),
-            providers=providers,
-            caller=rec.caller_frames(),
-            sink=rec,
-            clock=clock,
-        )
-    )
+    record, _ = await call_from_recording(load_workflow(WORKFLOW), audio, fast=False, providers=providers)
     assert record.summary is not None
     return [t.e2e_latency_ms for t in record.summary.turns if t.e2e_latency_ms is not None]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,10 +9,8 @@ import numpy as np
 import pytest
 import structlog
 
-from agent._call import run_call
-from agent._providers import ProviderPool
-from agent._recording import RecordingCall
-from pipeline import SAMPLE_RATE, VirtualClock
+from agent._recording import call_from_recording
+from pipeline import SAMPLE_RATE
 from workflows import load_workflow_text
 
 WORKFLOW = """
@@ -49,24 +46,9 @@ def captured() -> Iterator[list[dict[str, Any]]]:
 async def test_call_logs_carry_call_id_and_agent(captured: list[dict[str, Any]], speech_samples: Any) -> None:
     words = np.frombuffer(speech_samples[1].pcm, np.int16)
     audio = np.concatenate([np.zeros(2 * SAMPLE_RATE, np.int16), words, np.zeros(2 * SAMPLE_RATE, np.int16)])
-    clock = VirtualClock()
-    clock.start()
-    providers = ProviderPool()
-    try:
-        rec = RecordingCall(audio, clock)
-        record = await asyncio.create_task(
-            run_call(
-                workflow=load_workflow_text(WORKFLOW),
-                providers=providers,
-                caller=rec.caller_frames(),
-                sink=rec,
-                clock=clock,
-                call_id="call-under-test",
-            )
-        )
-    finally:
-        await clock.aclose()
-        await providers.aclose()
+    record, _ = await call_from_recording(
+        load_workflow_text(WORKFLOW), audio, fast=True, call_id="call-under-test"
+    )
     assert record.summary is not None and len(record.summary.turns) == 1
     names = {e["event"] for e in captured}
     assert {"call_started", "turn_completed", "call_ended"} <= names

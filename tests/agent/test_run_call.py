@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from agent._call import CallRecord, run_call
-from agent._providers import ProviderPool
-from agent._recording import RecordingCall
-from pipeline import SAMPLE_RATE, VirtualClock, to_internal
+from agent._call import CallRecord
+from agent._recording import call_from_recording
+from pipeline import SAMPLE_RATE, to_internal
 from workflows import load_workflow_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,25 +68,10 @@ def caller(*parts: tuple[str, float | np.ndarray]) -> np.ndarray:
 
 
 async def simulate(workflow_text: str, audio: np.ndarray) -> tuple[CallRecord, np.ndarray, np.ndarray]:
-    clock = VirtualClock()
-    clock.start()
-    providers = ProviderPool()
-    try:
-        rec = RecordingCall(audio, clock)
-        record = await asyncio.create_task(
-            run_call(
-                workflow=load_workflow_text(workflow_text),
-                providers=providers,
-                caller=rec.caller_frames(),
-                sink=rec,
-                clock=clock,
-            )
-        )
-        caller_ch, agent_ch = rec.mix()
-        return record, caller_ch, agent_ch
-    finally:
-        await clock.aclose()
-        await providers.aclose()
+    record, (caller_ch, agent_ch) = await call_from_recording(
+        load_workflow_text(workflow_text), audio, fast=True
+    )
+    return record, caller_ch, agent_ch
 
 
 def test_voicerun_run_on_the_bundled_recording(tmp_path: Path) -> None:

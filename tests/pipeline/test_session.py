@@ -16,6 +16,7 @@ from pipeline import (
     SAMPLE_RATE,
     AgentSpeech,
     Backchannel,
+    CallSummary,
     Dialogue,
     LLMEvent,
     Message,
@@ -26,6 +27,7 @@ from pipeline import (
     ToolCall,
     ToolCallRequest,
     ToolOutcome,
+    ToolRunner,
     ToolSpec,
     TurnConfig,
     VirtualClock,
@@ -65,7 +67,8 @@ async def run_call(
     greeting: str | None = None,
     turn: TurnConfig | None = None,
     max_duration_s: float | None = None,
-) -> tuple[Run, object]:
+    tools: ToolRunner | None = None,
+) -> tuple[Run, CallSummary]:
     clock = VirtualClock()
     clock.start()
     run = Run()
@@ -80,7 +83,7 @@ async def run_call(
             await clock.sleep_until(run.t0 + (k + 1) * FRAME_S)
             yield frame
 
-    run.dialogue = Dialogue(llm, "You are a test agent.")
+    run.dialogue = Dialogue(llm, "You are a test agent.", **({"run_tool": tools} if tools else {}))
     session = VoiceSession(
         stt=await ScriptedSTT(transcripts).connect(),
         tts=tts or ToneTTS(0.2),
@@ -259,36 +262,10 @@ async def test_end_call_tool_ends_the_call_after_the_line_is_played() -> None:
         return ToolOutcome({"ok": True}, end_call=call.name == "end_call")
 
     audio = timeline(("speech", 1.0), ("silence", 10.0))
-    clock_run, summary = await _run_with_tools(audio, ByeLLM(), tools)
+    run, summary = await run_call(audio, ["bye"], ByeLLM(), tts=ToneTTS(0.5), tools=tools)
     assert summary.reason == "agent_ended"
     assert summary.duration_s < 3.0
-    assert clock_run.of(AgentSpeech)[0].text == "Goodbye now."
-
-
-async def _run_with_tools(audio: np.ndarray, llm: LLM, tools) -> tuple[Run, object]:  # type: ignore[no-untyped-def]
-    clock = VirtualClock()
-    clock.start()
-    run = Run()
-
-    class Sink:
-        async def send(self, pcm: bytes, t: float) -> None:
-            run.sent.append(t)
-
-    async def caller() -> AsyncIterator[bytes]:
-        t0 = clock.now()
-        for k, frame in enumerate(frames(audio)):
-            await clock.sleep_until(t0 + (k + 1) * FRAME_S)
-            yield frame
-
-    run.dialogue = Dialogue(llm, "", run_tool=tools)
-    session = VoiceSession(
-        stt=await ScriptedSTT(["bye"]).connect(), tts=ToneTTS(0.5), dialogue=run.dialogue,
-        sink=Sink(), clock=clock, on_event=run.events.append,
-    )  # fmt: skip
-    try:
-        return run, await session.run(caller())
-    finally:
-        await clock.aclose()
+    assert run.of(AgentSpeech)[0].text == "Goodbye now."
 
 
 async def test_max_duration_ends_the_call() -> None:
