@@ -79,7 +79,8 @@ async def one_call(index: int, delay_s: float, overheads: list[float], clock: Re
     await session.run(caller())
 
 
-async def run(n: int) -> dict[str, float]:
+async def run(n: int, repeat: int = 1) -> dict[str, float]:
+    """n concurrent calls, `repeat` times over; turns are pooled across the repeats."""
     clock = RealClock()
     overheads: list[float] = []
     gc.collect()
@@ -95,10 +96,11 @@ async def run(n: int) -> dict[str, float]:
 
     sampler = asyncio.create_task(sample_rss())
     cycle = SPEECH_S + SILENCE_S
-    await asyncio.gather(*(one_call(i, cycle * i / n, overheads, clock) for i in range(n)))
+    for r in range(repeat):
+        await asyncio.gather(*(one_call(r * n + i, cycle * i / n, overheads, clock) for i in range(n)))
     sampler.cancel()
     cpu = time.process_time() - cpu0
-    call_seconds = n * CYCLES * cycle
+    call_seconds = repeat * n * CYCLES * cycle
     ms = sorted(x * 1000 for x in overheads)
     return {
         "calls": n,
@@ -116,6 +118,9 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, nargs="*", default=[1, 10, 50, 100, 150, 200])
+    ap.add_argument(
+        "--min-turns", type=int, default=50, help="repeat small runs until they give this many turns"
+    )
     args = ap.parse_args()
     print(
         f"machine: {os.cpu_count()} cores, python {os.sys.version.split()[0]}; "
@@ -126,7 +131,7 @@ def main() -> None:
     )
     base: dict[str, float] | None = None
     for n in args.calls:
-        r = asyncio.run(run(n))
+        r = asyncio.run(run(n, repeat=max(1, -(-args.min_turns // (n * CYCLES)))))
         if base is None:
             base = r
         per_call = (r["rss_mb"] - base["rss_mb"]) / (n - 1) if n > 1 else float("nan")
