@@ -8,28 +8,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import structlog
 
 from pipeline import DEFAULT_BACKCHANNELS as _DEFAULT_BACKCHANNELS
 from pipeline import (
+    LLM,
+    AgentHandoff,
     AgentSpeech,
     AudioSink,
     Backchannel,
     CallSummary,
     Clock,
-    Dialogue,
     PipelineFault,
     SessionConfig,
     SessionEvent,
-    ToolCall,
     ToolCalled,
-    ToolOutcome,
     TurnConfig,
     UserTranscript,
     VADConfig,
     VoiceSession,
 )
-from workflows import TurnSettings, Workflow, render
+from workflows import CallState, ToolBox, TurnSettings, Workflow, WorkflowConversation
 
 from ._providers import ProviderPool
 
@@ -57,6 +57,9 @@ class CallRecord:
     workflow_slug: str
     started_at: datetime
     agent_history: list[str]
+    current_agent: str | None = None
+    """The agent in charge while the call runs; None once it has ended."""
+    handoffs: int = 0
     transcript: list[dict[str, Any]] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
     summary: CallSummary | None = None
@@ -80,8 +83,8 @@ class _Transcript:
         wall = self._record.started_at + timedelta(seconds=t - self._t0)
         return wall.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    def _add(self, t: float, entry: dict[str, Any]) -> None:
-        entry = {**entry, "timestamp": self._stamp(t), "agent_name": self.agent}
+    def _add(self, t: float, entry: dict[str, Any], agent: str | None = None) -> None:
+        entry = {**entry, "timestamp": self._stamp(t), "agent_name": agent or self.agent}
         self._entries.append((t, len(self._entries), entry))
 
     def on_event(self, ev: SessionEvent) -> None:
@@ -93,7 +96,7 @@ class _Transcript:
             entry: dict[str, Any] = {"role": "assistant", "content": ev.text}
             if ev.interrupted:
                 entry["interrupted"] = True
-            self._add(ev.t, entry)
+            self._add(ev.t, entry, ev.agent)
         elif isinstance(ev, ToolCalled):
             self._add(
                 ev.t,
@@ -105,17 +108,22 @@ class _Transcript:
                     **({"tool_error": True} if ev.is_error else {}),
                 },
             )
+        elif isinstance(ev, AgentHandoff):
+            self.agent = ev.to_agent
+            self._record.current_agent = ev.to_agent
+            self._add(
+                ev.t,
+                {
+                    "role": "system",
+                    "content": f"Handoff from {ev.from_agent} to {ev.to_agent}",
+                    "handoff": {"from": ev.from_agent, "to": ev.to_agent},
+                },
+            )
         elif isinstance(ev, PipelineFault):
             self._record.faults.append(f"{ev.stage}: {ev.error}")
 
     def entries(self) -> list[dict[str, Any]]:
         return [e for _, _, e in sorted(self._entries, key=lambda x: (x[0], x[1]))]
-
-
-async def _builtin_tools(call: ToolCall) -> ToolOutcome:
-    if call.name == "end_call":
-        return ToolOutcome({"ok": True}, end_call=True)
-    return ToolOutcome({"error": f"unknown tool {call.name!r}"}, is_error=True)
 
 
 async def run_call(
@@ -131,42 +139,50 @@ async def run_call(
     """Run one call. Run each call in its own task: the call's log context is bound here."""
     call_id = call_id or str(uuid.uuid4())
     agent_name = workflow.start
-    spec = workflow.agent(agent_name)
     structlog.contextvars.bind_contextvars(call_id=call_id, agent=agent_name)
-    user = dict(user_data or {})
-    record = CallRecord(call_id, workflow.slug, datetime.now(UTC), [agent_name])
+    state = CallState.bind(workflow, user_data or {})
+    record = CallRecord(call_id, workflow.slug, datetime.now(UTC), [agent_name], current_agent=agent_name)
     transcript = _Transcript(record, clock.now(), agent_name)
 
+    # Every agent's LLM is checked now: a provider this build lacks fails before the call starts.
+    llms: dict[str, LLM | None] = {name: providers.llm(workflow.llm_for(name)) for name in workflow.agents}
+    # The start agent's voice serves the whole call (per-agent STT/TTS is not switched yet).
     stt = await providers.stt(workflow.stt_for(agent_name))
     tts = await providers.tts(workflow.tts_for(agent_name))
-    llm = providers.llm(workflow.llm_for(agent_name), spec)
-    dialogue = Dialogue(llm, render(spec.instructions, user=user), run_tool=_builtin_tools)
-    greeting = render(spec.greeting, user=user) if spec.greeting else None
     config = SessionConfig(
         turn=turn_config(workflow.turn_for(agent_name)),
         max_duration_s=workflow.defaults.max_duration_seconds,
     )
-    stt_session = await stt.connect()
-    session = VoiceSession(
-        stt=stt_session,
-        tts=tts,
-        dialogue=dialogue,
-        sink=sink,
-        clock=clock,
-        config=config,
-        on_event=transcript.on_event,
-        greeting=greeting,
-    )
-    log.info("call_started", workflow=workflow.slug)
-    try:
-        record.summary = await session.run(caller)
-    finally:
-        await stt_session.aclose()
-        record.transcript = transcript.entries()
+    async with aiohttp.ClientSession() as http:
+        toolboxes = {
+            name: ToolBox(workflow, spec.tools, state, http=http) for name, spec in workflow.agents.items()
+        }
+        conversation = WorkflowConversation(workflow, state, toolboxes.__getitem__, llms.__getitem__)
+        stt_session = await stt.connect()
+        session = VoiceSession(
+            stt=stt_session,
+            tts=tts,
+            dialogue=conversation,
+            sink=sink,
+            clock=clock,
+            config=config,
+            on_event=transcript.on_event,
+            greeting=conversation.greeting(),
+        )
+        log.info("call_started", workflow=workflow.slug)
+        try:
+            record.summary = await session.run(caller)
+        finally:
+            await stt_session.aclose()
+            record.transcript = transcript.entries()
+            record.agent_history = list(conversation.agent_history)
+            record.handoffs = conversation.handoffs
+            record.current_agent = None
     log.info(
         "call_ended",
         reason=record.summary.reason,
         duration_s=round(record.summary.duration_s, 3),
         turns=len(record.summary.turns),
+        agent_history=record.agent_history,
     )
     return record

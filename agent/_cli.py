@@ -31,6 +31,29 @@ def _parser() -> argparse.ArgumentParser:
         "--fast", action="store_true", help="run as fast as possible on the recording's timeline"
     )
     run.set_defaults(func=_cmd_run)
+
+    validate = sub.add_parser(
+        "validate",
+        help="check workflow files; print every problem as PATH:LINE:COL: message",
+        description="Check workflow files and print every problem as PATH:LINE:COL: message. "
+        "Exit status 0 when no file has an error (warnings alone pass), 1 otherwise.",
+    )
+    validate.add_argument(
+        "paths", nargs="+", metavar="PATH", help="workflow YAML file, or a directory of them"
+    )
+    validate.set_defaults(func=_cmd_validate)
+
+    test = sub.add_parser(
+        "test",
+        help="run the workflows' scripted tests in text mode",
+        description="Run each workflow's `tests` without audio, against the configured LLM or, "
+        "offline, the rules. A line per test, then 'N passed, N failed'; exit 1 on any failure.",
+    )
+    test.add_argument("paths", nargs="+", metavar="PATH", help="workflow YAML file, or a directory of them")
+    test.set_defaults(func=_cmd_test)
+
+    schema = sub.add_parser("schema", help="print the workflow language as a JSON Schema (for editors)")
+    schema.set_defaults(func=_cmd_schema)
     return p
 
 
@@ -63,8 +86,9 @@ def _user_data(raw: str) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline import AudioFormatError, read_wav
-    from workflows import TemplateError, WorkflowError, load_workflow
+    from workflows import TemplateError, VariableError, WorkflowError, load_workflow
 
+    from ._providers import UnknownProviderError
     from ._recording import call_from_recording
 
     try:
@@ -78,7 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     user = _user_data(args.user_data)
     try:
         record, mix = asyncio.run(call_from_recording(workflow, caller, fast=args.fast, user_data=user))
-    except TemplateError as exc:
+    except (TemplateError, VariableError, UnknownProviderError) as exc:
         raise UsageError(f"{args.workflow}: {exc}") from None
 
     from pipeline import write_wav
@@ -104,4 +128,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"report:     {args.report}")
     for fault in record.faults:
         print(f"fault: {fault}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _workflow_files(paths: Sequence[str]) -> list[Path]:
+    files = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not found:
+                raise UsageError(f"{p}: no .yaml or .yml files in this directory")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from workflows import validate_file
+
+    files = _workflow_files(args.paths)
+    errors = warnings = 0
+    for path in files:
+        for problem in validate_file(path):
+            print(problem)
+            if problem.severity == "error":
+                errors += 1
+            else:
+                warnings += 1
+    print(
+        f"{_count(len(files), 'file')} checked: {_count(errors, 'error')}, {_count(warnings, 'warning')}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from ._workflow_tests import run_workflow_tests
+
+    return run_workflow_tests([str(p) for p in _workflow_files(args.paths)])
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from workflows import workflow_json_schema
+
+    print(json.dumps(workflow_json_schema(), indent=2))
     return EXIT_OK

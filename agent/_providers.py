@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import LLM, STT, TTS
-from pipeline.providers.rules import Rule, RulesLLM
-from workflows import AgentSpec, ProviderSpec
+from workflows import ProviderSpec
+
+LLM_PROVIDERS = ("rules",)
 
 
 class UnknownProviderError(ValueError):
@@ -38,14 +39,15 @@ class ProviderPool:
             await self._tts[key].warm()
         return self._tts[key]
 
-    def llm(self, spec: ProviderSpec, agent: AgentSpec) -> LLM:
+    def llm(self, spec: ProviderSpec) -> LLM | None:
+        """The agent's LLM; None for `rules`: no LLM, the workflow runtime answers with the agent's
+        rules and its fallback line."""
         if spec.provider == "rules":
-            rules = [
-                Rule(pattern=r.pattern(), say=r.say, tool="end_call" if r.end_call else None)
-                for r in agent.rules
-            ]
-            return RulesLLM(rules, agent.fallback)
-        raise UnknownProviderError(f"unknown llm provider {spec.provider!r} (available: rules)")
+            return None
+        raise UnknownProviderError(
+            f"llm provider {spec.provider!r} is not available in this build "
+            f"(available: {', '.join(LLM_PROVIDERS)})"
+        )
 
     async def aclose(self) -> None:
         for stt in self._stt.values():

@@ -25,7 +25,7 @@ def report_dict(record: CallRecord) -> dict[str, Any]:
         "started_at": record.started_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "duration_seconds": round(summary.duration_s, 3) if summary else None,
         "agent_history": record.agent_history,
-        "current_agent": None,
+        "current_agent": record.current_agent,
         "transcript": record.transcript,
         "metrics": {
             "duration_seconds": round(summary.duration_s, 3) if summary else None,
@@ -34,7 +34,7 @@ def report_dict(record: CallRecord) -> dict[str, Any]:
             "tts_latency_ms": means["tts_latency_ms"],
             "e2e_latency_ms": means["e2e_latency_ms"],
             "total_tokens": usage.get("llm_prompt_tokens", 0) + usage.get("llm_completion_tokens", 0),
-            "agent_handoffs": max(0, len(record.agent_history) - 1),
+            "agent_handoffs": record.handoffs,
             "turns": [asdict(t) for t in turns],
         },
         "usage": {k: round(v, 3) if isinstance(v, float) else v for k, v in usage.items()},

@@ -17,9 +17,22 @@ from ._audio import (
     write_wav,
 )
 from ._clock import Clock, RealClock, VirtualClock
-from ._dialogue import Dialogue, EndCallEvent, ReplyEvent, ToolOutcome, ToolResultEvent, ToolRunner
+from ._dialogue import (
+    ContextKeep,
+    Conversation,
+    Dialogue,
+    EndCallEvent,
+    FillerLookup,
+    HandoffEvent,
+    ReplyEvent,
+    ToolOutcome,
+    ToolResultEvent,
+    ToolRunner,
+    summarize,
+)
 from ._errors import AudioFormatError, PipelineError, ProviderError
 from ._events import (
+    AgentHandoff,
     AgentSpeech,
     Backchannel,
     CallEnded,
@@ -50,6 +63,7 @@ __all__ = [
     "SAMPLE_RATE",
     "STT",
     "TTS",
+    "AgentHandoff",
     "AgentSpeech",
     "AudioFormatError",
     "AudioSink",
@@ -57,9 +71,13 @@ __all__ = [
     "CallEnded",
     "CallSummary",
     "Clock",
+    "ContextKeep",
+    "Conversation",
     "Dialogue",
     "EndCallEvent",
     "Endpointer",
+    "FillerLookup",
+    "HandoffEvent",
     "Int16Array",
     "InterimCallback",
     "LLMEvent",
@@ -99,6 +117,7 @@ __all__ = [
     "is_backchannel",
     "read_wav",
     "rms_dbfs",
+    "summarize",
     "to_internal",
     "turn_summary",
     "write_wav",

@@ -6,9 +6,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+import structlog
 
 from ._llm import LLM, LLMUsage, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
+
+log = structlog.get_logger("voicerun.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +20,8 @@ class ToolOutcome:
     result: Any
     is_error: bool = False
     end_call: bool = False
+    handoff: str | None = None
+    """The agent (as the tool runner names it) the call moves to once the whole batch is recorded."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,19 +37,66 @@ class EndCallEvent:
     reason: str = "agent_ended"
 
 
-ReplyEvent = TextDelta | LLMUsage | ToolResultEvent | EndCallEvent
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffEvent:
+    """The conversation moves to another agent; everything yielded after it is the new agent's.
+
+    Dialogue.respond() yields it with only `to` (as the tool asked) and stops the turn; a
+    Conversation that performs the switch yields its own, with the agent names resolved.
+    """
+
+    kind: Literal["handoff"] = field(default="handoff", init=False)
+    to: str
+    from_agent: str | None = None
+
+
+ReplyEvent = TextDelta | LLMUsage | ToolResultEvent | EndCallEvent | HandoffEvent
 ToolRunner = Callable[[ToolCall], Awaitable[ToolOutcome]]
+FillerLookup = Callable[[str], str | None]
+ContextKeep = Literal["full", "summary", "none"] | int
+"""What of the history a new agent keeps: all of it, a summary, nothing, or the last N messages."""
+
+SUMMARY_EXCHANGES = 3
+SUMMARY_MAX_CHARS = 600
+_QUOTE_MAX_CHARS = 160
+
+
+class Conversation(Protocol):
+    """What VoiceSession talks to: a Dialogue, or a workflow runtime that drives several."""
+
+    def respond(self, user_text: str) -> AsyncIterator[ReplyEvent]:
+        """Stream the reply to one caller turn."""
+        ...
+
+    def trim_last_reply(self, spoken: str) -> None:
+        """The caller interrupted: keep only the words of the last reply that were played."""
+        ...
+
+    def retract_turn(self) -> str:
+        """Undo the last turn (none of it was heard); returns its caller text for merging."""
+        ...
+
+    def add_assistant(self, text: str) -> None:
+        """Record a line the agent said outside respond() (the greeting)."""
+        ...
 
 
 async def _no_tools(call: ToolCall) -> ToolOutcome:
     return ToolOutcome({"error": f"unknown tool {call.name!r}"}, is_error=True)
 
 
+def _no_filler(name: str) -> str | None:
+    return None
+
+
 class Dialogue:
     """Owns the message history. respond() streams one reply, running tool calls between rounds.
 
-    Every tool call of a batch finishes and is recorded before the next LLM round, so a batch that
-    mixes an ordinary tool with one that ends the call (or hands off) never loses either.
+    Every tool call of a batch finishes and is recorded before anything else happens, so a batch
+    that mixes an ordinary tool with one that ends the call or hands off never loses either. After
+    a batch that hands off, the round stops: the old agent's LLM is not asked again, and text it
+    streamed after its first tool call of that round is dropped, so the next words the caller
+    hears are the new agent's.
     """
 
     def __init__(
@@ -53,11 +106,13 @@ class Dialogue:
         *,
         tools: Sequence[ToolSpec] = (),
         run_tool: ToolRunner = _no_tools,
+        filler: FillerLookup = _no_filler,
         max_tool_rounds: int = 4,
     ) -> None:
         self.llm = llm
         self.tools = tuple(tools)
         self._run_tool = run_tool
+        self._filler = filler
         self._max_rounds = max_tool_rounds
         self.messages: list[Message] = [Message("system", instructions)] if instructions else []
         self._turn_start = len(self.messages)
@@ -66,19 +121,49 @@ class Dialogue:
         """Record something the agent said outside respond() (the greeting, a rule's line)."""
         self.messages.append(Message("assistant", text))
 
-    async def respond(self, user_text: str) -> AsyncIterator[ReplyEvent]:
+    def add_user(self, text: str) -> None:
+        """Start a turn without the LLM (a rule answered it): trim and retract act on it."""
         self._turn_start = len(self.messages)
-        self.messages.append(Message("user", user_text))
+        self.messages.append(Message("user", text))
+
+    def add_tool_call(self, call: ToolCall, outcome: ToolOutcome) -> None:
+        """Record a tool call made outside the LLM (by a rule) with its result."""
+        self.messages.append(Message("assistant", "", tool_calls=(call,)))
+        self.messages.append(Message("tool", json.dumps(outcome.result, default=str), tool_call_id=call.id))
+
+    def mark_turn_start(self) -> None:
+        """What follows is this turn's reply (after a switch: the new agent's part)."""
+        self._turn_start = len(self.messages)
+
+    async def respond(self, user_text: str) -> AsyncIterator[ReplyEvent]:
+        self.add_user(user_text)
+        async for ev in self.resume():
+            yield ev
+
+    async def resume(self) -> AsyncIterator[ReplyEvent]:
+        """Answer the history as it stands (a new agent taking over a turn already recorded)."""
+        spoke = False
         for _ in range(self._max_rounds):
             text: list[str] = []
+            held: list[str] = []
             calls: list[ToolCall] = []
+            first_text = True
             try:
                 async for ev in self.llm.chat(self.messages, self.tools):
                     if isinstance(ev, ToolCallRequest):
                         calls.append(ev.call)
                         continue
                     if isinstance(ev, TextDelta):
+                        if calls:
+                            # Said after a tool call: only true once the tools ran, and not
+                            # said at all if the batch hands the call to another agent.
+                            held.append(ev.text)
+                            continue
                         text.append(ev.text)
+                        if first_text and spoke and ev.text[:1] not in (" ", ""):
+                            yield TextDelta(text=" ")  # rounds are sentences apart, not glued
+                        first_text = False
+                        spoke = spoke or bool(ev.text.strip())
                     yield ev
             finally:
                 # Also on cancellation: what was generated is kept until the session trims it to
@@ -87,31 +172,140 @@ class Dialogue:
                     self.messages.append(Message("assistant", "".join(text), tool_calls=tuple(calls)))
             if not calls:
                 return
+            fillers = [f for c in calls if (f := self._filler(c.name))]
+            if fillers:
+                line = " ".join(fillers)
+                yield TextDelta(text=(" " if spoke else "") + line)
+                spoke = True
+                m = self.messages[-1]
+                joined = f"{m.content} {line}".strip()
+                self.messages[-1] = Message("assistant", joined, tool_calls=m.tool_calls)
             outcomes = await asyncio.gather(*(self._run_tool(c) for c in calls))
             end = False
+            handoff: str | None = None
             for call, outcome in zip(calls, outcomes, strict=True):
                 self.messages.append(
                     Message("tool", json.dumps(outcome.result, default=str), tool_call_id=call.id)
                 )
                 yield ToolResultEvent(call=call, outcome=outcome)
                 end = end or outcome.end_call
+                if outcome.handoff is not None and not outcome.is_error:
+                    if handoff is None:
+                        handoff = outcome.handoff
+                    else:
+                        log.warning("handoff_ignored", tool=call.name, to=outcome.handoff, kept=handoff)
+            if handoff is not None:
+                yield HandoffEvent(to=handoff)
+                return
+            if held:
+                # said once the tools ran: recorded in the order the caller hears it
+                self.messages.append(Message("assistant", "".join(held)))
+                yield TextDelta(text=(" " if spoke else "") + "".join(held))
+                spoke = True
             if end:
                 yield EndCallEvent()
                 return
 
+    def switch(
+        self,
+        instructions: str,
+        *,
+        tools: Sequence[ToolSpec] = (),
+        llm: LLM | None = None,
+        run_tool: ToolRunner | None = None,
+        filler: FillerLookup | None = None,
+        context: ContextKeep = "full",
+    ) -> None:
+        """Hand the conversation to another agent: its instructions and tools replace the old, and
+        the history is kept as `context` says.
+
+        full keeps every non-system message; an int N keeps the last N, never separating an
+        assistant tool-call message from its results; none keeps nothing; summary replaces the
+        history with one short, deterministic system note quoting the last few exchanges (no
+        LLM is asked to write it, so it works offline and costs no latency at the switch).
+        """
+        history = [m for m in self.messages if m.role != "system"]
+        kept: list[Message]
+        if context == "full":
+            kept = history
+        elif context == "none":
+            kept = []
+        elif context == "summary":
+            note = summarize(history)
+            kept = [Message("system", note)] if note else []
+        else:
+            kept = _last_n(history, context)
+        self.messages = ([Message("system", instructions)] if instructions else []) + kept
+        self.tools = tuple(tools)
+        if llm is not None:
+            self.llm = llm
+        if run_tool is not None:
+            self._run_tool = run_tool
+        if filler is not None:
+            self._filler = filler
+        self._turn_start = len(self.messages)
+
     def trim_last_reply(self, spoken: str) -> None:
-        """The caller interrupted: the last assistant text becomes only what was played."""
-        for i in range(len(self.messages) - 1, self._turn_start - 1, -1):
+        """The caller interrupted: this turn's reply becomes only what was played.
+
+        The played words are laid over the turn's assistant text in order; text past them is cut
+        (a tool-call message keeps its calls and loses its words).
+        """
+        budget = len(spoken.split())
+        i = self._turn_start
+        while i < len(self.messages):
             m = self.messages[i]
-            if m.role == "assistant" and not m.tool_calls:
-                if spoken:
-                    self.messages[i] = Message("assistant", spoken)
-                else:
-                    del self.messages[i]
-                return
+            if m.role != "assistant" or not m.content:
+                i += 1
+                continue
+            words = m.content.split()
+            if budget >= len(words):
+                budget -= len(words)
+                i += 1
+                continue
+            kept = " ".join(words[:budget])
+            budget = 0
+            if kept or m.tool_calls:
+                self.messages[i] = Message("assistant", kept, tool_calls=m.tool_calls)
+                i += 1
+            else:
+                del self.messages[i]
 
     def retract_turn(self) -> str:
         """Undo the last turn (nothing of its reply was heard); returns its user text for merging."""
         turn = self.messages[self._turn_start :]
         del self.messages[self._turn_start :]
         return next((m.content for m in turn if m.role == "user"), "")
+
+
+def _last_n(history: list[Message], n: int) -> list[Message]:
+    start = max(0, len(history) - n)
+    # Never start on a tool result: its assistant tool-call message comes with it.
+    while start > 0 and history[start].role == "tool":
+        start -= 1
+    return history[start:]
+
+
+def _quote(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _QUOTE_MAX_CHARS else text[: _QUOTE_MAX_CHARS - 1].rstrip() + "…"
+
+
+def summarize(history: Sequence[Message], exchanges: int = SUMMARY_EXCHANGES) -> str:
+    """A bounded note on the last few exchanges, for the `summary` context policy."""
+    lines: list[str] = []
+    for m in history:
+        if m.role == "user" and m.content.strip():
+            lines.append(f"the caller said '{_quote(m.content)}'")
+        elif m.role == "assistant":
+            if m.content.strip():
+                lines.append(f"the agent said '{_quote(m.content)}'")
+            lines.extend(f"the agent called {c.name}" for c in m.tool_calls)
+    if not lines:
+        return ""
+    lines = lines[-2 * exchanges :]
+    note = "Earlier in this call: " + "; ".join(lines) + "."
+    while len(note) > SUMMARY_MAX_CHARS and len(lines) > 1:
+        lines = lines[1:]
+        note = "Earlier in this call: " + "; ".join(lines) + "."
+    return note[:SUMMARY_MAX_CHARS]

@@ -58,6 +58,8 @@ class AgentSpeech:
     text: str = ""
     t: float = 0.0
     interrupted: bool = False
+    agent: str | None = None
+    """The agent that said it, when a handoff split the reply (None: the current agent)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +78,16 @@ class ToolCalled:
     arguments: dict[str, Any] = field(default_factory=dict)
     result: Any = None
     is_error: bool = False
+    t: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentHandoff:
+    """The call moved to another agent; what follows is the new agent's."""
+
+    kind: Literal["agent_handoff"] = field(default="agent_handoff", init=False)
+    from_agent: str | None = None
+    to_agent: str = ""
     t: float = 0.0
 
 
@@ -109,6 +121,7 @@ SessionEvent = (
     | AgentSpeech
     | Backchannel
     | ToolCalled
+    | AgentHandoff
     | TurnCompleted
     | PipelineFault
     | CallEnded

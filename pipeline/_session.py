@@ -9,17 +9,19 @@ and cancelled when the call ends.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, assert_never
 
 import numpy as np
 import structlog
 
 from ._audio import FRAME_MS, FRAME_S
 from ._clock import Clock
-from ._dialogue import Dialogue, EndCallEvent, ToolResultEvent
+from ._dialogue import Conversation, EndCallEvent, HandoffEvent, ToolResultEvent
 from ._events import (
+    AgentHandoff,
     AgentSpeech,
     Backchannel,
     CallEnded,
@@ -47,6 +49,17 @@ DEFAULT_BACKCHANNELS = (
 )  # fmt: skip
 
 T = TypeVar("T")
+
+_bound_agent: contextvars.ContextVar[object] = contextvars.ContextVar("voicerun_bound_agent", default=None)
+"""Which handoff the current task's log context reflects (see VoiceSession._sync_log_agent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentMark:
+    """In the segment queue: segments after this one are the new agent's."""
+
+    from_agent: str | None
+    to_agent: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +103,39 @@ class _Reply:
     t_tts_audio: float | None = None
     t_first_out: float | None = None
     segments: list[tuple[str, SegmentStats]] = field(default_factory=list)
+    marks: list[tuple[int, _AgentMark]] = field(default_factory=list)
+    """(index of the first segment of the new agent, handoff) for each handoff in this reply."""
+    mark_t: dict[int, float] = field(default_factory=dict)
     paused: bool = False
     end_call: bool = False
     task: asyncio.Task[None] | None = None
 
     def heard(self) -> str:
+        return " ".join(p for _, p in self._heard_segments() if p)
+
+    def _heard_segments(self) -> list[tuple[int, str]]:
         parts = []
-        for text, stats in self.segments:
+        for i, (text, stats) in enumerate(self.segments):
             if stats.played == 0:
                 break
             fraction = stats.played / stats.written if stats.written else 0.0
-            parts.append(spoken_prefix(text, fraction))
+            parts.append((i, spoken_prefix(text, fraction)))
             if fraction < 1.0:
                 break
-        return " ".join(p for p in parts if p)
+        return parts
+
+    def heard_by_agent(self) -> list[tuple[str | None, int, str]]:
+        """What was heard, split at each handoff: (agent, index of the mark or -1, text)."""
+        if not self.marks:
+            return [(None, -1, self.heard())]
+        groups: list[tuple[str | None, int, list[str]]] = [(self.marks[0][1].from_agent, -1, [])]
+        k = 0
+        for i, part in self._heard_segments():
+            while k < len(self.marks) and self.marks[k][0] <= i:
+                groups.append((self.marks[k][1].to_agent, k, []))
+                k += 1
+            groups[-1][2].append(part)
+        return [(agent, mark, " ".join(p for p in parts if p)) for agent, mark, parts in groups]
 
     def full_text(self) -> str:
         return " ".join(text for text, _ in self.segments)
@@ -115,7 +147,7 @@ class VoiceSession:
         *,
         stt: STTSession,
         tts: TTS,
-        dialogue: Dialogue,
+        dialogue: Conversation,
         sink: AudioSink,
         clock: Clock,
         config: SessionConfig | None = None,
@@ -145,6 +177,8 @@ class VoiceSession:
         self._carry_text = ""
         self._ended = asyncio.Event()
         self._end_reason = ""
+        self._agent: str | None = None
+        self._agent_binding: object = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -162,6 +196,7 @@ class VoiceSession:
                 if self._greeting:
                     self._start_reply(_Reply(user_text=None, fixed_text=self._greeting, t_commit=t_start))
                 await self._ended.wait()
+                self._sync_log_agent()
                 for task in (playout, feed, watchdog, *self._work):
                     if task is not None:
                         task.cancel()
@@ -197,10 +232,21 @@ class VoiceSession:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         assert self._tg is not None
-        task = self._tg.create_task(coro, name=name)
+        # A task copies the context of the task that spawns it, which may predate a handoff.
+        context = None
+        if self._agent_binding is not None and _bound_agent.get() is not self._agent_binding:
+            context = contextvars.copy_context()
+            context.run(self._sync_log_agent)
+        task = self._tg.create_task(coro, name=name, context=context)
         self._work.add(task)
         task.add_done_callback(self._work.discard)
         return task
+
+    def _sync_log_agent(self) -> None:
+        """Rebind `agent` in this task's log context if a handoff happened since it was bound."""
+        if self._agent_binding is not None and _bound_agent.get() is not self._agent_binding:
+            structlog.contextvars.bind_contextvars(agent=self._agent)
+            _bound_agent.set(self._agent_binding)
 
     def _emit(self, event: SessionEvent) -> None:
         if self._emit_cb is not None:
@@ -209,6 +255,7 @@ class VoiceSession:
     # -- caller audio path (runs once per 20 ms frame; keep it cheap) ---------------------
 
     def _on_frame(self, pcm: bytes) -> None:
+        self._sync_log_agent()
         now = self._clock.now()
         r = self._endpointer.process(pcm, now - FRAME_S)
         self._voiced_run = self._voiced_run + 1 if r.voiced else 0
@@ -310,9 +357,16 @@ class VoiceSession:
         self._finish_turn(reply, heard, interrupted=True)
 
     def _finish_turn(self, reply: _Reply, heard: str, *, interrupted: bool) -> None:
+        self._sync_log_agent()
         now = self._clock.now()
-        if heard:
+        if heard and not reply.marks:
             self._emit(AgentSpeech(text=heard, t=reply.t_first_out or now, interrupted=interrupted))
+        elif heard:
+            parts = [p for p in reply.heard_by_agent() if p[2]]
+            for n, (agent, mark, text) in enumerate(parts):
+                t = reply.t_first_out if mark < 0 else reply.mark_t.get(mark)
+                last = n == len(parts) - 1
+                self._emit(AgentSpeech(text=text, t=t or now, interrupted=interrupted and last, agent=agent))
         if reply.user_text is None or reply.t_last_voiced is None or reply.t_final is None:
             return
 
@@ -338,7 +392,7 @@ class VoiceSession:
         reply.task = self._spawn(self._run_reply(reply), "reply")
 
     async def _run_reply(self, reply: _Reply) -> None:
-        segments: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
+        segments: asyncio.Queue[str | _AgentMark | None] = asyncio.Queue(maxsize=8)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._generate(reply, segments), name="reply-llm")
@@ -370,7 +424,16 @@ class VoiceSession:
                 return
             yield item
 
-    async def _generate(self, reply: _Reply, out: asyncio.Queue[str | None]) -> None:
+    def _on_handoff(self, ev: HandoffEvent) -> _AgentMark:
+        mark = _AgentMark(ev.from_agent if ev.from_agent is not None else self._agent, ev.to)
+        self._agent = ev.to
+        self._agent_binding = object()
+        self._sync_log_agent()
+        log.info("agent_handoff", from_agent=mark.from_agent, to_agent=ev.to)
+        self._emit(AgentHandoff(from_agent=mark.from_agent, to_agent=ev.to, t=self._clock.now()))
+        return mark
+
+    async def _generate(self, reply: _Reply, out: asyncio.Queue[str | _AgentMark | None]) -> None:
         splitter = SentenceSplitter(self._turn.first_clause_min_chars)
         if reply.fixed_text is not None:
             for seg in [*splitter.push(reply.fixed_text), *splitter.flush()]:
@@ -400,12 +463,22 @@ class VoiceSession:
                 )
             elif isinstance(ev, EndCallEvent):
                 reply.end_call = True
+            elif isinstance(ev, HandoffEvent):
+                # What the old agent said is its own segment; the rest is the new agent's.
+                for seg in splitter.flush():
+                    await out.put(seg)
+                await out.put(self._on_handoff(ev))
+            else:
+                assert_never(ev)
         for seg in splitter.flush():
             await out.put(seg)
         await out.put(None)
 
-    async def _speak(self, reply: _Reply, segments: asyncio.Queue[str | None]) -> None:
+    async def _speak(self, reply: _Reply, segments: asyncio.Queue[str | _AgentMark | None]) -> None:
         while (text := await segments.get()) is not None:
+            if isinstance(text, _AgentMark):
+                reply.marks.append((len(reply.segments), text))
+                continue
             stats = SegmentStats()
             first_of_reply = not reply.segments
             reply.segments.append((text, stats))
@@ -424,12 +497,21 @@ class VoiceSession:
                 on_start = (
                     self._on_first_frame(reply) if reply.t_first_out is None and stats.written == 0 else None
                 )
+                if on_start is None and stats.written == 0 and reply.marks:
+                    if reply.marks[-1][0] == len(reply.segments) - 1:
+                        on_start = self._on_mark_start(reply, len(reply.marks) - 1)
                 await self._playout.write(pcm, stats, on_start)
 
     def _on_first_frame(self, reply: _Reply) -> Callable[[float], None]:
         def started(t: float) -> None:
             if reply.t_first_out is None:
                 reply.t_first_out = t
+
+        return started
+
+    def _on_mark_start(self, reply: _Reply, mark: int) -> Callable[[float], None]:
+        def started(t: float) -> None:
+            reply.mark_t.setdefault(mark, t)
 
         return started
 

@@ -1,7 +1,8 @@
 """The workflow language, version 1, as validated models.
 
 Unknown keys are errors everywhere (extra="forbid"), so a typo is caught at load time rather
-than during a live call.
+than during a live call. Checks that need the whole file (references between agents, tools and
+variables; templates) live in _validate.py, so every problem in a file is reported at once.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+VarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+"""Variables are read by templates ({{user.NAME}}), so their names are identifiers."""
+
+BUILTIN_TOOLS = ("end_call", "transfer_call", "set_variable")
+"""Tools every agent may list without defining them."""
+BACK = "back"
+"""A handoff target meaning "the agent that handed the call to this one"."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become descriptions in `voicerun schema`, so editors show them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ProviderSpec(_Strict):
@@ -46,14 +56,102 @@ class Defaults(_Strict):
     max_duration_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600
 
 
+class VariableSpec(_Strict):
+    """A typed value: a caller's `user_data` input (`variables`) or call state (`vars`)."""
+
+    type: Literal["string", "number", "integer", "boolean", "enum"] = "string"
+    required: bool = False
+    default: str | int | float | bool | None = None
+    values: tuple[str, ...] | None = None
+    """The allowed values of an enum."""
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VariableSpec:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum variable needs 'values'")
+        if self.type != "enum" and self.values is not None:
+            raise ValueError("'values' is only for enum variables")
+        if self.default is not None and not value_fits(self, self.default):
+            raise ValueError(f"default {self.default!r} is not a valid {self.type}")
+        return self
+
+
+def value_fits(spec: VariableSpec, value: Any) -> bool:
+    match spec.type:
+        case "string":
+            return isinstance(value, str)
+        case "number":
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        case "integer":
+            return isinstance(value, int) and not isinstance(value, bool)
+        case "boolean":
+            return isinstance(value, bool)
+        case "enum":
+            return isinstance(value, str) and value in (spec.values or ())
+
+
+class HttpSpec(_Strict):
+    """An HTTP call; url, headers and string values in body are templates ({{args.x}} too)."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = None
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    save: dict[str, str] = Field(default_factory=dict)
+    """vars name -> dotted path in the JSON response (`slots.0.time`)."""
+
+
+class ToolDef(_Strict):
+    description: str
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """JSON Schema of the arguments; checked as a schema at load, arguments checked at call time."""
+    http: HttpSpec | None = None
+    python: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
+    """"package.module:function", sync or async; called with the arguments as keywords."""
+    filler: str | None = None
+    """Said while the tool runs."""
+
+    @model_validator(mode="after")
+    def _one_implementation(self) -> ToolDef:
+        if (self.http is None) == (self.python is None):
+            raise ValueError("a tool needs exactly one of 'http' or 'python'")
+        return self
+
+
+class LastN(_Strict):
+    last_n: Annotated[int, Field(ge=1, le=100)]
+
+
+ContextPolicy = Literal["full", "summary", "none"] | LastN
+
+
+class HandoffSpec(_Strict):
+    to: str
+    """An agent name, or `back` for the agent that handed over."""
+    description: str | None = None
+    """When to transfer; offered to the LLM as the transfer tool's description."""
+    context: ContextPolicy = "full"
+    say: str | None = None
+    """Said at the switch, before the new agent speaks."""
+
+
+class ToolCallSpec(_Strict):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
 class RuleSpec(_Strict):
-    """Checked in order on each final caller transcript; the first match answers."""
+    """Checked in order on each final caller transcript, before any LLM; the first match acts."""
 
     match: str | None = None
     """A regular expression, searched case-insensitively."""
     keywords: tuple[str, ...] | None = None
     """Any of these words or phrases, as whole words."""
     say: str | None = None
+    tool: ToolCallSpec | None = None
+    handoff: str | None = None
     end_call: bool = False
 
     @field_validator("match")
@@ -67,11 +165,11 @@ class RuleSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _one_trigger(self) -> RuleSpec:
+    def _trigger_and_action(self) -> RuleSpec:
         if (self.match is None) == (self.keywords is None):
             raise ValueError("a rule needs exactly one of 'match' or 'keywords'")
-        if self.say is None and not self.end_call:
-            raise ValueError("a rule needs 'say' or 'end_call: true'")
+        if self.say is None and self.tool is None and self.handoff is None and not self.end_call:
+            raise ValueError("a rule needs an action: 'say', 'tool', 'handoff' or 'end_call: true'")
         return self
 
     def pattern(self) -> re.Pattern[str]:
@@ -84,6 +182,8 @@ class RuleSpec(_Strict):
 class AgentSpec(_Strict):
     instructions: str
     greeting: str | None = None
+    tools: tuple[str, ...] = ()
+    handoffs: tuple[HandoffSpec, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
     fallback: str = "Sorry, I didn't catch that. Could you say it another way?"
     stt: ProviderSpec | None = None
@@ -92,21 +192,48 @@ class AgentSpec(_Strict):
     turn: TurnSettings | None = None
 
 
+class ExpectSpec(_Strict):
+    agent: str | None = None
+    """The agent active after the turn."""
+    reply: str | None = None
+    """A regular expression the agent's reply must match (searched, case-insensitive)."""
+    tool_calls: tuple[ToolCallSpec, ...] | None = None
+    """Tools called during the turn, in order; listed arguments must match (others may exist)."""
+    handoff: str | None = None
+    """The agent handed to during the turn (its name, also when the handoff was `back`)."""
+    end_call: bool | None = None
+
+
+class TestStep(_Strict):
+    user: str
+    expect: ExpectSpec = ExpectSpec()
+
+
+class TestSpec(_Strict):
+    name: str
+    user_data: dict[str, Any] = Field(default_factory=dict)
+    tool_results: dict[str, Any] = Field(default_factory=dict)
+    """Canned results by tool name: the tool is not run."""
+    steps: tuple[TestStep, ...] = Field(min_length=1)
+
+
 class Workflow(_Strict):
     version: Literal[1]
     slug: Annotated[str, Field(pattern=_SLUG)]
     name: str | None = None
     description: str | None = None
+    variables: dict[VarName, VariableSpec] = Field(default_factory=dict)
+    vars: dict[VarName, VariableSpec] = Field(default_factory=dict)
     defaults: Defaults = Defaults()
     start: str
-    agents: dict[Annotated[str, Field(pattern=_NAME)], AgentSpec] = Field(min_length=1)
+    tools: dict[Name, ToolDef] = Field(default_factory=dict)
+    handoffs: tuple[HandoffSpec, ...] = ()
+    """Global handoffs, offered by every agent."""
+    agents: dict[Name, AgentSpec] = Field(min_length=1)
+    tests: tuple[TestSpec, ...] = ()
 
-    @model_validator(mode="after")
-    def _start_exists(self) -> Workflow:
-        if self.start not in self.agents:
-            known = ", ".join(sorted(self.agents))
-            raise ValueError(f"start agent {self.start!r} is not defined (agents: {known})")
-        return self
+    # `start` naming an agent is checked in _validate.py with the other references, so it is
+    # reported at the `start` value together with every other problem in the file.
 
     def agent(self, name: str) -> AgentSpec:
         return self.agents[name]
@@ -122,3 +249,6 @@ class Workflow(_Strict):
 
     def turn_for(self, name: str) -> TurnSettings:
         return self.agents[name].turn or self.defaults.turn
+
+    def handoffs_for(self, name: str) -> tuple[HandoffSpec, ...]:
+        return (*self.agents[name].handoffs, *self.handoffs)

@@ -80,7 +80,7 @@ def test_workflow_with_a_wrong_key(tmp_path: Path, good_wav: Path) -> None:
     wf = tmp_path / "typo.yaml"
     wf.write_text("version: 1\nslug: x\nstart: a\nagents:\n  a:\n    instructions: hi\n    greting: hello\n")
     line = one_line_error(voicerun("run", "--workflow", wf, "--input", good_wav, "--fast"))
-    assert line == f"voicerun: error: {wf}:7:5: agents.a.greting: unknown key"
+    assert line == f"voicerun: error: {wf}:7:5: agents.a.greting: unknown key (did you mean 'greeting'?)"
 
 
 def test_user_data_must_be_a_json_object(good_wav: Path) -> None:

@@ -41,7 +41,9 @@ def problems(text: str) -> list[str]:
 
 
 def test_unknown_key_is_reported_at_the_key() -> None:
-    assert problems(MINIMAL + "    greting: hi\n") == ["wf.yaml:7:5: agents.main.greting: unknown key"]
+    assert problems(MINIMAL + "    greting: hi\n") == [
+        "wf.yaml:7:5: agents.main.greting: unknown key (did you mean 'greeting'?)"
+    ]
 
 
 def test_wrong_type_is_reported_at_the_value() -> None:

@@ -1,0 +1,156 @@
+"""A handoff during a call (scripted engines, virtual clock): transcript entries carry the agent
+active when each was said, the report counts the handoff, and log lines switch `agent`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from typing import Any
+
+import numpy as np
+import pytest
+import structlog
+
+from agent._call import CallRecord, run_call
+from agent._providers import ProviderPool
+from agent._report import report_dict
+from pipeline import FRAME_S, SAMPLE_RATE, STT, TTS, VirtualClock, frames
+from pipeline.testing import ScriptedSTT, ToneTTS, speech_like
+from workflows import ProviderSpec, load_workflow_text
+
+WORKFLOW = """
+version: 1
+slug: handoff-call
+start: host
+agents:
+  host:
+    instructions: Host.
+    greeting: Welcome.
+    handoffs:
+      - to: payments
+        say: Let me pass you to payments.
+    rules:
+      - keywords: [pay]
+        say: Sure.
+        handoff: payments
+  payments:
+    instructions: Payments.
+    greeting: Payments here.
+    rules:
+      - keywords: [card]
+        say: Thanks, charged.
+"""
+
+
+class ScriptedPool(ProviderPool):
+    def __init__(self, transcripts: list[str], seconds_per_segment: float = 0.3) -> None:
+        super().__init__()
+        self._transcripts = transcripts
+        self._seconds = seconds_per_segment
+
+    async def stt(self, spec: ProviderSpec) -> STT:
+        return ScriptedSTT(self._transcripts)
+
+    async def tts(self, spec: ProviderSpec) -> TTS:
+        return ToneTTS(self._seconds)
+
+
+async def simulate(workflow: str, audio: np.ndarray, pool: ProviderPool) -> CallRecord:
+    clock = VirtualClock()
+    clock.start()
+
+    async def caller() -> AsyncIterator[bytes]:
+        t0 = clock.now()
+        for k, frame in enumerate(frames(audio)):
+            await clock.sleep_until(t0 + (k + 1) * FRAME_S)
+            yield frame
+
+    class Sink:
+        async def send(self, pcm: bytes, t: float) -> None:
+            pass
+
+    try:
+        return await asyncio.create_task(
+            run_call(
+                workflow=load_workflow_text(workflow),
+                providers=pool,
+                caller=caller(),
+                sink=Sink(),
+                clock=clock,
+                call_id="call-handoff",
+            )
+        )
+    finally:
+        await clock.aclose()
+
+
+@pytest.fixture
+def captured() -> Iterator[list[MutableMapping[str, Any]]]:
+    events: list[MutableMapping[str, Any]] = []
+
+    def keep(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        events.append(event)
+        raise structlog.DropEvent
+
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, keep], cache_logger_on_first_use=False
+    )
+    try:
+        yield events
+    finally:
+        structlog.configure(**old)
+
+
+async def test_handoff_moves_transcript_and_logs_to_the_new_agent(
+    captured: list[MutableMapping[str, Any]],
+) -> None:
+    silence = np.zeros(2 * SAMPLE_RATE, np.int16)
+    audio = np.concatenate(
+        [silence, speech_like(1.0, seed=1), silence, silence, speech_like(1.0, seed=2), silence]
+    )
+    record = await simulate(WORKFLOW, audio, ScriptedPool(["I want to pay", "my card is ready"]))
+
+    said = [(e["role"], e["content"], e["agent_name"]) for e in record.transcript if e["role"] != "system"]
+    assert said == [
+        ("assistant", "Welcome.", "host"),
+        ("user", "I want to pay", "host"),
+        ("assistant", "Sure. Let me pass you to payments.", "host"),
+        ("assistant", "Payments here.", "payments"),
+        ("user", "my card is ready", "payments"),
+        ("assistant", "Thanks, charged.", "payments"),
+    ]
+    handoff = next(e for e in record.transcript if "handoff" in e)
+    assert handoff["handoff"] == {"from": "host", "to": "payments"} and handoff["agent_name"] == "payments"
+    report = report_dict(record)
+    assert report["agent_history"] == ["host", "payments"]
+    assert report["metrics"]["agent_handoffs"] == 1
+    assert report["current_agent"] is None  # the call has ended
+
+    names = [e["event"] for e in captured]
+    switch = names.index("agent_switched")  # the runtime logs the switch as the new agent
+    assert all(e["agent"] == "host" for e in captured[:switch]), captured[:switch]
+    after = captured[switch:]
+    assert {"turn_completed", "call_ended"} <= {e["event"] for e in after}
+    for event in after:
+        assert event.get("agent") == "payments", event
+        assert event.get("call_id") == "call-handoff", event
+
+
+async def test_interrupting_the_new_agent_keeps_the_old_agents_words_whole() -> None:
+    long_greeting = "Payments here. " + "We take every card and most wallets. " * 4
+    workflow = WORKFLOW.replace("greeting: Payments here.", f"greeting: {long_greeting.strip()}")
+    silence = np.zeros(SAMPLE_RATE, np.int16)
+    # reply segments are 1 s each: "Sure." "Let me pass..." then the greeting; talk over it at ~6.5 s
+    audio = np.concatenate(
+        [silence, speech_like(1.0, seed=1), np.zeros(int(3.5 * SAMPLE_RATE), np.int16), speech_like(2.0, seed=2),
+         np.zeros(4 * SAMPLE_RATE, np.int16)]
+    )  # fmt: skip
+    record = await simulate(workflow, audio, ScriptedPool(["I want to pay", "wait, stop please"], 1.0))
+    said = [e for e in record.transcript if e["role"] == "assistant"]
+    host, payments = said[1], said[2]
+    assert (host["agent_name"], host["content"]) == ("host", "Sure. Let me pass you to payments.")
+    assert not host.get("interrupted")
+    assert payments["agent_name"] == "payments" and payments.get("interrupted") is True
+    assert payments["content"] and long_greeting.startswith(payments["content"])
+    assert len(payments["content"]) < len(long_greeting) / 2

@@ -1,0 +1,175 @@
+"""run_workflow_tests (`voicerun test`): a line per test, the totals last, exit status 1 on failure."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from agent._workflow_tests import run_workflow_tests
+from pipeline import LLM, LLMEvent, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
+from workflows import Workflow
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
+
+RULES_WORKFLOW = """\
+version: 1
+slug: desk
+start: host
+tools:
+  lookup_booking:
+    description: Find a booking.
+    parameters:
+      type: object
+      properties: {name: {type: string}}
+    http: {url: "https://bookings.invalid/find?name={{args.name}}"}
+agents:
+  host:
+    instructions: Front desk.
+    greeting: Hello!
+    tools: [lookup_booking, end_call]
+    rules:
+      - keywords: [hours, open]
+        say: We open at five.
+      - keywords: [booking]
+        say: Let me look that up.
+        tool: {name: lookup_booking, arguments: {name: "{{user.name}}"}}
+      - keywords: [pay]
+        say: Passing you to payments.
+        handoff: payments
+      - match: "\\\\bbye\\\\b"
+        say: Goodbye!
+        end_call: true
+    fallback: Sorry?
+  payments:
+    instructions: Payments.
+    greeting: Payments here.
+variables:
+  name: {type: string}
+tests:
+  - name: hours and goodbye
+    steps:
+      - user: When are you open?
+        expect: {reply: "open at five", agent: host, end_call: false}
+      - user: ok bye
+        expect: {reply: goodbye, end_call: true}
+  - name: booking uses the canned result
+    user_data: {name: Ada}
+    tool_results: {lookup_booking: {found: true}}
+    steps:
+      - user: I have a booking
+        expect:
+          tool_calls: [{name: lookup_booking, arguments: {name: Ada}}]
+          reply: look that up
+  - name: payment hands off
+    steps:
+      - user: I want to pay
+        expect: {handoff: payments, agent: payments, reply: "payments here"}
+"""
+
+FAILING = RULES_WORKFLOW.replace('reply: "open at five"', 'reply: "open at six"').replace(
+    "{name: Ada}}]", "{name: Bob}}]"
+)
+
+
+def run(tmp_path: Path, *texts: str, llms=None) -> tuple[int, list[str]]:  # type: ignore[no-untyped-def]
+    paths = []
+    for i, text in enumerate(texts):
+        p = tmp_path / f"wf{i}.yaml"
+        p.write_text(text)
+        paths.append(p)
+    out = io.StringIO()
+    code = run_workflow_tests(paths, out=out, llms=llms)
+    return code, out.getvalue().splitlines()
+
+
+def test_passing_tests_print_pass_lines_and_exit_0(tmp_path: Path) -> None:
+    code, lines = run(tmp_path, RULES_WORKFLOW)
+    assert lines == [
+        "PASS desk: hours and goodbye",
+        "PASS desk: booking uses the canned result",
+        "PASS desk: payment hands off",
+        "3 passed, 0 failed",
+    ]
+    assert code == 0
+
+
+def test_failures_name_the_step_and_what_differed(tmp_path: Path) -> None:
+    code, lines = run(tmp_path, FAILING)
+    assert code == 1
+    assert (
+        lines[0]
+        == "FAIL desk: hours and goodbye — step 1: expected reply /open at six/, got 'We open at five.'"
+    )
+    assert lines[1] == (
+        'FAIL desk: booking uses the canned result — step 1: expected tool calls [lookup_booking(name="Bob")], '
+        'got [lookup_booking(name="Ada")]'
+    )
+    assert lines[2] == "PASS desk: payment hands off"
+    assert lines[-1] == "1 passed, 2 failed"
+
+
+def test_wrong_agent_handoff_and_end_call_are_reported(tmp_path: Path) -> None:
+    text = RULES_WORKFLOW.replace(
+        'expect: {handoff: payments, agent: payments, reply: "payments here"}',
+        "expect: {agent: host}",
+    ).replace("expect: {reply: goodbye, end_call: true}", "expect: {end_call: false}")
+    code, lines = run(tmp_path, text)
+    assert code == 1
+    assert lines[0] == "FAIL desk: hours and goodbye — step 2: expected no end_call, the call ended"
+    assert lines[2] == "FAIL desk: payment hands off — step 1: expected agent host, got payments"
+    assert lines[-1] == "1 passed, 2 failed"
+
+
+def test_a_file_that_does_not_load_is_a_failure(tmp_path: Path) -> None:
+    code, lines = run(tmp_path, "version: 1\nslug: x\n", RULES_WORKFLOW)
+    assert code == 1
+    assert lines[0].startswith("FAIL ") and "wf0.yaml" in lines[0]
+    assert lines[-1] == "3 passed, 1 failed"
+
+
+def test_an_llm_agent_is_tested_against_the_given_llm(tmp_path: Path) -> None:
+    text = """\
+version: 1
+slug: llm-desk
+start: host
+defaults: {llm: {provider: scripted}}
+agents:
+  host:
+    instructions: Host.
+    handoffs: [{to: payments, description: The caller wants to pay.}]
+  payments:
+    instructions: Payments.
+tests:
+  - name: transfer
+    steps:
+      - user: pay please
+        expect: {handoff: payments, reply: "card number", tool_calls: []}
+"""
+
+    class Scripted(LLM):
+        name = model = "scripted"
+
+        def __init__(self, agent: str) -> None:
+            self.agent = agent
+
+        async def chat(
+            self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        ) -> AsyncIterator[LLMEvent]:
+            if self.agent == "host":
+                yield ToolCallRequest(call=ToolCall("c1", "transfer_to_payments", {}))
+            else:
+                yield TextDelta(text="Your card number, please.")
+
+    def llms(workflow: Workflow, agent: str) -> LLM:
+        return Scripted(agent)
+
+    code, lines = run(tmp_path, text, llms=llms)
+    assert lines == ["PASS llm-desk: transfer", "1 passed, 0 failed"] and code == 0
+
+
+def test_an_unavailable_llm_provider_fails_the_test_clearly(tmp_path: Path) -> None:
+    text = RULES_WORKFLOW.replace("start: host\n", "start: host\ndefaults: {llm: {provider: nope}}\n")
+    code, lines = run(tmp_path, text)
+    assert code == 1
+    assert "llm provider 'nope' is not available" in lines[0]

@@ -1,0 +1,513 @@
+"""A call's tools: HTTP tools against a real local server, Python tools, built-ins, canned results.
+
+Every failure comes back as an error result naming the tool; run() itself never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from pipeline import ToolCall, ToolOutcome
+from workflows import CallState, ToolBox, ToolError, Workflow
+
+SLOTS = {"date": "2025-05-01", "slots": [{"time": "18:00"}, {"time": "20:30"}]}
+
+
+@dataclass
+class Server:
+    url: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per request that reached a handler."""
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    """Never set during a test; set at teardown so the hanging handler returns."""
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server(url="")
+
+    async def record(request: web.Request) -> None:
+        body = await request.text()
+        srv.seen.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": list(request.query.items()),
+                "auth": request.headers.get("Authorization"),
+                "body": body,
+                "json": await request.json() if body and request.content_type == "application/json" else None,
+            }
+        )
+
+    async def slots(request: web.Request) -> web.Response:
+        await record(request)
+        return web.json_response({**SLOTS, "date": request.match_info["date"]})
+
+    async def echo(request: web.Request) -> web.Response:
+        await record(request)
+        return web.json_response({"echo": srv.seen[-1]})
+
+    async def broken(request: web.Request) -> web.Response:
+        await record(request)
+        return web.Response(status=500, text="database   exploded\n" + "x" * 1000)
+
+    async def slow(request: web.Request) -> web.Response:
+        await record(request)
+        await srv.release.wait()
+        return web.json_response({"late": True})
+
+    async def not_json(request: web.Request) -> web.Response:
+        await record(request)
+        return web.Response(text="<html>oops</html>", content_type="text/html")
+
+    async def empty(request: web.Request) -> web.Response:
+        await record(request)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/slots/{date}", slots)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/broken", broken)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/not-json", not_json)
+    app.router.add_delete("/empty", empty)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    srv.url = f"http://127.0.0.1:{port}"
+    try:
+        yield srv
+    finally:
+        srv.release.set()
+        await runner.cleanup()
+
+
+def tool(path: str, **http: Any) -> dict[str, Any]:
+    return {"description": f"Calls {path}.", "http": {"url": "{{user.api}}" + path, **http}}
+
+
+WORKFLOW = Workflow.model_validate(
+    {
+        "version": 1,
+        "slug": "tools-check",
+        "start": "main",
+        "variables": {
+            "api": {"type": "string", "required": True},
+            "customer_id": {"type": "string", "required": True},
+        },
+        "vars": {
+            "slot_time": {"type": "string"},
+            "party_size": {"type": "integer", "default": 2},
+            "confirmed": {"type": "boolean", "default": False},
+        },
+        "tools": {
+            "find_slots": {
+                "description": "Free tables on a date.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+                        "party_size": {"type": "integer", "minimum": 1},
+                    },
+                    "required": ["date"],
+                    "additionalProperties": False,
+                },
+                "http": {
+                    "url": "{{user.api}}/slots/{{args.date}}?party={{args.party_size}}",
+                    "headers": {"Authorization": "Bearer {{user.customer_id}}"},
+                    "save": {"slot_time": "slots.0.time"},
+                },
+                "filler": "One moment, let me check for {{vars.party_size}}.",
+            },
+            "book": {
+                "description": "Book a table.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"party_size": {"type": "integer"}, "note": {"type": "string"}},
+                    "required": ["party_size"],
+                },
+                "http": {
+                    "method": "POST",
+                    "url": "{{user.api}}/echo",
+                    "body": {
+                        "customer": "{{user.customer_id}}",
+                        "party_size": "{{ args.party_size }}",
+                        "summary": "{{args.party_size}} people at {{vars.slot_time}}",
+                        "note": "{{args.note}}",
+                        "tags": ["phone", "{{vars.confirmed}}"],
+                    },
+                },
+            },
+            "search": {
+                "description": "Search.",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+                "http": tool("/echo?q={{args.q}}")["http"],
+            },
+            "raw_body": {
+                "description": "Text body.",
+                "http": {
+                    "method": "PUT",
+                    "url": "{{user.api}}/echo",
+                    "body": "customer={{user.customer_id}}",
+                },
+            },
+            "broken": tool("/broken"),
+            "slow": tool("/slow", timeout_s=0.2),
+            "not_json": tool("/not-json"),
+            "empty": tool("/empty", method="DELETE"),
+            "save_missing": tool("/slots/2025-05-01", save={"slot_time": "slots.5.time"}),
+            "save_wrong_type": tool(
+                "/slots/2025-05-01", save={"slot_time": "slots.0.time", "party_size": "date"}
+            ),
+            "lookup": {
+                "description": "Look up an order.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"order_id": {"type": "string"}, "verbose": {"type": "boolean"}},
+                    "required": ["order_id"],
+                },
+                "python": "tools_fixture:lookup_order",
+            },
+            "lookup_async": {
+                "description": "Look up an order (async).",
+                "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+                "python": "tools_fixture:lookup_order_async",
+            },
+            "explode": {"description": "Raises.", "python": "tools_fixture:explode"},
+            "missing_module": {"description": "No module.", "python": "no_such_module_here:run"},
+            "not_callable": {"description": "Not a function.", "python": "tools_fixture:NOT_A_FUNCTION"},
+        },
+        "agents": {"main": {"instructions": "Help."}},
+    }
+)
+ALL_TOOLS = (*WORKFLOW.tools, "end_call", "transfer_call", "set_variable")
+
+
+@pytest.fixture(autouse=True)
+def fixture_module_importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    yield
+
+
+@pytest_asyncio.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def state_for(api: str) -> CallState:
+    return CallState.bind(WORKFLOW, {"api": api, "customer_id": "c-42"})
+
+
+@pytest.fixture
+def state(server: Server) -> CallState:
+    return state_for(server.url)
+
+
+@pytest.fixture
+def box(state: CallState, session: aiohttp.ClientSession) -> ToolBox:
+    return ToolBox(WORKFLOW, ALL_TOOLS, state, http=session)
+
+
+async def run(box: ToolBox, name: str, /, **arguments: Any) -> ToolOutcome:
+    return await box.run(ToolCall(id=f"call-{name}", name=name, arguments=arguments))
+
+
+def error_of(outcome: ToolOutcome) -> str:
+    assert outcome.is_error, outcome
+    assert not outcome.end_call
+    assert set(outcome.result) == {"error"}
+    message = outcome.result["error"]
+    assert isinstance(message, str)
+    return message
+
+
+# -- HTTP tools ---------------------------------------------------------------------------------
+
+
+async def test_http_success_saves_into_vars_and_logs(box: ToolBox, state: CallState, server: Server) -> None:
+    with capture_logs() as logs:
+        outcome = await run(box, "find_slots", date="2025-05-01", party_size=4)
+    assert outcome == ToolOutcome({**SLOTS, "date": "2025-05-01"})
+    assert state.vars["slot_time"] == "18:00"
+    (seen,) = server.seen
+    assert seen["path"] == "/slots/2025-05-01"
+    assert seen["query"] == [("party", "4")]
+    assert seen["auth"] == "Bearer c-42"
+    (event,) = [e for e in logs if e["event"] == "tool_called"]
+    assert event["tool"] == "find_slots" and event["log_level"] == "info"
+    assert isinstance(event["duration_ms"], float) and event["duration_ms"] >= 0
+
+
+async def test_omitted_optional_arguments_render_empty(box: ToolBox, server: Server) -> None:
+    assert not (await run(box, "find_slots", date="2025-05-02")).is_error
+    assert server.seen[0]["query"] == [("party", "")]
+
+
+async def test_body_templates_keep_a_whole_placeholder_typed(
+    box: ToolBox, state: CallState, server: Server
+) -> None:
+    state.set("slot_time", "18:00")
+    outcome = await run(box, "book", party_size=4)
+    assert not outcome.is_error
+    (seen,) = server.seen
+    assert seen["method"] == "POST"
+    assert seen["json"] == {
+        "customer": "c-42",
+        "party_size": 4,
+        "summary": "4 people at 18:00",
+        "note": None,
+        "tags": ["phone", False],
+    }
+    assert outcome.result["echo"]["json"] == seen["json"]
+
+
+async def test_a_string_body_is_sent_as_rendered_text(box: ToolBox, server: Server) -> None:
+    assert not (await run(box, "raw_body")).is_error
+    assert server.seen[0]["method"] == "PUT" and server.seen[0]["body"] == "customer=c-42"
+
+
+async def test_arguments_in_a_url_are_percent_encoded(box: ToolBox, server: Server) -> None:
+    assert not (await run(box, "search", q="a&admin=1 b/c")).is_error
+    assert server.seen[0]["query"] == [("q", "a&admin=1 b/c")]
+
+
+async def test_http_error_status_is_an_error_result(box: ToolBox, server: Server) -> None:
+    with capture_logs() as logs:
+        message = error_of(await run(box, "broken"))
+    assert message.startswith("tool broken: HTTP 500: database exploded xxx")
+    assert len(message) < 300
+    (event,) = [e for e in logs if e["event"] == "tool_failed"]
+    assert event["tool"] == "broken" and event["error"] == message and event["log_level"] == "warning"
+    assert not [e for e in logs if e["event"] == "tool_called"]
+
+
+async def test_slow_server_times_out(box: ToolBox, server: Server) -> None:
+    assert error_of(await run(box, "slow")) == "tool slow: no response within 0.2 s"
+    assert len(server.seen) == 1  # the request did reach the server
+
+
+async def test_invalid_json_is_an_error_result(box: ToolBox) -> None:
+    assert error_of(await run(box, "not_json")) == "tool not_json: response is not JSON: <html>oops</html>"
+
+
+async def test_an_empty_success_response_is_ok(box: ToolBox, server: Server) -> None:
+    assert await run(box, "empty") == ToolOutcome({"ok": True, "status": 204})
+    assert server.seen[0]["method"] == "DELETE"
+
+
+async def test_a_save_path_missing_from_the_response(box: ToolBox, state: CallState) -> None:
+    message = error_of(await run(box, "save_missing"))
+    assert message == "tool save_missing: response has no 'slots.5.time' (to save as vars.slot_time)"
+    assert state.vars["slot_time"] is None
+
+
+async def test_a_saved_value_of_the_wrong_type_saves_nothing(box: ToolBox, state: CallState) -> None:
+    message = error_of(await run(box, "save_wrong_type"))
+    assert message == (
+        "tool save_wrong_type: cannot save the response: "
+        "vars.party_size: expected an integer, got '2025-05-01'"
+    )
+    assert state.vars["slot_time"] is None and state.vars["party_size"] == 2
+
+
+async def test_arguments_breaking_the_schema_never_reach_the_server(box: ToolBox, server: Server) -> None:
+    message = error_of(await run(box, "find_slots", date="tomorrow", party_size="four"))
+    assert message == (
+        "tool find_slots: invalid arguments: arguments.date: 'tomorrow' does not match "
+        "'^\\\\d{4}-\\\\d{2}-\\\\d{2}$'; arguments.party_size: 'four' is not of type 'integer'"
+    )
+    message = error_of(await run(box, "find_slots"))
+    assert message == "tool find_slots: invalid arguments: arguments: 'date' is a required property"
+    message = error_of(await run(box, "find_slots", date="2025-05-01", time="late"))
+    assert "arguments: Additional properties are not allowed ('time' was unexpected)" in message
+    assert server.seen == []
+
+
+async def test_connection_refused_is_an_error_result(session: aiohttp.ClientSession) -> None:
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    box = ToolBox(WORKFLOW, ["broken"], state_for(f"http://127.0.0.1:{port}"), http=session)
+    message = error_of(await run(box, "broken"))
+    assert message.startswith("tool broken: request failed: ClientConnectorError")
+
+
+async def test_an_unusable_rendered_url_is_an_error_result(session: aiohttp.ClientSession) -> None:
+    box = ToolBox(WORKFLOW, ["broken"], state_for("not a url"), http=session)
+    assert error_of(await run(box, "broken")).startswith("tool broken: request failed:")
+
+
+# -- Python tools -------------------------------------------------------------------------------
+
+
+async def test_a_sync_python_tool_runs_in_a_thread(box: ToolBox) -> None:
+    outcome = await run(box, "lookup", order_id="A1", verbose=True)
+    assert not outcome.is_error
+    assert outcome.result["order_id"] == "A1" and outcome.result["verbose"] is True
+    assert outcome.result["thread"] != "MainThread"
+
+
+async def test_an_async_python_tool_is_awaited(box: ToolBox) -> None:
+    assert await run(box, "lookup_async", order_id="B2") == ToolOutcome(
+        {"order_id": "B2", "status": "delivered"}
+    )
+
+
+async def test_a_python_tool_that_raises_is_an_error_result(box: ToolBox) -> None:
+    with capture_logs() as logs:
+        message = error_of(await run(box, "explode"))
+    assert message == "tool explode: TypeError: explode() missing 1 required positional argument: 'order_id'"
+    message = error_of(await run(box, "explode", order_id="C3"))
+    assert message == "tool explode: ValueError: order C3 is corrupt"
+    failed = [e for e in logs if e["event"] == "tool_failed"]
+    assert failed and all(isinstance(e["exc_info"], TypeError) for e in failed[:1])
+
+
+async def test_python_targets_that_do_not_resolve(box: ToolBox) -> None:
+    message = error_of(await run(box, "missing_module"))
+    assert message.startswith(
+        "tool missing_module: cannot import 'no_such_module_here:run': ModuleNotFoundError"
+    )
+    message = error_of(await run(box, "not_callable"))
+    assert message == (
+        "tool not_callable: python tool target 'tools_fixture:NOT_A_FUNCTION': "
+        "module 'tools_fixture' has no function 'NOT_A_FUNCTION'"
+    )
+
+
+# -- built-ins ----------------------------------------------------------------------------------
+
+
+async def test_end_call(box: ToolBox) -> None:
+    assert await run(box, "end_call") == ToolOutcome({"ok": True}, end_call=True)
+
+
+async def test_set_variable_is_type_checked(box: ToolBox, state: CallState) -> None:
+    outcome = await run(box, "set_variable", name="party_size", value=6)
+    assert outcome == ToolOutcome({"ok": True, "name": "party_size", "value": 6})
+    assert state.vars["party_size"] == 6
+    message = error_of(await run(box, "set_variable", name="party_size", value="six"))
+    assert message == "tool set_variable: vars.party_size: expected an integer, got 'six'"
+    message = error_of(await run(box, "set_variable", name="colour", value="red"))
+    assert message.startswith("tool set_variable: invalid arguments: arguments.name: 'colour' is not one of")
+    assert state.vars["party_size"] == 6
+
+
+async def test_transfer_call_without_telephony(box: ToolBox) -> None:
+    outcome = await run(box, "transfer_call", phone_number="+14155550123")
+    assert outcome == ToolOutcome(
+        {"error": "transfer_call needs a telephony transport (LiveKit SIP); not available in this call"},
+        is_error=True,
+    )
+
+
+async def test_transfer_call_with_a_transport_ends_the_call(
+    state: CallState, session: aiohttp.ClientSession
+) -> None:
+    numbers: list[str] = []
+
+    async def transfer(number: str) -> None:
+        numbers.append(number)
+
+    box = ToolBox(WORKFLOW, ["transfer_call"], state, http=session, transfer=transfer)
+    assert error_of(await run(box, "transfer_call", phone_number="555-0123")).startswith(
+        "tool transfer_call: invalid arguments: arguments.phone_number: '555-0123' does not match"
+    )
+    assert numbers == []
+    outcome = await run(box, "transfer_call", phone_number="+14155550123")
+    assert outcome == ToolOutcome({"ok": True, "transferred_to": "+14155550123"}, end_call=True)
+    assert numbers == ["+14155550123"]
+
+
+async def test_a_failing_transfer_is_an_error_result(
+    state: CallState, session: aiohttp.ClientSession
+) -> None:
+    async def transfer(number: str) -> None:
+        raise ConnectionError(f"SIP trunk refused {number}")
+
+    box = ToolBox(WORKFLOW, ["transfer_call"], state, http=session, transfer=transfer)
+    message = error_of(await run(box, "transfer_call", phone_number="+14155550123"))
+    assert message == "tool transfer_call: ConnectionError: SIP trunk refused +14155550123"
+
+
+async def test_a_tool_the_agent_does_not_have(state: CallState, session: aiohttp.ClientSession) -> None:
+    box = ToolBox(WORKFLOW, ["end_call", "lookup"], state, http=session)
+    message = error_of(await run(box, "find_slots", date="2025-05-01"))
+    assert message == "tool 'find_slots' is not available to this agent (its tools: end_call, lookup)"
+
+
+# -- canned results -----------------------------------------------------------------------------
+
+
+async def test_canned_results_replace_running_the_tool(
+    state: CallState, session: aiohttp.ClientSession, server: Server
+) -> None:
+    canned = {"find_slots": {"slots": [{"time": "21:00"}]}, "explode": {"ok": True}, "end_call": {"no": 1}}
+    box = ToolBox(WORKFLOW, ALL_TOOLS, state, http=session, canned=canned)
+    with capture_logs() as logs:
+        assert await run(box, "find_slots", date="2025-05-01") == ToolOutcome({"slots": [{"time": "21:00"}]})
+    assert server.seen == []
+    assert state.vars["slot_time"] == "21:00"  # save applies to the stand-in response
+    assert [e.get("canned") for e in logs if e["event"] == "tool_called"] == [True]
+    assert await run(box, "explode") == ToolOutcome({"ok": True})
+    # arguments are still checked, and built-ins still run
+    assert error_of(await run(box, "find_slots", date="soon")).startswith(
+        "tool find_slots: invalid arguments"
+    )
+    assert await run(box, "end_call") == ToolOutcome({"ok": True}, end_call=True)
+
+
+# -- specs and fillers --------------------------------------------------------------------------
+
+
+async def test_specs_offer_defined_and_builtin_tools(box: ToolBox) -> None:
+    specs = {s.name: s for s in box.specs()}
+    assert list(specs) == list(ALL_TOOLS)
+    find = specs["find_slots"]
+    assert find.description == "Free tables on a date."
+    assert find.parameters == WORKFLOW.tools["find_slots"].parameters
+    assert specs["end_call"].parameters == {"type": "object", "properties": {}, "additionalProperties": False}
+    phone = specs["transfer_call"].parameters["properties"]["phone_number"]
+    assert phone["type"] == "string" and phone["pattern"] == r"^\+[1-9][0-9]{1,14}$"
+    assert specs["transfer_call"].parameters["required"] == ["phone_number"]
+    setter = specs["set_variable"].parameters
+    assert setter["properties"]["name"]["enum"] == ["slot_time", "party_size", "confirmed"]
+    assert setter["required"] == ["name", "value"]
+    assert "party_size (integer)" in specs["set_variable"].description
+
+
+def test_specs_follow_the_agents_list() -> None:
+    state = state_for("http://127.0.0.1:9")
+    box = ToolBox(WORKFLOW, ["set_variable", "lookup", "set_variable"], state, http=None)  # type: ignore[arg-type]
+    assert box.names == ("set_variable", "lookup")
+
+
+def test_an_unknown_tool_name_is_refused_at_setup() -> None:
+    state = state_for("http://127.0.0.1:9")
+    with pytest.raises(
+        ToolError, match=r"tool 'teleport' is neither defined in workflow 'tools-check' nor built in"
+    ):
+        ToolBox(WORKFLOW, ["teleport"], state, http=None)  # type: ignore[arg-type]
+
+
+async def test_filler_is_rendered_with_the_call_data(box: ToolBox, state: CallState) -> None:
+    assert box.filler_for("find_slots") == "One moment, let me check for 2."
+    state.set("party_size", 5)
+    assert box.filler_for("find_slots") == "One moment, let me check for 5."
+    assert box.filler_for("lookup") is None
+    assert box.filler_for("end_call") is None
+    assert box.filler_for("nothing") is None

@@ -1,0 +1,370 @@
+"""An agent's tools for one call: the specs offered to the LLM, and run(), the pipeline's ToolRunner.
+
+run() never raises (except CancelledError): a tool that fails gives the LLM an error result naming
+the tool and the reason, so the agent can apologise or try something else, and the call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from jsonschema import Draft202012Validator, SchemaError, ValidationError
+
+from pipeline import ToolCall, ToolOutcome, ToolSpec
+
+from ._errors import ToolError, VariableError, WorkflowRuntimeError
+from ._model import BUILTIN_TOOLS, HttpSpec, ToolDef, Workflow
+from ._template import TemplateError, render
+from ._variables import CallState
+
+log = structlog.get_logger("voicerun.workflows")
+
+Transfer = Callable[[str], Awaitable[None]]
+"""Moves the caller to a phone number (E.164); given by a transport that can (LiveKit SIP)."""
+
+E164_PATTERN = r"^\+[1-9][0-9]{1,14}$"
+NO_TELEPHONY = "transfer_call needs a telephony transport (LiveKit SIP); not available in this call"
+
+_WHOLE = re.compile(r"\{\{\s*(user|vars|args)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_EXCERPT_CHARS = 200
+_MAX_SCHEMA_ERRORS = 5
+
+
+class _ToolFailedError(WorkflowRuntimeError):
+    """Internal: a tool did not succeed; the message is what the LLM and the log see."""
+
+    def __init__(self, message: str, *, traceback: bool = False) -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
+def _excerpt(raw: bytes) -> str:
+    text = " ".join(raw[: _EXCERPT_CHARS * 4].decode("utf-8", "replace").split())
+    return text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 3] + "..."
+
+
+def _path(error: ValidationError) -> str:
+    return "arguments" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+
+
+def _lookup(data: object, dotted: str) -> tuple[bool, object]:
+    """The value at a dotted path (`slots.0.time`: keys of objects, indexes of arrays)."""
+    node = data
+    for part in dotted.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def _url_safe(value: object) -> str:
+    # Arguments come from the LLM, which a caller can talk into anything: in a URL each one is
+    # percent-encoded, so it stays one path segment or query value and cannot add parameters.
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return quote(text, safe="")
+
+
+def _resolve(target: str) -> Callable[..., object]:
+    module_name, _, attr = target.partition(":")
+    fn = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(fn):
+        raise ToolError(f"python tool target {target!r}: module {module_name!r} has no function {attr!r}")
+    return fn  # type: ignore[no-any-return]
+
+
+def _builtin_specs(state: CallState) -> dict[str, ToolSpec]:
+    declared = state.declared
+    listing = "; ".join(
+        f"{n} ({s.type}{': ' + ', '.join(s.values) if s.values else ''})"
+        + (f" - {s.description}" if s.description else "")
+        for n, s in declared.items()
+    )
+    name_schema: dict[str, Any] = {"type": "string"}
+    if declared:
+        name_schema["enum"] = list(declared)
+    return {
+        "end_call": ToolSpec(
+            "end_call",
+            "End the call. Say goodbye first: the call ends as soon as this returns.",
+            {"type": "object", "properties": {}, "additionalProperties": False},
+        ),
+        "transfer_call": ToolSpec(
+            "transfer_call",
+            "Transfer the caller to another phone number; this agent's part of the call ends.",
+            {
+                "type": "object",
+                "properties": {
+                    "phone_number": {
+                        "type": "string",
+                        "pattern": E164_PATTERN,
+                        "description": "E.164 format, e.g. +14155550123",
+                    }
+                },
+                "required": ["phone_number"],
+                "additionalProperties": False,
+            },
+        ),
+        "set_variable": ToolSpec(
+            "set_variable",
+            "Remember a value for the rest of the call. Variables: " + (listing or "none declared") + ".",
+            {
+                "type": "object",
+                "properties": {"name": name_schema, "value": {"type": ["string", "number", "boolean"]}},
+                "required": ["name", "value"],
+                "additionalProperties": False,
+            },
+        ),
+    }
+
+
+class ToolBox:
+    """The tools one agent may call (workflow-defined and built-in) during one call.
+
+    `canned` results (scripted workflow tests) replace running a workflow-defined tool; an http
+    tool's `save` still applies to a canned result, as it stands in for the response. Built-ins
+    always run: they only touch the call itself.
+    """
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        agent_tools: Iterable[str],
+        state: CallState,
+        *,
+        http: aiohttp.ClientSession,
+        canned: Mapping[str, object] | None = None,
+        transfer: Transfer | None = None,
+    ) -> None:
+        self._state = state
+        self._http = http
+        self._canned = dict(canned or {})
+        self._transfer = transfer
+        self._defined: dict[str, ToolDef] = {}
+        self._specs: dict[str, ToolSpec] = {}
+        self._functions: dict[str, Callable[..., object]] = {}
+        builtins = _builtin_specs(state)
+        for name in agent_tools:
+            if name in self._specs:
+                continue
+            if name in workflow.tools:
+                tool = workflow.tools[name]
+                self._defined[name] = tool
+                self._specs[name] = ToolSpec(name, tool.description, tool.parameters)
+            elif name in BUILTIN_TOOLS:
+                self._specs[name] = builtins[name]
+            else:
+                raise ToolError(
+                    f"tool {name!r} is neither defined in workflow {workflow.slug!r} nor built in "
+                    f"(built-ins: {', '.join(BUILTIN_TOOLS)})"
+                )
+        self._validators: dict[str, Draft202012Validator] = {}
+        for name, spec in self._specs.items():
+            try:
+                Draft202012Validator.check_schema(spec.parameters)
+            except SchemaError as exc:
+                raise ToolError(
+                    f"tool {name!r}: parameters is not a valid JSON Schema: {exc.message}"
+                ) from exc
+            self._validators[name] = Draft202012Validator(spec.parameters)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._specs)
+
+    def specs(self) -> list[ToolSpec]:
+        return list(self._specs.values())
+
+    def filler_for(self, name: str) -> str | None:
+        """The line to say while the tool runs, rendered with the call's data; None if it has none."""
+        tool = self._defined.get(name)
+        if tool is None or tool.filler is None:
+            return None
+        try:
+            return render(tool.filler, user=self._state.user, vars=self._state.vars)
+        except TemplateError as exc:
+            log.warning("tool_filler_failed", tool=name, error=str(exc))
+            return None
+
+    async def run(self, call: ToolCall) -> ToolOutcome:
+        """Run one tool call (a pipeline ToolRunner); a failure is an error result, never raised."""
+        started = time.perf_counter()
+        canned = call.name in self._canned and call.name in self._defined
+        try:
+            outcome = await self._run(call)
+        except _ToolFailedError as exc:
+            log.warning(
+                "tool_failed",
+                tool=call.name,
+                error=str(exc),
+                exc_info=exc.__cause__ if exc.traceback else None,
+            )
+            return ToolOutcome({"error": str(exc)}, is_error=True)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        log.info(
+            "tool_called", tool=call.name, duration_ms=duration_ms, **({"canned": True} if canned else {})
+        )
+        return outcome
+
+    async def _run(self, call: ToolCall) -> ToolOutcome:
+        name = call.name
+        if name not in self._specs:
+            available = ", ".join(self._specs) or "none"
+            raise _ToolFailedError(f"tool {name!r} is not available to this agent (its tools: {available})")
+        args = dict(call.arguments)
+        errors = sorted(
+            self._validators[name].iter_errors(args), key=lambda e: [str(p) for p in e.absolute_path]
+        )
+        if errors:
+            shown = "; ".join(f"{_path(e)}: {e.message}" for e in errors[:_MAX_SCHEMA_ERRORS])
+            more = (
+                f" (and {len(errors) - _MAX_SCHEMA_ERRORS} more)" if len(errors) > _MAX_SCHEMA_ERRORS else ""
+            )
+            raise _ToolFailedError(f"tool {name}: invalid arguments: {shown}{more}")
+        tool = self._defined.get(name)
+        if tool is None:
+            return await self._builtin(name, args)
+        if name in self._canned:
+            result = self._canned[name]
+            if tool.http is not None:
+                self._save(name, tool.http, result)
+            return ToolOutcome(result)
+        if tool.http is not None:
+            return ToolOutcome(await self._call_http(name, tool, args))
+        assert tool.python is not None  # ToolDef guarantees exactly one implementation
+        return ToolOutcome(await self._call_python(name, tool.python, args))
+
+    async def _builtin(self, name: str, args: dict[str, Any]) -> ToolOutcome:
+        if name == "end_call":
+            return ToolOutcome({"ok": True}, end_call=True)
+        if name == "set_variable":
+            try:
+                self._state.set(args["name"], args["value"])
+            except VariableError as exc:
+                raise _ToolFailedError(f"tool set_variable: {exc}") from exc
+            return ToolOutcome({"ok": True, "name": args["name"], "value": args["value"]})
+        if name == "transfer_call":
+            number = args["phone_number"]
+            if self._transfer is None:
+                raise _ToolFailedError(NO_TELEPHONY)
+            try:
+                await self._transfer(number)
+            except Exception as exc:
+                # The transport's failure (SIP refused, room gone) is reported to the LLM like
+                # any tool failure, so the agent can tell the caller instead of going silent.
+                raise _ToolFailedError(
+                    f"tool transfer_call: {type(exc).__name__}: {exc}", traceback=True
+                ) from exc
+            return ToolOutcome({"ok": True, "transferred_to": number}, end_call=True)
+        raise AssertionError(f"unhandled built-in tool {name!r}")
+
+    def _scopes(self, tool: ToolDef, args: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        # Declared but omitted (optional) arguments render as empty; undeclared names are errors.
+        declared = tool.parameters.get("properties", {})
+        defaults = dict.fromkeys(declared) if isinstance(declared, Mapping) else {}
+        return {"user": self._state.user, "vars": self._state.vars, "args": {**defaults, **args}}
+
+    def _render_body(self, value: object, scopes: dict[str, Mapping[str, Any]]) -> object:
+        if isinstance(value, str):
+            text = render(value, user=scopes["user"], vars=scopes["vars"], args=scopes["args"])
+            whole = _WHOLE.fullmatch(value)
+            # A string that is one placeholder keeps the value's JSON type (a number stays a number).
+            return scopes[whole.group(1)][whole.group(2)] if whole else text
+        if isinstance(value, Mapping):
+            return {k: self._render_body(v, scopes) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._render_body(v, scopes) for v in value]
+        return value
+
+    async def _call_http(self, name: str, tool: ToolDef, args: Mapping[str, Any]) -> object:
+        spec = tool.http
+        assert spec is not None
+        scopes = self._scopes(tool, args)
+        try:
+            url_args = {k: _url_safe(v) for k, v in scopes["args"].items()}
+            url = render(spec.url, user=scopes["user"], vars=scopes["vars"], args=url_args)
+            headers = {
+                k: render(v, user=scopes["user"], vars=scopes["vars"], args=scopes["args"])
+                for k, v in spec.headers.items()
+            }
+            body = self._render_body(spec.body, scopes)
+        except TemplateError as exc:
+            raise _ToolFailedError(f"tool {name}: {exc}") from exc
+        send: dict[str, Any] = {}
+        if isinstance(body, str):
+            send["data"] = body.encode()
+        elif body is not None:
+            send["json"] = body
+        try:
+            async with asyncio.timeout(spec.timeout_s):
+                async with self._http.request(spec.method, url, headers=headers, **send) as resp:
+                    status = resp.status
+                    raw = await resp.read()
+        except TimeoutError as exc:
+            raise _ToolFailedError(f"tool {name}: no response within {spec.timeout_s:g} s") from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            # ValueError: a rendered URL or header aiohttp refuses (InvalidURL is both kinds).
+            raise _ToolFailedError(f"tool {name}: request failed: {type(exc).__name__}: {exc}") from exc
+        if status >= 400:
+            excerpt = _excerpt(raw)
+            raise _ToolFailedError(f"tool {name}: HTTP {status}" + (f": {excerpt}" if excerpt else ""))
+        if not raw.strip():
+            result: object = {"ok": True, "status": status}
+        else:
+            try:
+                result = json.loads(raw)
+            except ValueError as exc:
+                raise _ToolFailedError(f"tool {name}: response is not JSON: {_excerpt(raw)}") from exc
+        self._save(name, spec, result)
+        return result
+
+    def _save(self, name: str, spec: HttpSpec, result: object) -> None:
+        values: dict[str, object] = {}
+        for var, dotted in spec.save.items():
+            found, value = _lookup(result, dotted)
+            if not found:
+                raise _ToolFailedError(f"tool {name}: response has no {dotted!r} (to save as vars.{var})")
+            values[var] = value
+        try:
+            self._state.update(values)
+        except VariableError as exc:
+            raise _ToolFailedError(f"tool {name}: cannot save the response: {exc}") from exc
+
+    async def _call_python(self, name: str, target: str, args: Mapping[str, Any]) -> object:
+        fn = self._functions.get(target)
+        if fn is None:
+            try:
+                # Importing runs the module's top-level code, which may block: keep it off the loop.
+                fn = await asyncio.to_thread(_resolve, target)
+            except ToolError as exc:
+                raise _ToolFailedError(f"tool {name}: {exc}") from exc
+            except Exception as exc:
+                raise _ToolFailedError(
+                    f"tool {name}: cannot import {target!r}: {type(exc).__name__}: {exc}", traceback=True
+                ) from exc
+            self._functions[target] = fn
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(**args)
+            else:
+                result = await asyncio.to_thread(fn, **args)
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:
+            # The tool's own code: whatever it raises becomes an error result for the LLM.
+            raise _ToolFailedError(f"tool {name}: {type(exc).__name__}: {exc}", traceback=True) from exc
+        return result
