@@ -16,6 +16,7 @@ from pipeline import (
     LLM,
     AgentHandoff,
     AgentSpeech,
+    AgentVoice,
     AudioSink,
     Backchannel,
     CallSummary,
@@ -23,6 +24,7 @@ from pipeline import (
     PipelineFault,
     SessionConfig,
     SessionEvent,
+    STTSession,
     ToolCalled,
     TurnConfig,
     UserTranscript,
@@ -146,9 +148,6 @@ async def run_call(
 
     # Every agent's LLM is checked now: a provider this build lacks fails before the call starts.
     llms: dict[str, LLM | None] = {name: providers.llm(workflow.llm_for(name)) for name in workflow.agents}
-    # The start agent's voice serves the whole call (per-agent STT/TTS is not switched yet).
-    stt = await providers.stt(workflow.stt_for(agent_name))
-    tts = await providers.tts(workflow.tts_for(agent_name))
     config = SessionConfig(
         turn=turn_config(workflow.turn_for(agent_name)),
         max_duration_s=workflow.defaults.max_duration_seconds,
@@ -158,22 +157,38 @@ async def run_call(
             name: ToolBox(workflow, spec.tools, state, http=http) for name, spec in workflow.agents.items()
         }
         conversation = WorkflowConversation(workflow, state, toolboxes.__getitem__, llms.__getitem__)
-        stt_session = await stt.connect()
-        session = VoiceSession(
-            stt=stt_session,
-            tts=tts,
-            dialogue=conversation,
-            sink=sink,
-            clock=clock,
-            config=config,
-            on_event=transcript.on_event,
-            greeting=conversation.greeting(),
-        )
-        log.info("call_started", workflow=workflow.slug)
+        # Every agent's voice is ready before the call starts (models loaded, STT sessions open),
+        # so a handoff switches instantly; agents with the same settings share one.
+        stt_sessions: dict[str, STTSession] = {}
         try:
+            voices: dict[str, AgentVoice] = {}
+            for name in workflow.agents:
+                stt_spec = workflow.stt_for(name)
+                key = stt_spec.model_dump_json()
+                if key not in stt_sessions:
+                    stt_sessions[key] = await (await providers.stt(stt_spec)).connect()
+                voices[name] = AgentVoice(
+                    stt=stt_sessions[key],
+                    tts=await providers.tts(workflow.tts_for(name)),
+                    turn=turn_config(workflow.turn_for(name)),
+                )
+            start = voices[agent_name]
+            session = VoiceSession(
+                stt=start.stt,
+                tts=start.tts,
+                voices=voices.__getitem__,
+                dialogue=conversation,
+                sink=sink,
+                clock=clock,
+                config=config,
+                on_event=transcript.on_event,
+                greeting=conversation.greeting(),
+            )
+            log.info("call_started", workflow=workflow.slug)
             record.summary = await session.run(caller)
         finally:
-            await stt_session.aclose()
+            for stt_session in stt_sessions.values():
+                await stt_session.aclose()
             record.transcript = transcript.entries()
             record.agent_history = list(conversation.agent_history)
             record.handoffs = conversation.handoffs

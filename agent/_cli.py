@@ -22,7 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a simulated call from a caller recording")
-    run.add_argument("--workflow", required=True, metavar="PATH", help="workflow YAML file")
+    run.add_argument(
+        "--workflow",
+        required=True,
+        metavar="PATH|SLUG",
+        help="workflow YAML file, or a slug in $VOICERUN_WORKFLOWS",
+    )
     run.add_argument("--input", required=True, metavar="CALLER.wav", help="the caller's side of the call")
     run.add_argument("--output", metavar="CALL.wav", help="write the call: caller left, agent right")
     run.add_argument("--report", metavar="REPORT.json", help="write transcript, metrics and usage")
@@ -63,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._settings import Settings
 
     settings = Settings()
+    args.settings = settings
     configure_logging(settings.log_level, settings.log_format)
     try:
         code: int = args.func(args)
@@ -86,13 +92,13 @@ def _user_data(raw: str) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline import AudioFormatError, read_wav
-    from workflows import TemplateError, VariableError, WorkflowError, load_workflow
+    from workflows import TemplateError, VariableError, WorkflowError
 
     from ._providers import UnknownProviderError
     from ._recording import call_from_recording
 
     try:
-        workflow = load_workflow(args.workflow)
+        workflow = _resolve_workflow(args.workflow, args.settings.workflows)
     except WorkflowError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -129,6 +135,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for fault in record.faults:
         print(f"fault: {fault}", file=sys.stderr)
     return EXIT_OK
+
+
+def _resolve_workflow(ref: str, registry_dir: Path) -> Any:
+    """A path to a workflow file, or else a slug looked up in the workflows directory."""
+    from workflows import UnknownWorkflowError, WorkflowRegistry, load_workflow
+
+    path = Path(ref)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in ref:
+        return load_workflow(path)
+    try:
+        return WorkflowRegistry.load(registry_dir).get(ref)
+    except UnknownWorkflowError as exc:
+        raise UsageError(f"{ref}: no such file, and {exc}") from None
 
 
 def _workflow_files(paths: Sequence[str]) -> list[Path]:

@@ -47,7 +47,15 @@ from ._events import (
 )
 from ._llm import LLM, LLMEvent, LLMUsage, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
 from ._playout import AudioSink, Playout
-from ._session import DEFAULT_BACKCHANNELS, CallSummary, SessionConfig, TurnConfig, VoiceSession, turn_summary
+from ._session import (
+    DEFAULT_BACKCHANNELS,
+    AgentVoice,
+    CallSummary,
+    SessionConfig,
+    TurnConfig,
+    VoiceSession,
+    turn_summary,
+)
 from ._stt import STT, InterimCallback, STTSession, Transcript, Utterance
 from ._text import SentenceSplitter, is_backchannel
 from ._tts import TTS
@@ -65,6 +73,7 @@ __all__ = [
     "TTS",
     "AgentHandoff",
     "AgentSpeech",
+    "AgentVoice",
     "AudioFormatError",
     "AudioSink",
     "Backchannel",

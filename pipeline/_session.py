@@ -141,6 +141,15 @@ class _Reply:
         return " ".join(text for text, _ in self.segments)
 
 
+@dataclass(frozen=True, slots=True)
+class AgentVoice:
+    """How one agent listens and speaks: its STT session, its TTS and its turn-taking."""
+
+    stt: STTSession
+    tts: TTS
+    turn: TurnConfig
+
+
 class VoiceSession:
     def __init__(
         self,
@@ -153,11 +162,16 @@ class VoiceSession:
         config: SessionConfig | None = None,
         on_event: Callable[[SessionEvent], None] | None = None,
         greeting: str | None = None,
+        voices: Callable[[str], AgentVoice] | None = None,
     ) -> None:
+        """voices: an agent's own STT, TTS and turn settings, switched to at a handoff (without
+        it, one voice serves the whole call)."""
         self.config = config or SessionConfig()
         self._turn = self.config.turn
         self._stt = stt
         self._tts = tts
+        self._voices = voices
+        self._next_turn: TurnConfig | None = None
         self.dialogue = dialogue
         self._clock = clock
         self._emit_cb = on_event
@@ -257,6 +271,9 @@ class VoiceSession:
     def _on_frame(self, pcm: bytes) -> None:
         self._sync_log_agent()
         now = self._clock.now()
+        if self._next_turn is not None and not self._endpointer.in_speech:
+            # A handoff changed turn-taking; it applies from the next utterance, never mid-way.
+            self._apply_turn(self._next_turn)
         r = self._endpointer.process(pcm, now - FRAME_S)
         self._voiced_run = self._voiced_run + 1 if r.voiced else 0
         if r.event == "start":
@@ -389,6 +406,8 @@ class VoiceSession:
 
     def _start_reply(self, reply: _Reply) -> None:
         self._reply = reply
+        if self._agent is not None:  # a reply cut off before its handoff point left the old voice
+            self._switch_speaking(self._agent)
         reply.task = self._spawn(self._run_reply(reply), "reply")
 
     async def _run_reply(self, reply: _Reply) -> None:
@@ -424,9 +443,30 @@ class VoiceSession:
                 return
             yield item
 
+    def _apply_turn(self, turn: TurnConfig) -> None:
+        self._next_turn = None
+        self._turn = turn
+        self._endpointer = Endpointer(turn.vad)
+        self._barge_in_frames = max(1, turn.barge_in_ms // FRAME_MS)
+
+    def _switch_listening(self, agent: str) -> None:
+        """The new agent's STT and turn settings, from the caller's next utterance."""
+        if self._voices is None:
+            return
+        voice = self._voices(agent)
+        self._stt = voice.stt
+        if voice.turn != self._turn:
+            self._next_turn = voice.turn
+
+    def _switch_speaking(self, agent: str) -> None:
+        """The agent's TTS, from the next segment on."""
+        if self._voices is not None:
+            self._tts = self._voices(agent).tts
+
     def _on_handoff(self, ev: HandoffEvent) -> _AgentMark:
         mark = _AgentMark(ev.from_agent if ev.from_agent is not None else self._agent, ev.to)
         self._agent = ev.to
+        self._switch_listening(ev.to)
         self._agent_binding = object()
         self._sync_log_agent()
         log.info("agent_handoff", from_agent=mark.from_agent, to_agent=ev.to)
@@ -478,6 +518,8 @@ class VoiceSession:
         while (text := await segments.get()) is not None:
             if isinstance(text, _AgentMark):
                 reply.marks.append((len(reply.segments), text))
+                # The old agent's words already queued keep its voice; the new agent's get its own.
+                self._switch_speaking(text.to_agent)
                 continue
             stats = SegmentStats()
             first_of_reply = not reply.segments

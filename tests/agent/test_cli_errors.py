@@ -91,3 +91,9 @@ def test_user_data_must_be_a_json_object(good_wav: Path) -> None:
 def test_help_is_fast_to_reach_and_lists_run() -> None:
     proc = voicerun("--help")
     assert proc.returncode == 0 and "run" in proc.stdout
+
+
+def test_an_unknown_workflow_slug_lists_the_known_ones(good_wav: Path) -> None:
+    line = one_line_error(voicerun("run", "--workflow", "no-such-flow", "--input", good_wav, "--fast"))
+    assert line.startswith("voicerun: error: no-such-flow: no such file, and no workflow 'no-such-flow'")
+    assert "front-desk" in line and "daily-call" in line

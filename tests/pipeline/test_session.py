@@ -15,6 +15,7 @@ from pipeline import (
     LLM,
     SAMPLE_RATE,
     AgentSpeech,
+    AgentVoice,
     Backchannel,
     CallSummary,
     Dialogue,
@@ -30,6 +31,8 @@ from pipeline import (
     ToolRunner,
     ToolSpec,
     TurnConfig,
+    UserTranscript,
+    VADConfig,
     VirtualClock,
     VoiceSession,
     frames,
@@ -305,3 +308,57 @@ async def test_hang_up_mid_reply_leaves_no_task_behind() -> None:
     assert len(sent) == 10
     leftover = {t for t in asyncio.all_tasks() - before if not t.done()}
     assert leftover == set()
+
+
+async def test_a_handoff_switches_to_the_new_agents_voice_ears_and_turn_taking() -> None:
+    class TransferringLLM(LLM):
+        name = model = "transferring"
+
+        async def chat(
+            self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        ) -> AsyncIterator[LLMEvent]:
+            if messages[-1].role == "user" and messages[-1].content == "from a":
+                yield TextDelta(text="Let me transfer you.")
+                yield ToolCallRequest(call=ToolCall("t1", "transfer_to_b", {}))
+            elif messages[-1].role == "user":
+                yield TextDelta(text="Hello from b.")
+
+    async def tools(call: ToolCall) -> ToolOutcome:
+        return ToolOutcome({"ok": True}, handoff="b")
+
+    clock = VirtualClock()
+    clock.start()
+    sent: list[float] = []
+    events: list[SessionEvent] = []
+
+    class Sink:
+        async def send(self, pcm: bytes, t: float) -> None:
+            sent.append(t)
+
+    audio = timeline(("speech", 1.0), ("silence", 3.0), ("speech", 1.0), ("silence", 3.0))
+
+    async def caller() -> AsyncIterator[bytes]:
+        t0 = clock.now()
+        for k, frame in enumerate(frames(audio)):
+            await clock.sleep_until(t0 + (k + 1) * FRAME_S)
+            yield frame
+
+    voice_b = AgentVoice(
+        stt=await ScriptedSTT(["from b"]).connect(),
+        tts=ToneTTS(0.6),
+        turn=TurnConfig(vad=VADConfig(end_silence_ms=600)),
+    )
+    session = VoiceSession(
+        stt=await ScriptedSTT(["from a"]).connect(), tts=ToneTTS(0.2),
+        dialogue=Dialogue(TransferringLLM(), "", run_tool=tools), sink=Sink(), clock=clock,
+        on_event=events.append, voices=lambda agent: voice_b,
+    )  # fmt: skip
+    summary = await session.run(caller())
+    await clock.aclose()
+
+    replies = runs_of_audio(sent)
+    assert [round(end - start, 2) for start, end in replies] == [0.2, 0.6]  # a's voice, then b's
+    users = [e.text for e in events if isinstance(e, UserTranscript) and e.final]
+    assert users == ["from a", "from b"]  # b's STT heard the second utterance
+    assert summary.turns[1].eou_delay_ms == pytest.approx(600, abs=25)  # b's endpointing
+    assert summary.turns[0].eou_delay_ms == pytest.approx(300, abs=25)
