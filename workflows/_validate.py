@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +111,8 @@ def workflow_json_schema() -> dict[str, object]:
 def check_tree(root: Mapping[Any, Any], path: str, *, base_dir: Path | None = None) -> list[Problem]:
     """Every semantic problem in a parsed workflow file (errors and warnings), in file order.
 
-    base_dir is the workflow file's directory: python tools are imported from sys.path and,
-    failing that, from there.
+    base_dir is the workflow file's directory (kept for messages; python tools are imported from
+    sys.path only, as the runtime imports them).
     """
     checker = _Checker(root, path, base_dir)
     checker.run()
@@ -382,23 +381,22 @@ class _Checker:
         return names
 
     def _python(self, loc: Loc, target: str) -> None:
+        # Imported exactly as the runtime will import it (from sys.path), so a tool that
+        # validates is a tool that loads during a call.
         module_name, _, attr = target.partition(":")
-        extra = str(self.base_dir) if self.base_dir is not None else None
-        added = extra is not None and extra not in sys.path
-        if added:
-            sys.path.append(str(extra))
-            importlib.invalidate_caches()
         try:
             module = importlib.import_module(module_name)
             function = getattr(module, attr, None)
         # A user module can raise anything while it is imported, even SystemExit: report it
         # as a problem of this file rather than crash the validator.
         except (Exception, SystemExit) as exc:
-            self.report(loc, f"cannot import {module_name!r}: {type(exc).__name__}: {_short(str(exc))}")
+            hint = " (python tools import from sys.path: install the package or set PYTHONPATH)"
+            missing = isinstance(exc, ModuleNotFoundError)
+            self.report(
+                loc,
+                f"cannot import {module_name!r}: {type(exc).__name__}: {_short(str(exc))}{hint if missing else ''}",
+            )
             return
-        finally:
-            if added:
-                sys.path.remove(str(extra))
         if function is None:
             self.report(loc, f"module {module_name!r} has no attribute {attr!r}")
         elif not callable(function):

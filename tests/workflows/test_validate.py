@@ -336,7 +336,7 @@ def python_tool(target: str) -> str:
     return edit("agents:\n", f"  compute:\n    description: Compute.\n    python: '{target}'\nagents:\n")
 
 
-def test_python_tools_must_import_and_be_callable(tmp_path: Path) -> None:
+def test_python_tools_must_import_and_be_callable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"vr_tools_{uuid.uuid4().hex}"
     (tmp_path / f"{name}.py").write_text("def run(x: int) -> int:\n    return x\n\nCONSTANT = 3\n")
     broken = f"vr_broken_{uuid.uuid4().hex}"
@@ -349,12 +349,16 @@ def test_python_tools_must_import_and_be_callable(tmp_path: Path) -> None:
         wf.write_text(python_tool(target))
         return [str(p).removeprefix(f"{wf}:") for p in validate_file(wf)]
 
-    assert check(f"{name}:run") == []  # found next to the workflow file
-    assert check("json:dumps") == []  # found on sys.path
-    assert str(tmp_path) not in sys.path
+    # Only sys.path counts, as at run time: a module next to the workflow is not enough.
+    assert check(f"{name}:run")[0].startswith(f"21:13: tools.compute.python: cannot import '{name}'")
+    assert "set PYTHONPATH" in check(f"{name}:run")[0]
+    assert check("json:dumps") == []
+    monkeypatch.syspath_prepend(str(tmp_path))  # what PYTHONPATH=... does
+    assert check(f"{name}:run") == []
     assert check("vr_no_such_module:run") == [
         "21:13: tools.compute.python: cannot import 'vr_no_such_module':"
         " ModuleNotFoundError: No module named 'vr_no_such_module'"
+        " (python tools import from sys.path: install the package or set PYTHONPATH)"
     ]
     assert check(f"{name}:walk") == [f"21:13: tools.compute.python: module '{name}' has no attribute 'walk'"]
     assert check(f"{name}:CONSTANT") == [f"21:13: tools.compute.python: '{name}:CONSTANT' is not callable"]
