@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
+import pytest
 import pytest_asyncio
+import structlog
 
 # -- speech synthesized by the embedded TTS (tests of the offline engines) ---------------------
 
@@ -34,3 +38,22 @@ async def speech_samples() -> tuple[SpeechSample, ...]:
     for text in SPEECH_SENTENCES:
         samples.append(SpeechSample(text, b"".join([chunk async for chunk in tts.synthesize(text)])))
     return tuple(samples)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every structlog event, after the real context merge (so call_id and agent are visible)."""
+    events: list[MutableMapping[str, Any]] = []
+
+    def keep(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        events.append(event)
+        raise structlog.DropEvent
+
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, keep], cache_logger_on_first_use=False
+    )
+    try:
+        yield events
+    finally:
+        structlog.configure(**old)

@@ -3,18 +3,16 @@ active when each was said, the report counts the handoff, and log lines switch `
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import numpy as np
-import pytest
-import structlog
 
-from agent._call import CallRecord, run_call
+from agent._call import CallRecord
 from agent._providers import ProviderPool
+from agent._recording import call_from_recording
 from agent._report import report_dict
-from pipeline import FRAME_S, SAMPLE_RATE, STT, TTS, VirtualClock, frames
+from pipeline import SAMPLE_RATE, STT, TTS
 from pipeline.testing import ScriptedSTT, ToneTTS, speech_like
 from workflows import ProviderSpec, load_workflow_text
 
@@ -56,54 +54,14 @@ class ScriptedPool(ProviderPool):
 
 
 async def simulate(workflow: str, audio: np.ndarray, pool: ProviderPool) -> CallRecord:
-    clock = VirtualClock()
-    clock.start()
-
-    async def caller() -> AsyncIterator[bytes]:
-        t0 = clock.now()
-        for k, frame in enumerate(frames(audio)):
-            await clock.sleep_until(t0 + (k + 1) * FRAME_S)
-            yield frame
-
-    class Sink:
-        async def send(self, pcm: bytes, t: float) -> None:
-            pass
-
-    try:
-        return await asyncio.create_task(
-            run_call(
-                workflow=load_workflow_text(workflow),
-                providers=pool,
-                caller=caller(),
-                sink=Sink(),
-                clock=clock,
-                call_id="call-handoff",
-            )
-        )
-    finally:
-        await clock.aclose()
-
-
-@pytest.fixture
-def captured() -> Iterator[list[MutableMapping[str, Any]]]:
-    events: list[MutableMapping[str, Any]] = []
-
-    def keep(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
-        events.append(event)
-        raise structlog.DropEvent
-
-    old = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, keep], cache_logger_on_first_use=False
+    record, _ = await call_from_recording(
+        load_workflow_text(workflow), audio, fast=True, providers=pool, call_id="call-handoff"
     )
-    try:
-        yield events
-    finally:
-        structlog.configure(**old)
+    return record
 
 
 async def test_handoff_moves_transcript_and_logs_to_the_new_agent(
-    captured: list[MutableMapping[str, Any]],
+    captured_logs: list[MutableMapping[str, Any]],
 ) -> None:
     silence = np.zeros(2 * SAMPLE_RATE, np.int16)
     audio = np.concatenate(
@@ -127,10 +85,10 @@ async def test_handoff_moves_transcript_and_logs_to_the_new_agent(
     assert report["metrics"]["agent_handoffs"] == 1
     assert report["current_agent"] is None  # the call has ended
 
-    names = [e["event"] for e in captured]
+    names = [e["event"] for e in captured_logs]
     switch = names.index("agent_switched")  # the runtime logs the switch as the new agent
-    assert all(e["agent"] == "host" for e in captured[:switch]), captured[:switch]
-    after = captured[switch:]
+    assert all(e["agent"] == "host" for e in captured_logs[:switch]), captured_logs[:switch]
+    after = captured_logs[switch:]
     assert {"turn_completed", "call_ended"} <= {e["event"] for e in after}
     for event in after:
         assert event.get("agent") == "payments", event

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pytest
 import structlog
 
 from agent._recording import call_from_recording
@@ -25,34 +23,18 @@ agents:
 """
 
 
-@pytest.fixture
-def captured() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def keep(_logger: Any, _method: str, event: dict[str, Any]) -> Any:
-        events.append(event)
-        raise structlog.DropEvent
-
-    old = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, keep], cache_logger_on_first_use=False
-    )
-    try:
-        yield events
-    finally:
-        structlog.configure(**old)
-
-
-async def test_call_logs_carry_call_id_and_agent(captured: list[dict[str, Any]], speech_samples: Any) -> None:
+async def test_call_logs_carry_call_id_and_agent(
+    captured_logs: list[dict[str, Any]], speech_samples: Any
+) -> None:
     words = np.frombuffer(speech_samples[1].pcm, np.int16)
     audio = np.concatenate([np.zeros(2 * SAMPLE_RATE, np.int16), words, np.zeros(2 * SAMPLE_RATE, np.int16)])
     record, _ = await call_from_recording(
         load_workflow_text(WORKFLOW), audio, fast=True, call_id="call-under-test"
     )
     assert record.summary is not None and len(record.summary.turns) == 1
-    names = {e["event"] for e in captured}
+    names = {e["event"] for e in captured_logs}
     assert {"call_started", "turn_completed", "call_ended"} <= names
-    for event in captured:
+    for event in captured_logs:
         assert event.get("call_id") == "call-under-test", event
         assert event.get("agent") == "main", event
     # and nothing leaks into the caller's context once the call is over
