@@ -91,10 +91,10 @@ def _user_data(raw: str) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline import AudioFormatError, read_wav
+    from pipeline import AudioFormatError, ProviderError, read_wav
     from workflows import TemplateError, VariableError, WorkflowError
 
-    from ._providers import UnknownProviderError
+    from ._providers import ProviderConfigError
     from ._recording import call_from_recording
 
     try:
@@ -108,7 +108,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     user = _user_data(args.user_data)
     try:
         record, mix = asyncio.run(call_from_recording(workflow, caller, fast=args.fast, user_data=user))
-    except (TemplateError, VariableError, UnknownProviderError) as exc:
+    except (TemplateError, VariableError, ProviderConfigError, ProviderError) as exc:
         raise UsageError(f"{args.workflow}: {exc}") from None
 
     from pipeline import write_wav

@@ -8,7 +8,7 @@ variables; templates) live in _validate.py, so every problem in a file is report
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,11 +30,69 @@ class _Strict(BaseModel):
 
 
 class ProviderSpec(_Strict):
-    """A provider by name, with its model and provider-specific options."""
+    """A provider by name, with its model, provider-specific options, and the providers to switch
+    to if it fails during a call. In YAML also `tts: polly` or a list, `tts: [polly, openai, local]`."""
 
     provider: str
     model: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    fallback: tuple[ProviderSpec, ...] = ()
+    """Tried in order when this provider fails; `local` is the embedded engine of the stage."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"provider": value}
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("a provider list needs at least one provider")
+            first, *rest = value
+            head = {"provider": first} if isinstance(first, str) else dict(first)
+            return {**head, "fallback": [*head.get("fallback", []), *rest]}
+        return value
+
+    def chain(self) -> tuple[ProviderSpec, ...]:
+        """This provider, then its fallbacks in order."""
+        return (self.model_copy(update={"fallback": ()}), *self.fallback)
+
+
+STT_PROVIDERS = ("whisper", "deepgram")
+LLM_PROVIDERS = ("rules", "openai")
+TTS_PROVIDERS = ("hibari", "polly", "openai", "deepgram")
+
+
+class _StageSpec(ProviderSpec):
+    """A ProviderSpec whose provider names are checked for one stage; `local` is its embedded engine."""
+
+    _names: ClassVar[tuple[str, ...]] = ()
+    _local: ClassVar[str] = ""
+
+    @field_validator("provider")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        v = cls._local if v == "local" else v
+        if v not in cls._names:
+            raise ValueError(f"unknown provider {v!r} (available: {', '.join(cls._names)}, local)")
+        return v
+
+
+class STTSpec(_StageSpec):
+    _names = STT_PROVIDERS
+    _local = "whisper"
+    fallback: tuple[STTSpec, ...] = ()
+
+
+class LLMSpec(_StageSpec):
+    _names = LLM_PROVIDERS
+    _local = "rules"
+    fallback: tuple[LLMSpec, ...] = ()
+
+
+class TTSSpec(_StageSpec):
+    _names = TTS_PROVIDERS
+    _local = "hibari"
+    fallback: tuple[TTSSpec, ...] = ()
 
 
 class TurnSettings(_Strict):
@@ -49,9 +107,9 @@ class TurnSettings(_Strict):
 
 
 class Defaults(_Strict):
-    stt: ProviderSpec = ProviderSpec(provider="whisper")
-    llm: ProviderSpec = ProviderSpec(provider="rules")
-    tts: ProviderSpec = ProviderSpec(provider="hibari")
+    stt: STTSpec = STTSpec(provider="whisper")
+    llm: LLMSpec = LLMSpec(provider="rules")
+    tts: TTSSpec = TTSSpec(provider="hibari")
     turn: TurnSettings = TurnSettings()
     max_duration_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600
 
@@ -186,9 +244,9 @@ class AgentSpec(_Strict):
     handoffs: tuple[HandoffSpec, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
     fallback: str = "Sorry, I didn't catch that. Could you say it another way?"
-    stt: ProviderSpec | None = None
-    llm: ProviderSpec | None = None
-    tts: ProviderSpec | None = None
+    stt: STTSpec | None = None
+    llm: LLMSpec | None = None
+    tts: TTSSpec | None = None
     turn: TurnSettings | None = None
 
 

@@ -3,13 +3,38 @@
 Importing this package is cheap: faster-whisper and hibari are imported when a provider loads.
 """
 
+from .deepgram_stt import (
+    DeepgramSTT,
+    DeepgramSTTConfig,
+    DeepgramSTTSession,
+    DeepgramSTTStats,
+    DeepgramUtterance,
+)
+from .deepgram_tts import DeepgramTTS, DeepgramTTSConfig
 from .hibari import HibariConfig, HibariTTS
+from .openai_llm import OpenAILLM, OpenAILLMConfig
+from .openai_tts import OpenAITTS, OpenAITTSConfig
+from .polly import PollyConfig, PollyEngine, PollyTTS
 from .whisper import DecodeStats, WhisperConfig, WhisperSession, WhisperSTT, WhisperUtterance
 
 __all__ = [
     "DecodeStats",
+    "DeepgramSTT",
+    "DeepgramSTTConfig",
+    "DeepgramSTTSession",
+    "DeepgramSTTStats",
+    "DeepgramTTS",
+    "DeepgramTTSConfig",
+    "DeepgramUtterance",
     "HibariConfig",
     "HibariTTS",
+    "OpenAILLM",
+    "OpenAILLMConfig",
+    "OpenAITTS",
+    "OpenAITTSConfig",
+    "PollyConfig",
+    "PollyEngine",
+    "PollyTTS",
     "WhisperConfig",
     "WhisperSTT",
     "WhisperSession",

@@ -133,7 +133,7 @@ def test_an_llm_agent_is_tested_against_the_given_llm(tmp_path: Path) -> None:
 version: 1
 slug: llm-desk
 start: host
-defaults: {llm: {provider: scripted}}
+defaults: {llm: {provider: openai}}  # replaced by the scripted LLM given to the runner
 agents:
   host:
     instructions: Host.
@@ -172,4 +172,6 @@ def test_an_unavailable_llm_provider_fails_the_test_clearly(tmp_path: Path) -> N
     text = RULES_WORKFLOW.replace("start: host\n", "start: host\ndefaults: {llm: {provider: nope}}\n")
     code, lines = run(tmp_path, text)
     assert code == 1
-    assert "llm provider 'nope' is not available" in lines[0]
+    assert (
+        lines[0].startswith("FAIL ") and ":4:28: defaults.llm.provider: unknown provider 'nope'" in lines[0]
+    )

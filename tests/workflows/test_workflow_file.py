@@ -27,10 +27,10 @@ def test_every_example_is_valid(path: Path) -> None:
 
 
 def test_defaults_apply_and_agents_override() -> None:
-    text = MINIMAL + "    tts: {provider: other}\n"
+    text = MINIMAL + "    tts: {provider: polly}\n"
     wf = load_workflow_text(text)
     assert wf.stt_for("main").provider == "whisper"
-    assert wf.tts_for("main").provider == "other"
+    assert wf.tts_for("main").provider == "polly"
     assert wf.turn_for("main").end_of_speech_ms == 300
 
 
@@ -91,3 +91,23 @@ def test_templates_read_user_values_and_nothing_else() -> None:
     assert render("{{ user.name.upper }}", user={"name": "x"}) == "{{ user.name.upper }}"
     with pytest.raises(TemplateError, match=r"\{\{user.age\}\} has no value"):
         render("{{user.age}}", user={})
+
+
+def test_a_stage_may_be_a_name_or_a_fallback_list_and_local_is_the_embedded_engine() -> None:
+    wf = load_workflow_text(
+        MINIMAL + "    tts: [polly, {provider: openai, model: gpt-4o-mini-tts}, local]\n    stt: deepgram\n"
+    )
+    assert [(s.provider, s.model) for s in wf.tts_for("main").chain()] == [
+        ("polly", None),
+        ("openai", "gpt-4o-mini-tts"),
+        ("hibari", None),
+    ]
+    assert wf.stt_for("main").provider == "deepgram" and wf.stt_for("main").fallback == ()
+
+
+def test_an_unknown_provider_names_the_ones_available() -> None:
+    (p,) = problems(MINIMAL + "    llm: {provider: gpt}\n")
+    assert (
+        p
+        == "wf.yaml:7:21: agents.main.llm.provider: unknown provider 'gpt' (available: rules, openai, local)"
+    )

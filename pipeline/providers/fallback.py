@@ -1,0 +1,193 @@
+"""Fallback chains: a stage tries its providers in order and, once one fails, stays switched for
+the rest of the call (a flapping provider would otherwise cost a timeout on every turn).
+
+What is switched over, and how the caller notices:
+- TTS: a segment whose provider fails is synthesized again, whole, by the next one (if the first
+  already produced some audio the caller hears the sentence restart, in the next voice; nothing
+  is skipped).
+- LLM: a failure before the first event moves the same request to the next provider, with no
+  gap beyond the failed attempt; a failure mid-reply ends that reply (its words were spoken) and
+  the next turn uses the next provider.
+- STT: every utterance keeps its audio until its transcript is final, so when a provider fails
+  the same audio is replayed into the next one and no words are lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import structlog
+
+from .._errors import ProviderError
+from .._llm import LLM, LLMEvent, Message, ToolSpec
+from .._stt import STT, InterimCallback, STTSession, Transcript, Utterance
+from .._tts import TTS
+
+log = structlog.get_logger("voicerun.providers")
+
+
+class _Chain:
+    """Which provider of a chain is current; counts and logs every switch."""
+
+    def __init__(self, stage: str, names: Sequence[str]) -> None:
+        if not names:
+            raise ValueError(f"a {stage} fallback chain needs at least one provider")
+        self.stage = stage
+        self.names = tuple(names)
+        self.current = 0
+        self.switches = 0
+
+    def fail(self, index: int, error: BaseException) -> bool:
+        """Provider `index` failed: move past it. False when no provider is left."""
+        if index + 1 >= len(self.names):
+            return False
+        if self.current <= index:
+            self.current = index + 1
+            self.switches += 1
+            log.warning(
+                "provider_fallback",
+                stage=self.stage,
+                failed=self.names[index],
+                next=self.names[self.current],
+                error=str(error),
+            )
+        return True
+
+
+class FallbackTTS(TTS):
+    def __init__(self, providers: Sequence[TTS]) -> None:
+        self.providers = tuple(providers)
+        self._chain = _Chain("tts", [p.name for p in self.providers])
+        self.name = self.providers[0].name
+        self.model = self.providers[0].model
+
+    @property
+    def switches(self) -> int:
+        return self._chain.switches
+
+    async def warm(self) -> None:
+        for p in self.providers:
+            await p.warm()
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        index = self._chain.current
+        while True:
+            try:
+                async for pcm in self.providers[index].synthesize(text):
+                    yield pcm
+                return
+            except ProviderError as exc:
+                if not self._chain.fail(index, exc):
+                    raise
+                index = self._chain.current
+
+    async def aclose(self) -> None:
+        for p in self.providers:
+            await p.aclose()
+
+
+class FallbackLLM(LLM):
+    def __init__(self, providers: Sequence[LLM]) -> None:
+        self.providers = tuple(providers)
+        self._chain = _Chain("llm", [p.name for p in self.providers])
+        self.name = self.providers[0].name
+        self.model = self.providers[0].model
+
+    @property
+    def switches(self) -> int:
+        return self._chain.switches
+
+    async def chat(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[LLMEvent]:
+        index = self._chain.current
+        while True:
+            started = False
+            try:
+                async for ev in self.providers[index].chat(messages, tools):
+                    started = True
+                    yield ev
+                return
+            except ProviderError as exc:
+                moved = self._chain.fail(index, exc)
+                if started or not moved:
+                    raise  # words already spoken are not taken back; the next turn uses the next one
+                index = self._chain.current
+
+    async def aclose(self) -> None:
+        for p in self.providers:
+            await p.aclose()
+
+
+class FallbackSTT(STT):
+    def __init__(self, providers: Sequence[STT]) -> None:
+        self.providers = tuple(providers)
+        self.name = self.providers[0].name
+        self.model = self.providers[0].model
+
+    async def warm(self) -> None:
+        for p in self.providers:
+            await p.warm()
+
+    async def connect(self) -> STTSession:
+        # Only the first provider's session is opened now (pre-warmed); a fallback's is opened
+        # when it is first needed, while the failed utterance's audio waits in memory.
+        return _FallbackSession(self.providers, await self.providers[0].connect())
+
+    async def aclose(self) -> None:
+        for p in self.providers:
+            await p.aclose()
+
+
+class _FallbackSession(STTSession):
+    def __init__(self, providers: tuple[STT, ...], first: STTSession) -> None:
+        self._providers = providers
+        self._sessions: dict[int, STTSession] = {0: first}
+        self.chain = _Chain("stt", [p.name for p in providers])
+
+    async def session(self, index: int) -> STTSession:
+        if index not in self._sessions:
+            self._sessions[index] = await self._providers[index].connect()
+        return self._sessions[index]
+
+    def begin(self, on_interim: InterimCallback | None = None) -> Utterance:
+        index = self.chain.current
+        return _FallbackUtterance(self, index, self._sessions[index].begin(on_interim), on_interim)
+
+    async def aclose(self) -> None:
+        for s in self._sessions.values():
+            await s.aclose()
+
+
+class _FallbackUtterance(Utterance):
+    """Keeps every frame until the transcript is final, to replay it into the next provider."""
+
+    def __init__(
+        self, owner: _FallbackSession, index: int, inner: Utterance, on_interim: InterimCallback | None
+    ) -> None:
+        self._owner = owner
+        self._index = index
+        self._inner = inner
+        self._on_interim = on_interim
+        self._frames: list[tuple[bytes, bool]] = []
+
+    def push(self, pcm: bytes, voiced: bool) -> None:
+        self._frames.append((pcm, voiced))
+        self._inner.push(pcm, voiced)
+
+    async def finalize(self) -> Transcript:
+        while True:
+            try:
+                return await self._inner.finalize()
+            except ProviderError as exc:
+                self._inner.cancel()
+                if not self._owner.chain.fail(self._index, exc):
+                    raise
+                self._index = self._owner.chain.current
+                self._inner = (await self._owner.session(self._index)).begin(self._on_interim)
+                for pcm, voiced in self._frames:
+                    self._inner.push(pcm, voiced)
+
+    def cancel(self) -> None:
+        self._inner.cancel()
+        self._frames = []
