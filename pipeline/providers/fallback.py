@@ -1,5 +1,7 @@
 """Fallback chains: a stage tries its providers in order and, once one fails, stays switched for
-the rest of the call (a flapping provider would otherwise cost a timeout on every turn).
+`recover_after_s` (a flapping provider would otherwise cost a timeout on every turn), then tries
+the first provider again. TTS and LLM providers are shared by the calls of a process, so for them
+this is a process-wide circuit breaker; an STT chain lives in each call's session.
 
 What is switched over, and how the caller notices:
 - TTS: a segment whose provider fails is synthesized again, whole, by the next one (if the first
@@ -14,7 +16,8 @@ What is switched over, and how the caller notices:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
 
@@ -26,38 +29,63 @@ from .._tts import TTS
 log = structlog.get_logger("voicerun.providers")
 
 
-class _Chain:
-    """Which provider of a chain is current; counts and logs every switch."""
+RECOVER_AFTER_S = 60.0
 
-    def __init__(self, stage: str, names: Sequence[str]) -> None:
+
+class _Chain:
+    """Which provider of a chain is current; counts and logs every switch and every recovery."""
+
+    def __init__(
+        self,
+        stage: str,
+        names: Sequence[str],
+        recover_after_s: float = RECOVER_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not names:
             raise ValueError(f"a {stage} fallback chain needs at least one provider")
         self.stage = stage
         self.names = tuple(names)
-        self.current = 0
         self.switches = 0
+        self._current = 0
+        self._switched_at = 0.0
+        self._recover_after_s = recover_after_s
+        self._clock = clock
+
+    @property
+    def current(self) -> int:
+        if self._current and self._clock() - self._switched_at >= self._recover_after_s:
+            log.info(
+                "provider_recovering",
+                stage=self.stage,
+                provider=self.names[0],
+                after=self.names[self._current],
+            )
+            self._current = 0
+        return self._current
 
     def fail(self, index: int, error: BaseException) -> bool:
         """Provider `index` failed: move past it. False when no provider is left."""
         if index + 1 >= len(self.names):
             return False
-        if self.current <= index:
-            self.current = index + 1
+        if self._current <= index:
+            self._current = index + 1
+            self._switched_at = self._clock()
             self.switches += 1
             log.warning(
                 "provider_fallback",
                 stage=self.stage,
                 failed=self.names[index],
-                next=self.names[self.current],
+                next=self.names[self._current],
                 error=str(error),
             )
         return True
 
 
 class FallbackTTS(TTS):
-    def __init__(self, providers: Sequence[TTS]) -> None:
+    def __init__(self, providers: Sequence[TTS], *, recover_after_s: float = RECOVER_AFTER_S) -> None:
         self.providers = tuple(providers)
-        self._chain = _Chain("tts", [p.name for p in self.providers])
+        self._chain = _Chain("tts", [p.name for p in self.providers], recover_after_s)
         self.name = self.providers[0].name
         self.model = self.providers[0].model
 
@@ -79,7 +107,7 @@ class FallbackTTS(TTS):
             except ProviderError as exc:
                 if not self._chain.fail(index, exc):
                     raise
-                index = self._chain.current
+                index += 1  # not `current`: a recovery must not send this request back to the failed one
 
     async def aclose(self) -> None:
         for p in self.providers:
@@ -87,9 +115,9 @@ class FallbackTTS(TTS):
 
 
 class FallbackLLM(LLM):
-    def __init__(self, providers: Sequence[LLM]) -> None:
+    def __init__(self, providers: Sequence[LLM], *, recover_after_s: float = RECOVER_AFTER_S) -> None:
         self.providers = tuple(providers)
-        self._chain = _Chain("llm", [p.name for p in self.providers])
+        self._chain = _Chain("llm", [p.name for p in self.providers], recover_after_s)
         self.name = self.providers[0].name
         self.model = self.providers[0].model
 
@@ -112,7 +140,7 @@ class FallbackLLM(LLM):
                 moved = self._chain.fail(index, exc)
                 if started or not moved:
                     raise  # words already spoken are not taken back; the next turn uses the next one
-                index = self._chain.current
+                index += 1  # not `current`: a recovery must not send this request back to the failed one
 
     async def aclose(self) -> None:
         for p in self.providers:
@@ -183,7 +211,7 @@ class _FallbackUtterance(Utterance):
                 self._inner.cancel()
                 if not self._owner.chain.fail(self._index, exc):
                     raise
-                self._index = self._owner.chain.current
+                self._index += 1
                 self._inner = (await self._owner.session(self._index)).begin(self._on_interim)
                 for pcm, voiced in self._frames:
                     self._inner.push(pcm, voiced)

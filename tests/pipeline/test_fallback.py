@@ -145,3 +145,14 @@ async def test_stt_failure_replays_the_utterance_into_the_next_provider() -> Non
     second.push(b"\0" * 640, True)
     assert (await second.finalize()).text == "for two"
     await session.aclose()
+
+
+async def test_after_recover_after_s_the_first_provider_is_tried_again() -> None:
+    polly, openai = TTSDouble("polly", fail_after=0), TTSDouble("openai")
+    tts = FallbackTTS(
+        [polly, openai], recover_after_s=0.0
+    )  # recover at once: a worker must not stay switched
+    assert (await speak(tts, "Hi.")).startswith("openai:")
+    polly.fail_after = None  # the outage is over
+    assert (await speak(tts, "Again.")).startswith("polly:")
+    assert tts.switches == 1
