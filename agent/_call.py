@@ -31,7 +31,7 @@ from pipeline import (
     VADConfig,
     VoiceSession,
 )
-from workflows import CallState, ToolBox, TurnSettings, Workflow, WorkflowConversation
+from workflows import CallState, ProviderSpec, ToolBox, TurnSettings, Workflow, WorkflowConversation
 
 from ._providers import ProviderPool
 
@@ -65,10 +65,18 @@ class CallRecord:
     transcript: list[dict[str, Any]] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
     summary: CallSummary | None = None
+    priced_as: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    """Stage ("stt", "llm", "tts") -> (provider, model) of the start agent, for the cost breakdown."""
 
     @property
     def status(self) -> str:
         return "completed" if self.summary is not None else "failed"
+
+
+def _priced(spec: ProviderSpec) -> tuple[str, str | None]:
+    # Polly takes its engine (what it is priced by) as the model or as the `engine` option.
+    engine = spec.options.get("engine") if spec.provider == "polly" else None
+    return spec.provider, spec.model or (engine if isinstance(engine, str) else None)
 
 
 class _Transcript:
@@ -145,6 +153,11 @@ async def run_call(
     state = CallState.bind(workflow, user_data or {})
     record = CallRecord(call_id, workflow.slug, datetime.now(UTC), [agent_name], current_agent=agent_name)
     transcript = _Transcript(record, clock.now(), agent_name)
+    record.priced_as = {
+        "stt": _priced(workflow.stt_for(agent_name)),
+        "llm": _priced(workflow.llm_for(agent_name)),
+        "tts": _priced(workflow.tts_for(agent_name)),
+    }
 
     # Every agent's LLM is checked now: a provider this build lacks fails before the call starts.
     llms: dict[str, LLM | None] = {name: providers.llm(workflow.llm_for(name)) for name in workflow.agents}

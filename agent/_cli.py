@@ -106,6 +106,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except AudioFormatError as exc:
         raise UsageError(str(exc)) from None
     user = _user_data(args.user_data)
+    if args.report:
+        from metering import MeteringError
+
+        from ._report import price_catalog
+
+        try:
+            price_catalog()  # a broken operator price file stops the run before the call, not after
+        except MeteringError as exc:
+            raise UsageError(str(exc)) from None
     try:
         record, mix = asyncio.run(call_from_recording(workflow, caller, fast=args.fast, user_data=user))
     except (TemplateError, VariableError, ProviderConfigError, ProviderError) as exc:

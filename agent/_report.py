@@ -3,10 +3,14 @@ the latency table printed after `voicerun run`."""
 
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import asdict
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+from metering import PriceCatalog, cost_breakdown, load_catalog
 from pipeline import TurnMetrics, turn_summary
 
 from ._call import CallRecord
@@ -39,7 +43,29 @@ def report_dict(record: CallRecord) -> dict[str, Any]:
         },
         "usage": {k: round(v, 3) if isinstance(v, float) else v for k, v in usage.items()},
         "faults": record.faults,
+        "cost_breakdown": _costs(record),
     }
+
+
+@cache
+def price_catalog() -> PriceCatalog:
+    """The process's price catalog: the default one, with `VOICERUN_PRICES` merged over it."""
+    path = os.environ.get("VOICERUN_PRICES")
+    return load_catalog(Path(path) if path else None)
+
+
+def _costs(record: CallRecord) -> dict[str, object] | None:
+    stages = record.priced_as
+    if record.summary is None or not {"stt", "llm", "tts"} <= stages.keys():
+        return None
+    return cost_breakdown(
+        record.summary.usage,
+        stt=stages["stt"],
+        llm=stages["llm"],
+        tts=stages["tts"],
+        telephony=None,  # recordings, rooms and browsers have no phone line yet
+        catalog=price_catalog(),
+    )
 
 
 def _fmt(v: float | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,17 @@ def test_an_unknown_workflow_slug_lists_the_known_ones(good_wav: Path) -> None:
     line = one_line_error(voicerun("run", "--workflow", "no-such-flow", "--input", good_wav, "--fast"))
     assert line.startswith("voicerun: error: no-such-flow: no such file, and no workflow 'no-such-flow'")
     assert "front-desk" in line and "daily-call" in line
+
+
+def test_a_broken_operator_price_file_stops_the_run_with_one_line(tmp_path: Path, good_wav: Path) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("version: x\nstt: [not, a, mapping]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--workflow", str(WORKFLOW), "--input", str(good_wav),
+         "--report", str(tmp_path / "r.json"), "--fast"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "VOICERUN_PRICES": str(prices)},
+    )  # fmt: skip
+    line = one_line_error(proc)
+    assert "prices.yaml" in line
+    assert not (tmp_path / "r.json").exists()

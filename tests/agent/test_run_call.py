@@ -115,6 +115,11 @@ def test_voicerun_run_on_the_bundled_recording(tmp_path: Path) -> None:
     assert usage["stt_audio_seconds"] > 3 and usage["tts_characters"] > 100
     assert usage["llm_prompt_tokens"] == 0  # the rules engine uses no tokens and says so
     assert usage["call_seconds"] == pytest.approx(data["duration_seconds"], abs=0.01)
+    costs = data["cost_breakdown"]  # the embedded engines cost nothing in the default catalog
+    assert {"total", "voice", "transcriber", "language_model", "telephony", "agent"} <= costs.keys()
+    assert costs["total"] == "0.000000" and costs["priced"] is True and costs["telephony"] is None
+    assert costs["voice"] == {"provider": "hibari", "cost": "0.000000", "characters": usage["tts_characters"]}
+    assert costs["transcriber"]["provider"] == "whisper" and costs["language_model"]["provider"] == "rules"
     assert "e2e" in proc.stdout and "We're open every day" in proc.stdout
 
 
