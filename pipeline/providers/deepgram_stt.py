@@ -684,10 +684,6 @@ class DeepgramSTT(STT):
         self.model = self.config.model
         self._client = make_client(resolve_api_key(self.config.api_key), self.config.base_url)
 
-    @classmethod
-    def from_options(cls, model: str | None, options: Mapping[str, Any]) -> DeepgramSTT:
-        return cls(DeepgramSTTConfig.from_options(model, options))
-
     async def connect(self) -> DeepgramSTTSession:
         session = DeepgramSTTSession(self._client, self.config)
         await session.start()

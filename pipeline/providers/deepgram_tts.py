@@ -65,10 +65,6 @@ class DeepgramTTS(TTS):
         self.model = self.config.model
         self._client = make_client(resolve_api_key(self.config.api_key), self.config.base_url)
 
-    @classmethod
-    def from_options(cls, model: str | None, options: Mapping[str, Any]) -> DeepgramTTS:
-        return cls(DeepgramTTSConfig.from_options(model, options))
-
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """16 kHz mono int16, in chunks of whole samples as Deepgram sends them."""
         stream = stream_with_retries(

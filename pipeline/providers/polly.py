@@ -316,11 +316,6 @@ class PollyTTS(TTS):
         self._client: _PollyClient | None = None
         self._client_lock = asyncio.Lock()
 
-    @classmethod
-    def from_options(cls, model: str | None, options: Mapping[str, object]) -> PollyTTS:
-        """PollyTTS(PollyConfig.from_options(model, options))."""
-        return cls(PollyConfig.from_options(model, options))
-
     async def warm(self) -> None:
         """Create the boto3 client (importing boto3, resolving credentials) in a worker thread.
 

@@ -453,8 +453,11 @@ def test_a_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_from_options_builds_the_config_and_rejects_unknown_keys() -> None:
-    stt = DeepgramSTT.from_options(
-        "nova-2", {"api_key": "k", "keywords": ["acme:2"], "retry": {"attempts": 5}, "endpointing_ms": 500}
+    stt = DeepgramSTT(
+        DeepgramSTTConfig.from_options(
+            "nova-2",
+            {"api_key": "k", "keywords": ["acme:2"], "retry": {"attempts": 5}, "endpointing_ms": 500},
+        )
     )
     assert stt.model == "nova-2" and stt.config.keywords == ("acme:2",)
     assert stt.config.retry.attempts == 5 and stt.config.endpointing_ms == 500

@@ -127,7 +127,7 @@ async def test_transient_refusals_exhaust_the_retries(fake: FakeSpeak) -> None:
 
 
 def test_from_options_rejects_unknown_keys() -> None:
-    made = DeepgramTTS.from_options("aura-2-andromeda-en", {"api_key": "k"})
+    made = DeepgramTTS(DeepgramTTSConfig.from_options("aura-2-andromeda-en", {"api_key": "k"}))
     assert made.model == "aura-2-andromeda-en"
     with pytest.raises(ValueError, match="unknown deepgram tts option"):
-        DeepgramTTS.from_options(None, {"api_key": "k", "voice": "x"})
+        DeepgramTTSConfig.from_options(None, {"api_key": "k", "voice": "x"})

@@ -421,9 +421,11 @@ def test_region_comes_from_config_then_environment(aws_env: None, monkeypatch: p
 
 
 def test_from_options_takes_the_model_as_engine_and_nested_timeouts() -> None:
-    tts = PollyTTS.from_options(
-        "generative",
-        {"voice": "Matthew", "ssml": True, "timeouts": {"first_byte_s": 2}, "retry": {"attempts": 2}},
+    tts = PollyTTS(
+        PollyConfig.from_options(
+            "generative",
+            {"voice": "Matthew", "ssml": True, "timeouts": {"first_byte_s": 2}, "retry": {"attempts": 2}},
+        )
     )
     assert tts.name == "polly" and tts.model == "generative"
     assert tts.config.voice == "Matthew" and tts.config.ssml
