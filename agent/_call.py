@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import structlog
 
+from metering import CallClosed, CallOpened, TurnReported, UsageLine, UsageReported, UsageStage, seconds
+from metering._reporter import Meter
 from pipeline import DEFAULT_BACKCHANNELS as _DEFAULT_BACKCHANNELS
 from pipeline import (
     LLM,
@@ -26,7 +29,9 @@ from pipeline import (
     SessionEvent,
     STTSession,
     ToolCalled,
+    TurnCompleted,
     TurnConfig,
+    UsageRecorded,
     UserTranscript,
     VADConfig,
     VoiceSession,
@@ -65,8 +70,9 @@ class CallRecord:
     transcript: list[dict[str, Any]] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
     summary: CallSummary | None = None
-    priced_as: dict[str, tuple[str, str | None]] = field(default_factory=dict)
-    """Stage ("stt", "llm", "tts") -> (provider, model) of the start agent, for the cost breakdown."""
+    usage_lines: list[UsageLine] = field(default_factory=list)
+    """What each provider did, attributed to the agent in charge: priced into cost_breakdown."""
+    customer_id: str | None = None
 
     @property
     def status(self) -> str:
@@ -77,6 +83,105 @@ def _priced(spec: ProviderSpec) -> tuple[str, str | None]:
     # Polly takes its engine (what it is priced by) as the model or as the `engine` option.
     engine = spec.options.get("engine") if spec.provider == "polly" else None
     return spec.provider, spec.model or (engine if isinstance(engine, str) else None)
+
+
+Pricing = dict[str, dict[str, tuple[str, str | None]]]
+"""Agent -> stage -> (provider, model) its usage is priced as."""
+
+
+def _pricing(workflow: Workflow) -> Pricing:
+    return {
+        name: {
+            "stt": _priced(workflow.stt_for(name)),
+            "llm": _priced(workflow.llm_for(name)),
+            "tts": _priced(workflow.tts_for(name)),
+        }
+        for name in workflow.agents
+    }
+
+
+class _Metering:
+    """Turns session events into usage lines for the report and records for the Meter."""
+
+    def __init__(self, record: CallRecord, workflow: Workflow, meter: Meter | None) -> None:
+        self._record = record
+        self._start = workflow.start
+        self._pricing = _pricing(workflow)
+        self._meter = meter
+        self._seq = 0
+        self._turn = 0
+        self._agent = workflow.start
+
+    def opened(self) -> None:
+        if self._meter is not None:
+            self._meter.report(
+                CallOpened(
+                    call_id=self._record.call_id,
+                    workflow_slug=self._record.workflow_slug,
+                    started_at=self._record.started_at,
+                    customer_id=self._record.customer_id,
+                )
+            )
+        # The start agent's providers, at zero: the cost breakdown names them even when a stage
+        # is never used (a rules LLM), and they name a stage on a tie.
+        for stage, (provider, model) in self._pricing[self._start].items():
+            self._add(UsageLine(cast(UsageStage, stage), provider, model), self._start)
+
+    def _add(self, line: UsageLine, agent: str) -> None:
+        self._record.usage_lines.append(line)
+        if self._meter is not None:
+            at = datetime.now(UTC)
+            self._meter.report(
+                UsageReported(call_id=self._record.call_id, seq=self._seq, line=line, agent=agent, at=at)
+            )
+        self._seq += 1
+
+    def on_event(self, ev: SessionEvent) -> None:
+        if isinstance(ev, AgentHandoff):
+            self._agent = ev.to_agent
+        elif isinstance(ev, UsageRecorded):
+            agent = ev.agent or self._start
+            provider, model = self._pricing[agent][ev.stage]
+            line = UsageLine(
+                ev.stage,
+                provider,
+                model,
+                audio_seconds=seconds(ev.audio_seconds),
+                prompt_tokens=ev.prompt_tokens,
+                completion_tokens=ev.completion_tokens,
+                cached_tokens=ev.cached_tokens,
+                characters=ev.characters,
+            )
+            self._add(line, agent)
+        elif isinstance(ev, TurnCompleted) and self._meter is not None:
+            t = ev.metrics
+            self._meter.report(
+                TurnReported(
+                    call_id=self._record.call_id,
+                    turn=self._turn,
+                    agent=self._agent,
+                    eou_delay_ms=t.eou_delay_ms,
+                    stt_latency_ms=t.stt_latency_ms,
+                    llm_ttft_ms=t.llm_ttft_ms,
+                    tts_ttfb_ms=t.tts_ttfb_ms,
+                    e2e_latency_ms=t.e2e_latency_ms,
+                    interrupted=t.interrupted,
+                    at=datetime.now(UTC),
+                )
+            )
+            self._turn += 1
+
+    def closed(self, duration_s: float, reason: str) -> None:
+        if self._meter is not None:
+            self._meter.report(
+                CallClosed(
+                    call_id=self._record.call_id,
+                    status="completed" if self._record.summary is not None else "failed",
+                    reason=reason,
+                    ended_at=self._record.started_at + timedelta(seconds=duration_s),
+                    duration_s=duration_s,
+                )
+            )
 
 
 class _Transcript:
@@ -145,19 +250,33 @@ async def run_call(
     clock: Clock,
     user_data: Mapping[str, Any] | None = None,
     call_id: str | None = None,
+    meter: Meter | None = None,
+    customer_id: str | None = None,
 ) -> CallRecord:
-    """Run one call. Run each call in its own task: the call's log context is bound here."""
+    """Run one call. Run each call in its own task: the call's log context is bound here.
+
+    meter: where the call's lifecycle, usage and turn latencies are reported (the ledger);
+    customer_id: the billing customer, when the call names one.
+    """
     call_id = call_id or str(uuid.uuid4())
     agent_name = workflow.start
     structlog.contextvars.bind_contextvars(call_id=call_id, agent=agent_name)
     state = CallState.bind(workflow, user_data or {})
-    record = CallRecord(call_id, workflow.slug, datetime.now(UTC), [agent_name], current_agent=agent_name)
-    transcript = _Transcript(record, clock.now(), agent_name)
-    record.priced_as = {
-        "stt": _priced(workflow.stt_for(agent_name)),
-        "llm": _priced(workflow.llm_for(agent_name)),
-        "tts": _priced(workflow.tts_for(agent_name)),
-    }
+    record = CallRecord(
+        call_id,
+        workflow.slug,
+        datetime.now(UTC),
+        [agent_name],
+        current_agent=agent_name,
+        customer_id=customer_id,
+    )
+    t0 = clock.now()
+    transcript = _Transcript(record, t0, agent_name)
+    metering = _Metering(record, workflow, meter)
+
+    def on_event(ev: SessionEvent) -> None:
+        transcript.on_event(ev)
+        metering.on_event(ev)
 
     # Every agent's LLM is checked now: a provider this build lacks fails before the call starts.
     llms: dict[str, LLM | None] = {name: providers.llm(workflow.llm_for(name)) for name in workflow.agents}
@@ -165,47 +284,60 @@ async def run_call(
         turn=turn_config(workflow.turn_for(agent_name)),
         max_duration_s=workflow.defaults.max_duration_seconds,
     )
-    async with aiohttp.ClientSession() as http:
-        toolboxes = {
-            name: ToolBox(workflow, spec.tools, state, http=http) for name, spec in workflow.agents.items()
-        }
-        conversation = WorkflowConversation(workflow, state, toolboxes.__getitem__, llms.__getitem__)
-        # Every agent's voice is ready before the call starts (models loaded, STT sessions open),
-        # so a handoff switches instantly; agents with the same settings share one.
-        stt_sessions: dict[str, STTSession] = {}
-        try:
-            voices: dict[str, AgentVoice] = {}
-            for name in workflow.agents:
-                stt_spec = workflow.stt_for(name)
-                key = stt_spec.model_dump_json()
-                if key not in stt_sessions:
-                    stt_sessions[key] = await (await providers.stt(stt_spec)).connect()
-                voices[name] = AgentVoice(
-                    stt=stt_sessions[key],
-                    tts=await providers.tts(workflow.tts_for(name)),
-                    turn=turn_config(workflow.turn_for(name)),
+    # A call that fails while its providers open is still a call: in the ledger, as failed.
+    metering.opened()
+    failure = "error"
+    try:
+        async with aiohttp.ClientSession() as http:
+            toolboxes = {
+                name: ToolBox(workflow, spec.tools, state, http=http)
+                for name, spec in workflow.agents.items()
+            }
+            conversation = WorkflowConversation(workflow, state, toolboxes.__getitem__, llms.__getitem__)
+            # Every agent's voice is ready before the call starts (models loaded, STT sessions open),
+            # so a handoff switches instantly; agents with the same settings share one.
+            stt_sessions: dict[str, STTSession] = {}
+            try:
+                voices: dict[str, AgentVoice] = {}
+                for name in workflow.agents:
+                    stt_spec = workflow.stt_for(name)
+                    key = stt_spec.model_dump_json()
+                    if key not in stt_sessions:
+                        stt_sessions[key] = await (await providers.stt(stt_spec)).connect()
+                    voices[name] = AgentVoice(
+                        stt=stt_sessions[key],
+                        tts=await providers.tts(workflow.tts_for(name)),
+                        turn=turn_config(workflow.turn_for(name)),
+                    )
+                start = voices[agent_name]
+                session = VoiceSession(
+                    stt=start.stt,
+                    tts=start.tts,
+                    voices=voices.__getitem__,
+                    dialogue=conversation,
+                    sink=sink,
+                    clock=clock,
+                    config=config,
+                    on_event=on_event,
+                    greeting=conversation.greeting(),
                 )
-            start = voices[agent_name]
-            session = VoiceSession(
-                stt=start.stt,
-                tts=start.tts,
-                voices=voices.__getitem__,
-                dialogue=conversation,
-                sink=sink,
-                clock=clock,
-                config=config,
-                on_event=transcript.on_event,
-                greeting=conversation.greeting(),
-            )
-            log.info("call_started", workflow=workflow.slug)
-            record.summary = await session.run(caller)
-        finally:
-            for stt_session in stt_sessions.values():
-                await stt_session.aclose()
-            record.transcript = transcript.entries()
-            record.agent_history = list(conversation.agent_history)
-            record.handoffs = conversation.handoffs
-            record.current_agent = None
+                log.info("call_started", workflow=workflow.slug)
+                record.summary = await session.run(caller)
+            finally:
+                for stt_session in stt_sessions.values():
+                    await stt_session.aclose()
+                record.transcript = transcript.entries()
+                record.agent_history = list(conversation.agent_history)
+                record.handoffs = conversation.handoffs
+                record.current_agent = None
+    except asyncio.CancelledError:
+        failure = "cancelled"
+        raise
+    finally:
+        summary = record.summary
+        metering.closed(
+            summary.duration_s if summary else clock.now() - t0, summary.reason if summary else failure
+        )
     log.info(
         "call_ended",
         reason=record.summary.reason,

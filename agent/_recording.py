@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from metering._reporter import Meter
 from pipeline import FRAME_S, SAMPLE_RATE, Clock, Int16Array, RealClock, VirtualClock, frames
 from workflows import Workflow
 
@@ -56,6 +57,7 @@ async def call_from_recording(
     providers: ProviderPool | None = None,
     user_data: Mapping[str, Any] | None = None,
     call_id: str | None = None,
+    meter: Meter | None = None,
 ) -> tuple[CallRecord, tuple[Int16Array, Int16Array]]:
     """Play a recording as the caller of one call; returns the record and (caller, agent) audio.
 
@@ -82,6 +84,7 @@ async def call_from_recording(
                 clock=clock,
                 user_data=user_data,
                 call_id=call_id,
+                meter=meter,
             )
         )
         return record, recording.mix()

@@ -55,14 +55,11 @@ def price_catalog() -> PriceCatalog:
 
 
 def _costs(record: CallRecord) -> dict[str, object] | None:
-    stages = record.priced_as
-    if record.summary is None or not {"stt", "llm", "tts"} <= stages.keys():
+    if record.summary is None:
         return None
     return cost_breakdown(
-        record.summary.usage,
-        stt=stages["stt"],
-        llm=stages["llm"],
-        tts=stages["tts"],
+        record.usage_lines,
+        call_seconds=record.summary.duration_s,
         telephony=None,  # recordings, rooms and browsers have no phone line yet
         catalog=price_catalog(),
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,3 +17,37 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     workflows: Path = Path("workflows/examples")
     data_dir: Path = Path("data")
+
+    # -- metering ----------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("VOICERUN_DATABASE_URL", "DATABASE_URL")
+    )
+    """The ledger: postgresql://... for a pool of workers; unset, a SQLite file in data_dir."""
+    worker_id: str = Field(default_factory=socket.gethostname)
+    """Names this worker's calls in the ledger, so a restarted worker closes only its own."""
+    metering_queue_size: int = Field(default=10_000, ge=100)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve Prometheus metrics on this port (0: any free port); unset, no metrics server."""
+
+    usage_api_url: str | None = None
+    """Base URL of the usage-tracking API (e.g. https://cp-api.withpaygent.com); unset, no export."""
+    usage_api_key: SecretStr | None = None
+    usage_agent_id: str | None = None
+    usage_customer_id: str | None = None
+    """The customer billed for calls that name none."""
+    usage_customer_name: str | None = None
+    usage_plan: str = "default"
+    usage_max_attempts: int = Field(default=8, ge=1)
+    """Failed deliveries of one event before it goes to the dead letters."""
+
+    @model_validator(mode="after")
+    def _export_is_complete(self) -> Settings:
+        if self.usage_api_url:
+            missing = [
+                f"VOICERUN_{name.upper()}"
+                for name in ("usage_api_key", "usage_agent_id", "usage_customer_id")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"VOICERUN_USAGE_API_URL is set, so {', '.join(missing)} must be too")
+        return self

@@ -1,7 +1,8 @@
-"""Usage metering: what a call cost, priced from a versioned price catalog."""
+"""Usage metering: the ledger of calls, usage and latency; prices; export to the billing API."""
 
-from ._cost import PLATFORM, CostBreakdown, cost_breakdown
+from ._cost import PLATFORM, CostBreakdown, UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError, PriceCatalogError, PriceNotFoundError
+from ._ledger import BillingIdentity, Ledger, LedgerError, OutboxItem, OutboxStatus, database_url
 from ._prices import (
     LLMPrice,
     MinutePrice,
@@ -11,19 +12,36 @@ from ._prices import (
     load_catalog,
     parse_catalog,
 )
+from ._records import CallClosed, CallOpened, CallStatus, Record, TurnReported, UsageReported
 
 __all__ = [
     "PLATFORM",
+    "BillingIdentity",
+    "CallClosed",
+    "CallOpened",
+    "CallStatus",
     "CostBreakdown",
     "LLMPrice",
+    "Ledger",
+    "LedgerError",
     "MeteringError",
     "MinutePrice",
+    "OutboxItem",
+    "OutboxStatus",
     "PriceCatalog",
     "PriceCatalogError",
     "PriceNotFoundError",
+    "Record",
     "STTPrice",
     "TTSPrice",
+    "TurnReported",
+    "UsageLine",
+    "UsageReported",
+    "UsageStage",
     "cost_breakdown",
+    "database_url",
     "load_catalog",
+    "merge_lines",
     "parse_catalog",
+    "seconds",
 ]

@@ -42,6 +42,7 @@ from ._events import (
     TurnCompleted,
     TurnMetrics,
     Usage,
+    UsageRecorded,
     UserSpeechStarted,
     UserTranscript,
 )
@@ -115,6 +116,7 @@ __all__ = [
     "TurnConfig",
     "TurnMetrics",
     "Usage",
+    "UsageRecorded",
     "UserSpeechStarted",
     "UserTranscript",
     "Utterance",

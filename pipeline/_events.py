@@ -109,6 +109,25 @@ class PipelineFault:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecorded:
+    """A stage did billable work: one utterance transcribed, one completion, one segment spoken.
+
+    `agent` is the agent whose voice or LLM did it (None: the start agent), so usage after a
+    handoff is priced by that agent's providers.
+    """
+
+    kind: Literal["usage_recorded"] = field(default="usage_recorded", init=False)
+    stage: Literal["stt", "llm", "tts"] = "llm"
+    agent: str | None = None
+    audio_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    characters: int = 0
+    t: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallEnded:
     kind: Literal["call_ended"] = field(default="call_ended", init=False)
     reason: str = ""
@@ -124,5 +143,6 @@ SessionEvent = (
     | AgentHandoff
     | TurnCompleted
     | PipelineFault
+    | UsageRecorded
     | CallEnded
 )

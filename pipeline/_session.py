@@ -31,6 +31,7 @@ from ._events import (
     TurnCompleted,
     TurnMetrics,
     Usage,
+    UsageRecorded,
     UserSpeechStarted,
     UserTranscript,
 )
@@ -192,6 +193,10 @@ class VoiceSession:
         self._ended = asyncio.Event()
         self._end_reason = ""
         self._agent: str | None = None
+        # Whose voice is listening and speaking: they follow a handoff at different points.
+        self._listening: str | None = None
+        self._speaking: str | None = None
+        self._utt_agent: str | None = None
         self._agent_binding: object = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -280,6 +285,7 @@ class VoiceSession:
             self._utt_onset = r.onset_s
             self._emit(UserSpeechStarted(t=r.onset_s))
             self._utt = self._stt.begin(self._on_interim)
+            self._utt_agent = self._listening
             for frame in r.preroll:
                 self._utt.push(frame, False)
             self._utt.push(pcm, True)
@@ -306,11 +312,11 @@ class VoiceSession:
     def _end_utterance(self, last_voiced_s: float) -> None:
         utt, self._utt = self._utt, None
         assert utt is not None
-        self._spawn(self._finish_utterance(utt, last_voiced_s), "stt-final")
+        self._spawn(self._finish_utterance(utt, last_voiced_s, self._utt_agent), "stt-final")
 
     # -- turn decisions -------------------------------------------------------------------
 
-    async def _finish_utterance(self, utt: Utterance, last_voiced_s: float) -> None:
+    async def _finish_utterance(self, utt: Utterance, last_voiced_s: float, agent: str | None) -> None:
         try:
             async with self._clock.busy():
                 transcript = await utt.finalize()
@@ -321,6 +327,8 @@ class VoiceSession:
             return
         t_final = self._clock.now()
         self.usage.stt_audio_seconds += transcript.audio_s
+        if transcript.audio_s:
+            self._emit(UsageRecorded(stage="stt", agent=agent, audio_seconds=transcript.audio_s, t=t_final))
         text = transcript.text.strip()
         if text:
             self._emit(UserTranscript(text=text, final=True, t=t_final))
@@ -454,12 +462,14 @@ class VoiceSession:
         if self._voices is None:
             return
         voice = self._voices(agent)
+        self._listening = agent
         self._stt = voice.stt
         if voice.turn != self._turn:
             self._next_turn = voice.turn
 
     def _switch_speaking(self, agent: str) -> None:
         """The agent's TTS, from the next segment on."""
+        self._speaking = agent
         if self._voices is not None:
             self._tts = self._voices(agent).tts
 
@@ -491,6 +501,16 @@ class VoiceSession:
                 self.usage.llm_prompt_tokens += ev.prompt_tokens
                 self.usage.llm_completion_tokens += ev.completion_tokens
                 self.usage.llm_cached_tokens += ev.cached_tokens
+                self._emit(
+                    UsageRecorded(
+                        stage="llm",
+                        agent=self._agent,
+                        prompt_tokens=ev.prompt_tokens,
+                        completion_tokens=ev.completion_tokens,
+                        cached_tokens=ev.cached_tokens,
+                        t=self._clock.now(),
+                    )
+                )
             elif isinstance(ev, ToolResultEvent):
                 self._emit(
                     ToolCalled(
@@ -525,6 +545,9 @@ class VoiceSession:
             first_of_reply = not reply.segments
             reply.segments.append((text, stats))
             self.usage.tts_characters += len(text)
+            self._emit(
+                UsageRecorded(stage="tts", agent=self._speaking, characters=len(text), t=self._clock.now())
+            )
             if reply.t_tts_request is None:
                 reply.t_tts_request = self._clock.now()
             trimming = first_of_reply

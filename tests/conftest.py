@@ -57,3 +57,51 @@ def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
         yield events
     finally:
         structlog.configure(**old)
+
+
+# -- the ledger's databases: SQLite always, PostgreSQL when a server is configured -------------
+
+PG_ENV = "VOICERUN_TEST_DATABASE_URL"
+PG_SKIP = (
+    f"no PostgreSQL configured: set {PG_ENV}=postgresql://postgres@127.0.0.1:5432/test "
+    "to run the ledger's tests against a server (.ci/run does)"
+)
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """A fresh, empty database for one test: a SQLite file, or a PostgreSQL database of its own
+    (created from the server in $VOICERUN_TEST_DATABASE_URL and dropped afterwards), so runs and
+    tests never see each other's rows. A configured server that is unreachable fails the test:
+    skipping would hide a broken CI."""
+    import os
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from metering import database_url as to_async_url
+
+    if request.param == "sqlite":
+        yield to_async_url(None, tmp_path)
+        return
+    server = os.environ.get(PG_ENV)
+    if not server:
+        pytest.skip(PG_SKIP)
+    import asyncpg
+
+    admin = make_url(to_async_url(server, tmp_path))
+    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"voicerun_test_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()

@@ -16,11 +16,15 @@ import metering
 from agent import _report
 from agent._call import CallRecord
 from metering import (
+    CostBreakdown,
+    PriceCatalog,
     PriceCatalogError,
     PriceNotFoundError,
+    UsageLine,
     cost_breakdown,
     load_catalog,
     parse_catalog,
+    seconds,
 )
 from pipeline import CallSummary, Usage
 
@@ -53,10 +57,45 @@ USAGE = Usage(
 )
 PAID = {"stt": ("deepgram", "nova-3"), "llm": ("openai", "gpt-4o-mini"), "tts": ("polly", "neural")}
 SEED_KEYS = {"total", "voice", "transcriber", "language_model", "telephony", "agent"}
+Who = tuple[str, str | None]
+
+
+def lines(usage: Usage, *, stt: Who, llm: Who, tts: Who) -> list[UsageLine]:
+    """A whole call's usage as one line per stage (a call with one provider per stage)."""
+    return [
+        UsageLine("stt", *stt, audio_seconds=seconds(usage.stt_audio_seconds)),
+        UsageLine(
+            "llm",
+            *llm,
+            prompt_tokens=usage.llm_prompt_tokens,
+            completion_tokens=usage.llm_completion_tokens,
+            cached_tokens=usage.llm_cached_tokens,
+        ),
+        UsageLine("tts", *tts, characters=usage.tts_characters),
+    ]
+
+
+def costs_of(
+    usage: Usage,
+    *,
+    stt: Who,
+    llm: Who,
+    tts: Who,
+    telephony: tuple[str, float] | None,
+    catalog: PriceCatalog,
+    strict: bool = False,
+) -> CostBreakdown:
+    return cost_breakdown(
+        lines(usage, stt=stt, llm=llm, tts=tts),
+        call_seconds=usage.call_seconds,
+        telephony=telephony,
+        catalog=catalog,
+        strict=strict,
+    )
 
 
 def test_exact_decimal_arithmetic_against_hand_computed_values() -> None:
-    costs = cost_breakdown(USAGE, **PAID, telephony=("twilio", 300.0), catalog=parse_catalog(CATALOG))
+    costs = costs_of(USAGE, **PAID, telephony=("twilio", 300.0), catalog=parse_catalog(CATALOG))
     # stt: 1.5 min x 0.0077 = 0.01155
     assert costs["transcriber"] == {"provider": "deepgram", "cost": "0.011550", "seconds": 90.0}
     # llm: 10,345 x 0.15/1M + 2,000 x 0.075/1M + 678 x 0.60/1M = 0.00210855 -> 0.002109
@@ -82,7 +121,7 @@ def test_float_prices_are_read_through_their_text() -> None:
 
 
 def test_offline_providers_cost_nothing_in_the_default_catalog() -> None:
-    costs = cost_breakdown(
+    costs = costs_of(
         USAGE, stt=("whisper", None), llm=("rules", None), tts=("hibari", None), telephony=None,
         catalog=load_catalog(),
     )  # fmt: skip
@@ -130,7 +169,7 @@ def test_operator_override_replaces_one_model_and_keeps_the_rest(tmp_path: Path)
 
 def test_unknown_provider_is_an_error_when_strict() -> None:
     with pytest.raises(PriceNotFoundError, match=r"no llm price for provider 'acme' model 'big-1'"):
-        cost_breakdown(
+        costs_of(
             USAGE,
             **{**PAID, "llm": ("acme", "big-1")},
             telephony=None,
@@ -141,7 +180,7 @@ def test_unknown_provider_is_an_error_when_strict() -> None:
 
 def test_unknown_model_is_unpriced_and_flagged_otherwise() -> None:
     with capture_logs() as logs:
-        costs = cost_breakdown(
+        costs = costs_of(
             USAGE, **{**PAID, "stt": ("deepgram", "nova-9")}, telephony=None, catalog=parse_catalog(CATALOG)
         )
     assert costs["priced"] is False
@@ -195,7 +234,7 @@ def test_report_has_the_cost_breakdown(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("VOICERUN_PRICES", str(prices))
     _report.price_catalog.cache_clear()
     try:
-        record = CallRecord("c1", "demo", datetime.now(UTC), ["host"], priced_as=PAID)
+        record = CallRecord("c1", "demo", datetime.now(UTC), ["host"], usage_lines=lines(USAGE, **PAID))
         record.summary = CallSummary("agent_ended", 300.0, USAGE, ())
         report = json.loads(json.dumps(_report.report_dict(record)))
     finally:
@@ -218,7 +257,7 @@ def test_total_is_the_exact_sum_of_the_stages(
     stt_s: float, prompt: int, cached: int, completion: int, chars: int, call_s: float
 ) -> None:
     usage = Usage(stt_s, prompt, completion, min(cached, prompt), chars, call_s)
-    costs = cost_breakdown(usage, **PAID, telephony=("twilio", call_s), catalog=parse_catalog(CATALOG))
+    costs = costs_of(usage, **PAID, telephony=("twilio", call_s), catalog=parse_catalog(CATALOG))
     stages = [
         Decimal(costs[s]["cost"]) for s in ("transcriber", "language_model", "voice", "telephony", "agent")
     ]  # type: ignore[index]
@@ -251,3 +290,61 @@ def test_an_unlisted_model_of_a_paid_provider_is_not_priced_as_its_default() -> 
         "llm", "openai", "gpt-4o-mini"
     )
     assert catalog.price("stt", "whisper", "large-v3") == catalog.price("stt", "whisper", None)
+
+
+def test_a_stage_served_by_two_providers_lists_each_and_is_named_by_the_costlier() -> None:
+    # A handoff to an agent on another voice, or a fallback: each provider priced as itself.
+    catalog = parse_catalog(CATALOG)
+    costs = cost_breakdown(
+        [
+            UsageLine("tts", "hibari", None, characters=500),
+            UsageLine("tts", "polly", "neural", characters=1_000),
+            UsageLine("tts", "hibari", None, characters=100),
+            UsageLine("stt", "deepgram", "nova-3", audio_seconds=Decimal("30")),
+        ],
+        call_seconds=60,
+        telephony=None,
+        catalog=catalog,
+    )
+    voice = costs["voice"]
+    assert isinstance(voice, dict)
+    assert voice["provider"] == "polly" and voice["characters"] == 1_600
+    assert voice["cost"] == "0.016000" and voice["priced"] is False  # hibari is not in this catalog
+    assert voice["providers"] == [
+        {"provider": "hibari", "model": None, "cost": "0.000000", "characters": 600},
+        {"provider": "polly", "model": "neural", "cost": "0.016000", "characters": 1_000},
+    ]
+    assert "providers" not in costs["transcriber"]  # type: ignore[operator]
+    # A stage nothing used names no provider and costs nothing.
+    assert costs["language_model"] == {
+        "provider": None,
+        "cost": "0.000000",
+        "input_tokens": 0,
+        "output_tokens": 0,
+    }
+    assert costs["total"] == "0.029850"  # 0.016 + 0.00385 (0.5 min of nova-3) + 0.01 agent
+
+
+def test_the_call_prices_usage_by_the_agent_that_used_it() -> None:
+    from agent._call import _pricing
+    from workflows import load_workflow_text
+
+    wf = load_workflow_text(
+        """
+version: 1
+slug: two-voices
+start: front
+defaults: {stt: whisper, llm: rules, tts: hibari}
+agents:
+  front:
+    instructions: Greet.
+    handoffs: [{to: billing, description: Billing questions}]
+  billing:
+    instructions: Bill.
+    tts: {provider: polly, options: {engine: neural}}
+"""
+    )
+    pricing = _pricing(wf)
+    assert pricing["front"]["tts"] == ("hibari", None)
+    assert pricing["billing"]["tts"] == ("polly", "neural")
+    assert pricing["billing"]["stt"] == ("whisper", None)

@@ -1,0 +1,595 @@
+"""The usage ledger: calls, usage events, turn metrics and the billing outbox, in one database.
+
+SQLite (a file in the data directory, WAL mode) is the embedded default; PostgreSQL is used
+through a `postgresql://` URL (asyncpg). Every write is idempotent: usage events and outbox events
+carry stable keys, calls close once, so a batch retried after a failed commit counts nothing twice.
+
+The outbox is written in the same transaction as what it reports (the call's start, its close),
+so an event is either both in the ledger and queued for billing, or in neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+from sqlalchemy import Insert, and_, delete, event, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import aliased
+
+from . import _migrate
+from ._cost import UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
+from ._errors import MeteringError
+from ._prices import PriceCatalog
+from ._records import CallClosed, CallOpened, Record, TurnReported, UsageReported
+from ._schema import Base, Call, DeadLetter, OutboxEvent, TurnMetric, UsageEvent
+
+log = structlog.get_logger("voicerun.metering")
+
+# Names the usage-tracking API knows providers by, where ours differ.
+_BILLING_PROVIDER = {"polly": "amazon-polly"}
+
+
+class LedgerError(MeteringError):
+    """The ledger's database cannot be opened or used; names the URL (without password)."""
+
+
+def database_url(url: str | None, data_dir: Path) -> str:
+    """The async SQLAlchemy URL for `url`, or the embedded SQLite file in `data_dir`.
+
+    Accepts what operators paste: postgres:// and postgresql:// (asyncpg is added), sqlite://.
+    """
+    if not url:
+        return f"sqlite+aiosqlite:///{(data_dir / 'voicerun.db').resolve()}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise LedgerError(f"DATABASE_URL is not a database URL: {exc}") from None
+    driver = parsed.drivername
+    if driver in ("postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif driver == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif driver not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        raise LedgerError(f"DATABASE_URL: unsupported database {driver!r}; use postgresql:// or sqlite://")
+    return parsed.render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BillingIdentity:
+    """Who the usage-tracking API bills. Without one, calls are recorded but nothing is queued."""
+
+    agent_id: str
+    customer_id: str
+    """The default customer's external id, for calls that name none."""
+    customer_name: str | None = None
+    plan: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    call_id: str
+    step: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    pending: int
+    """Not yet delivered and not dead, blocked ones included."""
+    blocked: int
+    """Pending behind a dead letter of the same call (the API needs the earlier step first)."""
+    dead: int
+    delivered: int
+    oldest_pending_at: datetime | None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _minutes(secs: Decimal) -> float:
+    return float((secs / 60).quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN))
+
+
+class Ledger:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        catalog: PriceCatalog,
+        worker_id: str = "local",
+        billing: BillingIdentity | None = None,
+    ) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.worker_id = worker_id
+        self.billing = billing
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Write transactions take SQLite's write lock up front (see _sqlite_begin).
+        self._writes = async_sessionmaker(engine.execution_options(**_WRITE), expire_on_commit=False)
+        self._dialect = engine.dialect.name
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        catalog: PriceCatalog,
+        worker_id: str = "local",
+        billing: BillingIdentity | None = None,
+        migrate: bool = True,
+        connect_args: dict[str, Any] | None = None,
+    ) -> Ledger:
+        """Connect and (by default) migrate the schema to the latest revision."""
+        safe = make_url(url).render_as_string(hide_password=True)
+        kwargs: dict[str, Any] = {"connect_args": connect_args or {}}
+        if url.startswith("sqlite"):
+            path = make_url(url).database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs |= {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
+        engine = create_async_engine(url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        try:
+            async with engine.execution_options(**_WRITE).begin() as conn:
+                if migrate:
+                    await conn.run_sync(_migrate.upgrade)
+                else:
+                    await conn.run_sync(_check_schema)
+        except MeteringError:
+            await engine.dispose()
+            raise
+        except Exception as exc:
+            await engine.dispose()
+            raise LedgerError(f"cannot open the ledger at {safe}: {exc}") from exc
+        return cls(engine, catalog=catalog, worker_id=worker_id, billing=billing)
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _insert_ignoring_duplicates(self, table: type[Base]) -> Insert:
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        return dialect_insert(table).on_conflict_do_nothing()
+
+    async def write(self, records: Sequence[Record]) -> None:
+        """Apply `records` in one transaction: calls opened first, then usage and turns, then
+        calls closed, so a close always prices the usage reported before it."""
+        opened = [r for r in records if isinstance(r, CallOpened)]
+        usage = [r for r in records if isinstance(r, UsageReported)]
+        turns = [r for r in records if isinstance(r, TurnReported)]
+        closed = [r for r in records if isinstance(r, CallClosed)]
+        async with self._writes.begin() as s:
+            for o in opened:
+                await self._open_call(s, o)
+            if usage:
+                await s.execute(
+                    self._insert_ignoring_duplicates(UsageEvent),
+                    [
+                        {
+                            "idempotency_key": f"{u.call_id}/usage/{u.seq}",
+                            "call_id": u.call_id,
+                            "stage": u.line.stage,
+                            "agent": u.agent,
+                            "provider": u.line.provider,
+                            "model": u.line.model,
+                            "audio_seconds": seconds(u.line.audio_seconds),
+                            "prompt_tokens": u.line.prompt_tokens,
+                            "completion_tokens": u.line.completion_tokens,
+                            "cached_tokens": u.line.cached_tokens,
+                            "characters": u.line.characters,
+                            "recorded_at": u.at,
+                        }
+                        for u in usage
+                    ],
+                )
+            if turns:
+                await s.execute(
+                    self._insert_ignoring_duplicates(TurnMetric),
+                    [
+                        {
+                            "call_id": t.call_id,
+                            "turn": t.turn,
+                            "agent": t.agent,
+                            "eou_delay_ms": t.eou_delay_ms,
+                            "stt_latency_ms": t.stt_latency_ms,
+                            "llm_ttft_ms": t.llm_ttft_ms,
+                            "tts_ttfb_ms": t.tts_ttfb_ms,
+                            "e2e_latency_ms": t.e2e_latency_ms,
+                            "interrupted": t.interrupted,
+                            "recorded_at": t.at,
+                        }
+                        for t in turns
+                    ],
+                )
+            for c in closed:
+                await self._close_call(s, c)
+
+    async def _open_call(self, s: AsyncSession, r: CallOpened) -> None:
+        customer = r.customer_id or (self.billing.customer_id if self.billing else None)
+        inserted = await s.execute(
+            self._insert_ignoring_duplicates(Call)
+            .values(
+                id=r.call_id,
+                workflow_slug=r.workflow_slug,
+                worker_id=self.worker_id,
+                customer_id=customer,
+                status="active",
+                started_at=r.started_at,
+            )
+            .returning(Call.id)
+        )
+        if inserted.first() is None or self.billing is None:
+            return
+        b = self.billing
+        assert customer is not None
+        self._enqueue(
+            s,
+            r.call_id,
+            [
+                ("customer", "customer", {"name": b.customer_name or customer, "externalId": customer}),
+                (
+                    "session",
+                    "session",
+                    {"sessionId": r.call_id, "agentId": b.agent_id, "customerId": customer},
+                ),
+            ],
+            start_seq=0,
+        )
+
+    async def _close_call(self, s: AsyncSession, r: CallClosed) -> None:
+        closed = await s.execute(
+            update(Call)
+            .where(Call.id == r.call_id, Call.status == "active")
+            .values(
+                status=r.status,
+                ended_reason=r.reason,
+                ended_at=r.ended_at,
+                duration_seconds=seconds(r.duration_s),
+                telephony_provider=r.telephony[0] if r.telephony else None,
+            )
+            .returning(Call.id)
+        )
+        if closed.first() is None:
+            log.warning("call_close_ignored", call_id=r.call_id, reason="not open in the ledger")
+            return
+        lines = await self._lines(s, r.call_id)
+        costs = cost_breakdown(lines, call_seconds=r.duration_s, telephony=r.telephony, catalog=self.catalog)
+        await s.execute(
+            update(Call)
+            .where(Call.id == r.call_id)
+            .values(
+                cost_breakdown=costs, cost_total=Decimal(str(costs["total"])), currency=self.catalog.currency
+            )
+        )
+        if self.billing is None:
+            return
+        plan = self.billing.plan
+        steps: list[tuple[str, str, dict[str, Any]]] = []
+        for line in lines:
+            if line.empty:
+                continue
+            provider = _BILLING_PROVIDER.get(line.provider, line.provider)
+            model = line.model or "default"
+            base = {"sessionId": r.call_id, "provider": provider, "model": model, "plan": plan}
+            if line.stage == "stt":
+                payload = {**base, "audioMinutes": _minutes(line.audio_seconds)}
+            elif line.stage == "llm":
+                payload = {
+                    **base,
+                    "promptTokens": line.prompt_tokens,
+                    "completionTokens": line.completion_tokens,
+                    "cachedTokens": line.cached_tokens,
+                }
+            else:
+                payload = {**base, "characters": line.characters}
+            steps.append((line.stage, f"{line.stage}/{line.provider}/{model}", payload))
+        minutes = _minutes(seconds(r.duration_s))
+        steps.append(
+            (
+                "indicator",
+                "indicator",
+                {"sessionId": r.call_id, "indicator": "per-minute-call", "totalDuration": minutes},
+            )
+        )
+        seq = await s.scalar(
+            select(func.coalesce(func.max(OutboxEvent.seq), -1)).where(OutboxEvent.call_id == r.call_id)
+        )
+        self._enqueue(s, r.call_id, steps, start_seq=int(seq if seq is not None else -1) + 1)
+
+    def _enqueue(
+        self, s: AsyncSession, call_id: str, steps: list[tuple[str, str, dict[str, Any]]], *, start_seq: int
+    ) -> None:
+        now = _utcnow()
+        for i, (step, key, payload) in enumerate(steps):
+            s.add(
+                OutboxEvent(
+                    idempotency_key=f"{call_id}/{key}",
+                    call_id=call_id,
+                    seq=start_seq + i,
+                    step=step,
+                    payload=payload,
+                    state="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+
+    async def _lines(self, s: AsyncSession, call_id: str) -> list[UsageLine]:
+        rows = await s.execute(
+            select(
+                UsageEvent.stage,
+                UsageEvent.provider,
+                UsageEvent.model,
+                func.sum(UsageEvent.audio_seconds),
+                func.sum(UsageEvent.prompt_tokens),
+                func.sum(UsageEvent.completion_tokens),
+                func.sum(UsageEvent.cached_tokens),
+                func.sum(UsageEvent.characters),
+                func.min(UsageEvent.id),
+            )
+            .where(UsageEvent.call_id == call_id)
+            .group_by(UsageEvent.stage, UsageEvent.provider, UsageEvent.model)
+            .order_by(func.min(UsageEvent.id))
+        )
+        return merge_lines(
+            UsageLine(
+                cast(UsageStage, stage),
+                provider,
+                model,
+                audio_seconds=seconds(Decimal(str(audio or 0))),
+                prompt_tokens=int(prompt or 0),
+                completion_tokens=int(completion or 0),
+                cached_tokens=int(cached or 0),
+                characters=int(chars or 0),
+            )
+            for stage, provider, model, audio, prompt, completion, cached, chars, _ in rows
+        )
+
+    async def recover(self, *, now: datetime | None = None) -> list[str]:
+        """Close the calls this worker left open when it died, as `abandoned`, priced and queued
+        for billing with the usage recorded before the crash. Run once at worker start."""
+        now = now or _utcnow()
+        async with self._sessions() as s:
+            rows = (
+                await s.execute(
+                    select(Call.id, Call.started_at).where(
+                        Call.status == "active", Call.worker_id == self.worker_id
+                    )
+                )
+            ).all()
+        records = [
+            CallClosed(
+                call_id=call_id,
+                status="abandoned",
+                reason="worker_lost",
+                ended_at=now,
+                duration_s=max(0.0, (now - started).total_seconds()),
+            )
+            for call_id, started in rows
+        ]
+        if records:
+            await self.write(records)
+            log.warning("calls_abandoned", calls=[r.call_id for r in records], worker_id=self.worker_id)
+        return [r.call_id for r in records]
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def call(self, call_id: str) -> Call | None:
+        async with self._sessions() as s:
+            return await s.get(Call, call_id)
+
+    async def usage_lines(self, call_id: str) -> list[UsageLine]:
+        async with self._sessions() as s:
+            return await self._lines(s, call_id)
+
+    async def turns(self, call_id: str) -> list[TurnMetric]:
+        async with self._sessions() as s:
+            return list(
+                (
+                    await s.scalars(
+                        select(TurnMetric).where(TurnMetric.call_id == call_id).order_by(TurnMetric.turn)
+                    )
+                ).all()
+            )
+
+    # -- the outbox ------------------------------------------------------------------------
+
+    async def claim_due(self, *, limit: int, lease_s: float, now: datetime | None = None) -> list[OutboxItem]:
+        """Pending events whose time has come and whose call's earlier steps are delivered.
+
+        Claiming moves an event's next attempt `lease_s` ahead, so exporters sharing the
+        database never send it at once, and one that dies mid-request leaves it to be retried
+        when the lease runs out.
+        """
+        now = now or _utcnow()
+        query = (
+            select(OutboxEvent)
+            .where(
+                OutboxEvent.state == "pending", OutboxEvent.next_attempt_at <= now, ~_waiting_for_earlier()
+            )
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=OutboxEvent)
+        lease_until = now + timedelta(seconds=lease_s)
+        async with self._writes.begin() as s:
+            events = list((await s.scalars(query)).all())
+            for e in events:
+                e.next_attempt_at = lease_until
+            return [
+                OutboxItem(e.id, e.call_id, e.step, dict(e.payload), e.idempotency_key, e.attempts)
+                for e in events
+            ]
+
+    async def mark_delivered(self, item_id: int, *, now: datetime | None = None) -> None:
+        async with self._writes.begin() as s:
+            await s.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id == item_id)
+                .values(
+                    state="delivered",
+                    delivered_at=now or _utcnow(),
+                    attempts=OutboxEvent.attempts + 1,
+                    last_error=None,
+                )
+            )
+
+    async def mark_failed(
+        self, item_id: int, error: str, *, retry_at: datetime | None, now: datetime | None = None
+    ) -> bool:
+        """Record a failed attempt; `retry_at` None (or running out of attempts, decided by the
+        caller) moves the event to the dead letters. Returns True if it is now dead."""
+        now = now or _utcnow()
+        async with self._writes.begin() as s:
+            e = await s.get(OutboxEvent, item_id)
+            if e is None or e.state != "pending":
+                return False
+            e.attempts += 1
+            e.last_error = error[:2000]
+            if retry_at is not None:
+                e.next_attempt_at = retry_at
+                return False
+            e.state = "dead"
+            await s.merge(
+                DeadLetter(outbox_id=e.id, failed_at=now, attempts=e.attempts, last_error=e.last_error)
+            )
+            return True
+
+    async def outbox_status(self) -> OutboxStatus:
+        async with self._sessions() as s:
+            counts = dict(
+                (await s.execute(select(OutboxEvent.state, func.count()).group_by(OutboxEvent.state))).all()
+            )
+            dead_earlier = aliased(OutboxEvent)
+            blocked = await s.scalar(
+                select(func.count())
+                .select_from(OutboxEvent)
+                .where(
+                    OutboxEvent.state == "pending",
+                    exists().where(
+                        dead_earlier.call_id == OutboxEvent.call_id,
+                        dead_earlier.seq < OutboxEvent.seq,
+                        dead_earlier.state == "dead",
+                    ),
+                )
+            )
+            oldest = await s.scalar(
+                select(func.min(OutboxEvent.created_at)).where(OutboxEvent.state == "pending")
+            )
+        return OutboxStatus(
+            pending=counts.get("pending", 0),
+            blocked=blocked or 0,
+            dead=counts.get("dead", 0),
+            delivered=counts.get("delivered", 0),
+            oldest_pending_at=oldest.replace(tzinfo=UTC)
+            if oldest is not None and oldest.tzinfo is None
+            else oldest,
+        )
+
+    async def dead_letters(self) -> list[tuple[OutboxEvent, DeadLetter]]:
+        async with self._sessions() as s:
+            rows = await s.execute(
+                select(OutboxEvent, DeadLetter)
+                .join(DeadLetter, DeadLetter.outbox_id == OutboxEvent.id)
+                .order_by(OutboxEvent.id)
+            )
+            return [(e, d) for e, d in rows.all()]
+
+    async def retry_dead(self, *, now: datetime | None = None) -> int:
+        """Put every dead letter back in the outbox with a fresh attempt count; returns how many."""
+        now = now or _utcnow()
+        async with self._writes.begin() as s:
+            ids = list((await s.scalars(select(DeadLetter.outbox_id))).all())
+            if not ids:
+                return 0
+            await s.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_(ids))
+                .values(state="pending", attempts=0, next_attempt_at=now)
+            )
+            await s.execute(delete(DeadLetter).where(DeadLetter.outbox_id.in_(ids)))
+            return len(ids)
+
+    async def next_attempt_at(self) -> datetime | None:
+        """When the next deliverable event is due. None: nothing can be sent until something
+        else is delivered or retried (events waiting for an earlier step do not count)."""
+        async with self._sessions() as s:
+            return await s.scalar(
+                select(func.min(OutboxEvent.next_attempt_at)).where(
+                    OutboxEvent.state == "pending", ~_waiting_for_earlier()
+                )
+            )
+
+
+def _waiting_for_earlier() -> Any:
+    """An outbox event whose call has an earlier step not yet delivered."""
+    earlier = aliased(OutboxEvent)
+    return exists().where(
+        and_(
+            earlier.call_id == OutboxEvent.call_id,
+            earlier.seq < OutboxEvent.seq,
+            earlier.state != "delivered",
+        )
+    )
+
+
+_WRITE = {"voicerun_write": True}
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # SQLite's driver would open transactions lazily and commit DDL on its own. We begin them
+    # ourselves: migrations are then atomic, and a write transaction starts with the write lock
+    # (IMMEDIATE), so two writers queue on busy_timeout instead of one failing with
+    # SQLITE_BUSY when it upgrades a read to a write. Reads stay deferred and never block (WAL).
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("voicerun_write") else "BEGIN")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # see _sqlite_begin
+    # WAL lets the control API read while a worker writes; NORMAL sync in WAL mode survives a
+    # killed process (only an OS crash can lose the last commits); the FKs keep rows consistent.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=5000")
+    # Switching a new file to WAL needs it to itself, and SQLite reports "locked" at once rather
+    # than waiting; processes opening a new ledger together retry (this runs in the driver's
+    # thread, never on the event loop). Once in WAL, the file stays in WAL.
+    for _ in range(50):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except Exception as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.1)
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _check_schema(conn: Any) -> None:
+    current, head = _migrate.current_revision(conn), _migrate.head_revision()
+    if current != head:
+        raise LedgerError(
+            f"the ledger's schema is at revision {current or '(none)'}, this build needs {head}: "
+            "run `voicerun metering migrate`"
+        )

@@ -1,0 +1,191 @@
+"""The one way calls report to metering: `Meter.report(record)`, which never blocks.
+
+Records go through a bounded queue to a writer task that commits everything waiting in one
+transaction, so a slow database costs the audio path nothing and a busy one gets big batches.
+
+When the queue is full (the database has fallen behind by `queue_size` records):
+- usage is never dropped: it is summed per call, stage, agent and model into one record that the
+  next batch writes (memory grows with calls, not with audio);
+- a call's open and close are never dropped (two per call);
+- per-turn latencies are dropped and counted in `voicerun_metering_dropped_total{kind="turn"}`;
+  they are diagnostics, and the Prometheus histograms still saw every turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import structlog
+
+from . import _metrics as m
+from ._ledger import Ledger
+from ._records import CallClosed, CallOpened, Record, TurnReported, UsageReported
+
+log = structlog.get_logger("voicerun.metering")
+
+_RETRY_MAX_S = 5.0
+
+
+class Meter:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        queue_size: int = 10_000,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """on_commit: called after each committed batch (the exporter's wake-up)."""
+        self.ledger = ledger
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(queue_size)
+        self._lifecycle: list[CallOpened | CallClosed] = []
+        self._usage: dict[tuple[str, str, str | None, str, str | None], UsageReported] = {}
+        self._on_commit = on_commit
+        self._writer: asyncio.Task[None] | None = None
+        self._inflight: list[Record] = []
+        self._pending = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.dropped_turns = 0
+
+    async def __aenter__(self) -> Meter:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="metering-writer")
+
+    # -- the audio path's side: constant time, never awaits ------------------------------------
+
+    def report(self, record: Record) -> None:
+        self._observe(record)
+        self._idle.clear()
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self._overflow(record)
+        m.METERING_QUEUE_DEPTH.set(self._queue.qsize())
+        self._pending.set()
+
+    def _overflow(self, record: Record) -> None:
+        if isinstance(record, UsageReported):
+            line = record.line
+            key = (record.call_id, line.stage, record.agent, line.provider, line.model)
+            held = self._usage.get(key)
+            # The merged record keeps the first seq: its idempotency key stays unique and stable.
+            self._usage[key] = replace(held, line=held.line + line) if held else record
+        elif isinstance(record, CallOpened | CallClosed):
+            self._lifecycle.append(record)
+        else:
+            self.dropped_turns += 1
+            m.METERING_DROPPED.labels(kind="turn").inc()
+            if self.dropped_turns == 1 or self.dropped_turns % 1000 == 0:
+                log.warning(
+                    "metering_turns_dropped", dropped=self.dropped_turns, queue_size=self._queue.maxsize
+                )
+
+    @staticmethod
+    def _observe(record: Record) -> None:
+        if isinstance(record, UsageReported):
+            line = record.line
+            m.observe_usage(
+                line.stage,
+                line.provider,
+                line.model,
+                audio_seconds=float(line.audio_seconds),
+                prompt_tokens=line.prompt_tokens,
+                completion_tokens=line.completion_tokens,
+                cached_tokens=line.cached_tokens,
+                characters=line.characters,
+            )
+        elif isinstance(record, TurnReported):
+            m.observe_turn(
+                record.eou_delay_ms,
+                record.stt_latency_ms,
+                record.llm_ttft_ms,
+                record.tts_ttfb_ms,
+                record.e2e_latency_ms,
+                record.interrupted,
+            )
+        elif isinstance(record, CallOpened):
+            m.ACTIVE_CALLS.inc()
+        else:
+            m.ACTIVE_CALLS.dec()
+            m.CALLS.labels(status=record.status).inc()
+            m.CALL_SECONDS.inc(record.duration_s)
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    def _take_batch(self) -> list[Record]:
+        # Everything waiting, so a call's close is always written with the usage before it.
+        batch: list[Record] = []
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        batch.extend(self._lifecycle)
+        batch.extend(self._usage.values())
+        self._lifecycle.clear()
+        self._usage.clear()
+        m.METERING_QUEUE_DEPTH.set(0)
+        return batch
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            batch = self._take_batch()
+            if batch:
+                self._inflight = batch
+                await self._write(batch)
+                self._inflight = []
+            if self._queue.empty() and not self._lifecycle and not self._usage:
+                self._idle.set()
+
+    async def _write(self, batch: list[Record]) -> None:
+        delay = 0.05
+        while True:
+            t0 = time.perf_counter()
+            try:
+                await self.ledger.write(batch)
+            except Exception as exc:
+                m.METERING_WRITE_FAILURES.inc()
+                log.error("metering_write_failed", records=len(batch), error=str(exc), retry_in_s=delay)
+                # The batch is idempotent (stable keys, calls close once): retrying it is safe.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                continue
+            m.METERING_WRITE_SECONDS.observe(time.perf_counter() - t0)
+            if self._on_commit is not None:
+                self._on_commit()
+            return
+
+    async def flush(self) -> None:
+        """Wait until everything reported so far is committed."""
+        await self._idle.wait()
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Commit what is left, then stop. If the ledger stays unreachable past `timeout_s`, the
+        records still waiting are logged (with their call ids) as lost, loudly."""
+        if self._writer is None:
+            return
+        try:
+            await asyncio.wait_for(self.flush(), timeout_s)
+        except TimeoutError:
+            left = self._inflight + self._take_batch()
+            log.error(
+                "metering_records_lost",
+                records=len(left),
+                calls=sorted({r.call_id for r in left}),
+                reason=f"ledger unreachable for {timeout_s} s at shutdown",
+            )
+        self._writer.cancel()
+        try:
+            await self._writer
+        except asyncio.CancelledError:
+            pass
+        self._writer = None

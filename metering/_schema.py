@@ -1,0 +1,169 @@
+"""The ledger's tables. The control API reads the same database, so names and types are plain
+and portable: SQLite (the embedded default) and PostgreSQL run the same migrations.
+
+Quantities that are billed are exact: seconds in Numeric(14, 3), tokens and characters in
+BigInteger, money in Numeric(18, 6). Latencies are diagnostics and stay floats.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Autoincrementing ids: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+# Unique slugs of the billing API's endpoints, also the `step` of an outbox event.
+STEPS = ("customer", "session", "stt", "llm", "tts", "indicator")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out; SQLite would otherwise hand back naive ones."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the ledger stores aware datetimes only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Call(Base):
+    """One call: who, which workflow, how it ended, what it cost."""
+
+    __tablename__ = "calls"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workflow_slug: Mapped[str] = mapped_column(String(200))
+    worker_id: Mapped[str] = mapped_column(String(200))
+    customer_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    """active, completed, failed, or abandoned (its worker died; closed on the worker's restart)."""
+    ended_reason: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duration_seconds: Mapped[Decimal | None] = mapped_column(Numeric(14, 3))
+    telephony_provider: Mapped[str | None] = mapped_column(String(64))
+    cost_total: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
+    currency: Mapped[str | None] = mapped_column(String(8))
+    cost_breakdown: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (Index(None, "status", "worker_id"), Index(None, "started_at"))
+
+
+class UsageEvent(Base):
+    """Usage of one stage by one provider/model, as the pipeline reported it."""
+
+    __tablename__ = "usage_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(8))
+    agent: Mapped[str | None] = mapped_column(String(200))
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(200))
+    audio_seconds: Mapped[Decimal] = mapped_column(Numeric(14, 3), default=Decimal(0))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    characters: Mapped[int] = mapped_column(BigInteger, default=0)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TurnMetric(Base):
+    """One caller turn's latencies, in milliseconds at the audio boundary."""
+
+    __tablename__ = "turn_metrics"
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True)
+    turn: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent: Mapped[str | None] = mapped_column(String(200))
+    eou_delay_ms: Mapped[float] = mapped_column(Float)
+    stt_latency_ms: Mapped[float] = mapped_column(Float)
+    llm_ttft_ms: Mapped[float | None] = mapped_column(Float)
+    tts_ttfb_ms: Mapped[float | None] = mapped_column(Float)
+    e2e_latency_ms: Mapped[float | None] = mapped_column(Float)
+    interrupted: Mapped[bool] = mapped_column(Boolean)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OutboxEvent(Base):
+    """A request to the usage-tracking API, committed before it is sent (the durable outbox).
+
+    A call's events are delivered in `seq` order: a step is sent only once every earlier step of
+    its call is delivered, because the API needs the customer and the session first.
+    """
+
+    __tablename__ = "usage_outbox"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    """pending, delivered, or dead (see usage_dead_letters)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index(None, "call_id", "seq", unique=True),
+        Index(None, "state", "next_attempt_at"),
+    )
+
+
+class DeadLetter(Base):
+    """An outbox event that kept failing; `voicerun metering retry` sends it again."""
+
+    __tablename__ = "usage_dead_letters"
+
+    outbox_id: Mapped[int] = mapped_column(
+        ForeignKey("usage_outbox.id", ondelete="CASCADE"), primary_key=True
+    )
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text)

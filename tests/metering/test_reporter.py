@@ -1,0 +1,216 @@
+"""Reporting to metering: a whole call lands in the ledger exactly, and a full queue loses no usage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest_asyncio
+from prometheus_client import REGISTRY
+
+from agent._providers import ProviderPool
+from agent._recording import call_from_recording
+from agent._report import report_dict
+from metering import (
+    BillingIdentity,
+    CallClosed,
+    CallOpened,
+    Ledger,
+    TurnReported,
+    UsageLine,
+    UsageReported,
+    load_catalog,
+    seconds,
+)
+from metering._reporter import Meter
+from pipeline import SAMPLE_RATE, STT, TTS
+from pipeline.testing import ScriptedSTT, ToneTTS, speech_like
+from workflows import ProviderSpec, load_workflow_text
+
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+
+# The second agent speaks with Polly and listens with Deepgram: its usage must be priced so.
+WORKFLOW = """
+version: 1
+slug: metered-call
+start: host
+defaults: {stt: whisper, llm: rules, tts: hibari}
+agents:
+  host:
+    instructions: Host.
+    greeting: Welcome to the metered line.
+    handoffs:
+      - to: payments
+        say: Let me pass you to payments.
+    rules:
+      - keywords: [pay]
+        say: Sure.
+        handoff: payments
+  payments:
+    instructions: Payments.
+    stt: {provider: deepgram, model: nova-3}
+    tts: {provider: polly, options: {engine: neural}}
+    greeting: Payments here.
+    rules:
+      - keywords: [card]
+        say: Thanks, your card is charged.
+"""
+
+
+class ScriptedPool(ProviderPool):
+    """Scripted engines stand in for every provider; the workflow's specs still price the usage."""
+
+    def __init__(self, heard: dict[str, list[str]]) -> None:
+        super().__init__()
+        self._heard = heard
+
+    async def stt(self, spec: ProviderSpec) -> STT:
+        return ScriptedSTT(self._heard[spec.provider])
+
+    async def tts(self, spec: ProviderSpec) -> TTS:
+        return ToneTTS(0.3)
+
+
+@pytest_asyncio.fixture
+async def ledger(database_url: str) -> AsyncIterator[Ledger]:
+    lg = await Ledger.open(
+        database_url, catalog=load_catalog(), billing=BillingIdentity(agent_id="ag", customer_id="cu")
+    )
+    try:
+        yield lg
+    finally:
+        await lg.aclose()
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_whole_call_lands_in_the_ledger_with_exact_totals(ledger: Ledger) -> None:
+    silence = np.zeros(2 * SAMPLE_RATE, np.int16)
+    audio = np.concatenate(
+        [silence, speech_like(1.0, seed=1), silence, silence, speech_like(1.2, seed=2), silence]
+    )
+    polly_before = sample("voicerun_tts_characters_total", {"provider": "polly", "model": "neural"})
+    async with Meter(ledger) as meter:
+        record, _ = await call_from_recording(
+            load_workflow_text(WORKFLOW),
+            audio,
+            fast=True,
+            providers=ScriptedPool({"whisper": ["I want to pay"], "deepgram": ["my card is ready"]}),
+            call_id="metered-1",
+            meter=meter,
+        )
+        await meter.flush()
+    assert record.summary is not None
+    usage = record.summary.usage
+
+    call = await ledger.call("metered-1")
+    assert call is not None and call.status == "completed" and call.ended_reason == record.summary.reason
+    assert call.duration_seconds == seconds(record.summary.duration_s)
+    lines = {(ln.stage, ln.provider, ln.model): ln for ln in await ledger.usage_lines("metered-1")}
+    # What each agent said was spoken and priced by that agent's voice.
+    host_words = "Welcome to the metered line." + "Sure." + "Let me pass you to payments."
+    payments_words = "Payments here." + "Thanks, your card is charged."
+    assert lines["tts", "hibari", None].characters == len(host_words)
+    assert lines["tts", "polly", "neural"].characters == len(payments_words)
+    assert len(host_words) + len(payments_words) == usage.tts_characters
+    # One utterance heard by each agent's STT; together, exactly what the session counted.
+    stt = lines["stt", "whisper", None].audio_seconds + lines["stt", "deepgram", "nova-3"].audio_seconds
+    assert abs(stt - Decimal(repr(usage.stt_audio_seconds))) <= Decimal("0.001")
+    assert lines["stt", "deepgram", "nova-3"].audio_seconds > 0
+    llm = lines["llm", "rules", None]  # named, though the rules use no tokens
+    assert (llm.prompt_tokens, llm.completion_tokens) == (0, 0)
+    turns = await ledger.turns("metered-1")
+    assert len(turns) == len(record.summary.turns) == 2
+    assert [t.agent for t in turns] == ["payments", "payments"] or [t.agent for t in turns] == [
+        "host",
+        "payments",
+    ]
+    assert [t.e2e_latency_ms for t in turns] == [t.e2e_latency_ms for t in record.summary.turns]
+    # The report and the ledger price the call the same way.
+    assert report_dict(record)["cost_breakdown"] == call.cost_breakdown
+    assert sample(
+        "voicerun_tts_characters_total", {"provider": "polly", "model": "neural"}
+    ) - polly_before == len(payments_words)
+    steps = [i.step for i in await ledger.claim_due(limit=10, lease_s=30)]
+    assert steps == ["customer"]
+
+
+def records_for_a_busy_call(
+    call_id: str, n: int
+) -> list[CallOpened | UsageReported | TurnReported | CallClosed]:
+    out: list[CallOpened | UsageReported | TurnReported | CallClosed] = [
+        CallOpened(call_id=call_id, workflow_slug="wf", started_at=T0)
+    ]
+    for i in range(n):
+        out.append(
+            UsageReported(
+                call_id=call_id,
+                seq=i,
+                line=UsageLine("tts", "polly", "neural", characters=10),
+                agent="a",
+                at=T0,
+            )
+        )
+        out.append(
+            TurnReported(
+                call_id=call_id, turn=i, agent="a", eou_delay_ms=300, stt_latency_ms=100,
+                llm_ttft_ms=200, tts_ttfb_ms=90, e2e_latency_ms=600, interrupted=False, at=T0,
+            )
+        )  # fmt: skip
+    out.append(
+        CallClosed(
+            call_id=call_id,
+            status="completed",
+            reason="hangup",
+            ended_at=T0 + timedelta(seconds=60),
+            duration_s=60,
+        )
+    )
+    return out
+
+
+async def test_a_full_queue_keeps_every_usage_and_lifecycle_record_and_drops_turns(tmp_path: Path) -> None:
+    from metering import database_url
+
+    ledger = await Ledger.open(database_url(None, tmp_path), catalog=load_catalog())
+    dropped_before = sample("voicerun_metering_dropped_total", {"kind": "turn"})
+    try:
+        meter = Meter(ledger, queue_size=100)
+        # The writer is not running yet: the database has fallen behind by a whole queue.
+        for r in records_for_a_busy_call("busy-1", 300) + records_for_a_busy_call("busy-2", 10):
+            meter.report(r)
+        meter.start()
+        await meter.flush()
+        await meter.aclose()
+        for call_id, n in (("busy-1", 300), ("busy-2", 10)):
+            call = await ledger.call(call_id)
+            assert call is not None and call.status == "completed"
+            (line,) = await ledger.usage_lines(call_id)
+            assert line.characters == 10 * n
+            assert call.cost_breakdown is not None and call.cost_breakdown["voice"]["characters"] == 10 * n
+        kept = len(await ledger.turns("busy-1")) + len(await ledger.turns("busy-2"))
+        assert kept < 310 and meter.dropped_turns == 310 - kept
+        assert sample("voicerun_metering_dropped_total", {"kind": "turn"}) - dropped_before == 310 - kept
+    finally:
+        await ledger.aclose()
+
+
+async def test_closing_the_meter_commits_what_is_queued(tmp_path: Path) -> None:
+    from metering import database_url
+
+    ledger = await Ledger.open(database_url(None, tmp_path), catalog=load_catalog())
+    try:
+        meter = Meter(ledger)
+        meter.start()
+        for r in records_for_a_busy_call("late", 5):
+            meter.report(r)
+        await meter.aclose()
+        call = await ledger.call("late")
+        assert call is not None and call.status == "completed" and len(await ledger.turns("late")) == 5
+    finally:
+        await ledger.aclose()
