@@ -8,13 +8,20 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
+
+
+class CommandError(Exception):
+    """A command failed for a reason outside the user's input: printed as one line, exit status 1."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,15 +66,26 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the workflow language as a JSON Schema (for editors)")
     schema.set_defaults(func=_cmd_schema)
+
+    from ._metering_cmd import add_metering_commands  # here: it imports this module
+
+    add_metering_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from pydantic import ValidationError
+
     from ._logging import configure_logging
     from ._settings import Settings
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for problem in _settings_problems(exc):
+            print(f"voicerun: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     args.settings = settings
     configure_logging(settings.log_level, settings.log_format)
     try:
@@ -75,9 +93,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"voicerun: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CommandError as exc:
+        print(f"voicerun: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _settings_problems(exc: ValidationError) -> list[str]:
+    """One line per problem in the environment, naming the variable (never echoing its value,
+    which may be a secret)."""
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            name = "__".join(str(part) for part in error["loc"]).upper()
+            if not name.startswith("VOICERUN_") and name != "DATABASE_URL":
+                name = f"VOICERUN_{name}"
+            message = f"{name}: {message}"
+        problems.append(message)
+    return problems
 
 
 def _user_data(raw: str) -> dict[str, Any]:
@@ -95,7 +131,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from workflows import TemplateError, VariableError, WorkflowError
 
     from ._providers import ProviderConfigError
-    from ._recording import call_from_recording
 
     try:
         workflow = _resolve_workflow(args.workflow, args.settings.workflows)
@@ -106,19 +141,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except AudioFormatError as exc:
         raise UsageError(str(exc)) from None
     user = _user_data(args.user_data)
-    if args.report:
-        from metering import MeteringError
+    from metering import LedgerError, MeteringError
 
-        from ._report import price_catalog
+    from ._report import price_catalog
 
-        try:
-            price_catalog()  # a broken operator price file stops the run before the call, not after
-        except MeteringError as exc:
-            raise UsageError(str(exc)) from None
     try:
-        record, mix = asyncio.run(call_from_recording(workflow, caller, fast=args.fast, user_data=user))
+        catalog = price_catalog()  # a broken operator price file stops the run before the call
+    except MeteringError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        record, mix, metering = asyncio.run(_metered_call(args, workflow, caller, user, catalog))
     except (TemplateError, VariableError, ProviderConfigError, ProviderError) as exc:
         raise UsageError(f"{args.workflow}: {exc}") from None
+    except LedgerError as exc:
+        raise CommandError(str(exc).splitlines()[0]) from None
 
     from pipeline import write_wav
 
@@ -141,9 +177,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"call audio: {args.output}")
     if args.report:
         print(f"report:     {args.report}")
+    if metering.final is not None:
+        f = metering.final
+        print(f"usage export: {f.delivered} delivered, {f.pending} pending, {f.dead} dead")
     for fault in record.faults:
         print(f"fault: {fault}", file=sys.stderr)
     return EXIT_OK
+
+
+async def _metered_call(
+    args: argparse.Namespace, workflow: Any, caller: Any, user: dict[str, Any], catalog: Any
+) -> tuple[Any, Any, Any]:
+    """The call, recorded in the ledger; with a usage API configured, its usage is exported
+    before the command exits (up to 10 s; what is left goes with the next `metering export`)."""
+    from ._metering import open_metering
+    from ._recording import call_from_recording
+
+    async with open_metering(args.settings, catalog=catalog, drain_s=10.0) as metering:
+        record, mix = await call_from_recording(
+            workflow, caller, fast=args.fast, user_data=user, meter=metering.meter
+        )
+    return record, mix, metering
 
 
 def _resolve_workflow(ref: str, registry_dir: Path) -> Any:

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     """The customer billed for calls that name none."""
     usage_customer_name: str | None = None
     usage_plan: str = "default"
-    usage_max_attempts: int = Field(default=8, ge=1)
+    usage_max_attempts: int = Field(default=20, ge=1)
     """Failed deliveries of one event before it goes to the dead letters."""
 
     @model_validator(mode="after")

@@ -2,6 +2,7 @@
 
 from ._cost import PLATFORM, CostBreakdown, UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError, PriceCatalogError, PriceNotFoundError
+from ._exporter import ENDPOINTS, UsageExporter
 from ._ledger import BillingIdentity, Ledger, LedgerError, OutboxItem, OutboxStatus, database_url
 from ._prices import (
     LLMPrice,
@@ -15,6 +16,7 @@ from ._prices import (
 from ._records import CallClosed, CallOpened, CallStatus, Record, TurnReported, UsageReported
 
 __all__ = [
+    "ENDPOINTS",
     "PLATFORM",
     "BillingIdentity",
     "CallClosed",
@@ -35,6 +37,7 @@ __all__ = [
     "STTPrice",
     "TTSPrice",
     "TurnReported",
+    "UsageExporter",
     "UsageLine",
     "UsageReported",
     "UsageStage",

@@ -475,6 +475,21 @@ class Ledger:
             )
             return True
 
+    async def release(self, item_ids: Sequence[int], *, now: datetime | None = None) -> None:
+        """Give back claimed events that were not sent, so they need not wait out their lease."""
+        if not item_ids:
+            return
+        async with self._writes.begin() as s:
+            await s.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_(item_ids), OutboxEvent.state == "pending")
+                .values(next_attempt_at=now or _utcnow())
+            )
+
+    async def schema_revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_migrate.current_revision)
+
     async def outbox_status(self) -> OutboxStatus:
         async with self._sessions() as s:
             counts = dict(

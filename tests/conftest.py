@@ -59,6 +59,13 @@ def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
         structlog.configure(**old)
 
 
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local state (the embedded ledger) of commands run by a test goes to a temporary
+    directory, never the checkout's data/."""
+    monkeypatch.setenv("VOICERUN_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 # -- the ledger's databases: SQLite always, PostgreSQL when a server is configured -------------
 
 PG_ENV = "VOICERUN_TEST_DATABASE_URL"

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import pytest_asyncio
 from aiohttp import WSMsgType, web
+from fakes.usage_api import FakeUsageAPI
 
 from pipeline import SAMPLE_RATE, write_wav
 from pipeline.testing import speech_like
@@ -126,6 +128,12 @@ async def cloud() -> AsyncIterator[Cloud]:
 
 
 async def test_a_call_on_deepgram_openai_and_polly(cloud: Cloud, tmp_path: Path) -> None:
+    """The whole path, billing included: the call's usage reaches the usage-tracking API."""
+    async with FakeUsageAPI(api_key="pg-test-key") as usage_api:
+        await _cloud_call(cloud, usage_api, tmp_path)
+
+
+async def _cloud_call(cloud: Cloud, usage_api: FakeUsageAPI, tmp_path: Path) -> None:
     workflow = tmp_path / "cloud.yaml"
     workflow.write_text(f"""
 version: 1
@@ -150,6 +158,9 @@ agents:
         "HF_HUB_OFFLINE": "1", "VOICERUN_LOG_LEVEL": "warning",
         "DEEPGRAM_API_KEY": "dg-test-key", "OPENAI_API_KEY": "sk-test",
         "AWS_ACCESS_KEY_ID": "AKIATEST", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": "us-east-1",
+        "VOICERUN_DATA_DIR": str(tmp_path / "data"), "VOICERUN_USAGE_API_URL": usage_api.url,
+        "VOICERUN_USAGE_API_KEY": "pg-test-key", "VOICERUN_USAGE_AGENT_ID": "agent-42",
+        "VOICERUN_USAGE_CUSTOMER_ID": "trattoria", "VOICERUN_USAGE_PLAN": "growth",
     }  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "run", "--workflow", str(workflow), "--input", str(caller),
@@ -188,3 +199,21 @@ agents:
     assert usage["stt_audio_seconds"] >= 2.0
     turns = data["metrics"]["turns"]
     assert len(turns) == 2 and all(t["e2e_latency_ms"] is not None for t in turns)
+    # Billing: the six steps, once each, with the call's exact usage
+    call_id = data["call_id"]
+    assert usage_api.applied_steps(call_id) == ["customer", "session", "stt", "llm", "tts", "indicator"]
+    sent = {a.step: a.json for a in usage_api.applied}
+    assert sent["session"] == {"sessionId": call_id, "agentId": "agent-42", "customerId": "trattoria"}
+    assert sent["stt"]["provider"] == "deepgram" and sent["stt"]["model"] == "nova-3"
+    assert sent["stt"]["audioMinutes"] == pytest.approx(usage["stt_audio_seconds"] / 60, abs=1e-4)
+    assert sent["llm"] == {
+        "sessionId": call_id, "provider": "openai", "model": "gpt-4o-mini", "plan": "growth",
+        "promptTokens": usage["llm_prompt_tokens"], "completionTokens": usage["llm_completion_tokens"],
+        "cachedTokens": usage["llm_cached_tokens"],
+    }  # fmt: skip
+    assert sent["tts"] == {
+        "sessionId": call_id, "provider": "amazon-polly", "model": "default", "plan": "growth",
+        "characters": usage["tts_characters"],
+    }  # fmt: skip
+    assert sent["indicator"]["totalDuration"] == pytest.approx(data["duration_seconds"] / 60, abs=1e-5)
+    assert all(r.headers["paygent-api-key"] == "pg-test-key" for r in usage_api.requests)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -81,10 +82,22 @@ def test_voicerun_run_on_the_bundled_recording(tmp_path: Path) -> None:
          "--input", str(EXAMPLES / "audio" / "front-desk-caller.wav"),
          "--output", str(out), "--report", str(report), "--fast"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env={"HF_HUB_OFFLINE": "1", "VOICERUN_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin"},
+        env={"HF_HUB_OFFLINE": "1", "VOICERUN_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin",
+             "VOICERUN_DATA_DIR": str(tmp_path / "data")},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     data = json.loads(report.read_text())
+    # The call is in the embedded ledger, priced as in the report.
+    with sqlite3.connect(tmp_path / "data" / "voicerun.db") as db:
+        status, reason, costs = db.execute(
+            "SELECT status, ended_reason, cost_breakdown FROM calls WHERE id = ?", (data["call_id"],)
+        ).fetchone()
+        turns = db.execute(
+            "SELECT count(*) FROM turn_metrics WHERE call_id = ?", (data["call_id"],)
+        ).fetchone()
+    assert (status, reason) == ("completed", data["ended_reason"])
+    assert json.loads(costs) == data["cost_breakdown"]
+    assert turns == (len(data["metrics"]["turns"]),)
     assert {"call_id", "workflow_slug", "status", "duration_seconds", "agent_history", "transcript",
             "metrics", "usage"} <= data.keys()  # fmt: skip
     assert data["status"] == "completed" and data["workflow_slug"] == "front-desk"

@@ -1,0 +1,98 @@
+"""A process's metering: the ledger, the Meter that calls report to, and (when the usage API is
+configured) the exporter delivering the outbox in the background."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from metering import (
+    BillingIdentity,
+    Ledger,
+    OutboxStatus,
+    PriceCatalog,
+    UsageExporter,
+    database_url,
+)
+from metering._reporter import Meter
+
+from ._settings import Settings
+
+log = structlog.get_logger("voicerun.metering")
+
+
+def billing_identity(settings: Settings) -> BillingIdentity | None:
+    if not settings.usage_api_url:
+        return None
+    assert settings.usage_agent_id and settings.usage_customer_id  # Settings checks they are set
+    return BillingIdentity(
+        agent_id=settings.usage_agent_id,
+        customer_id=settings.usage_customer_id,
+        customer_name=settings.usage_customer_name,
+        plan=settings.usage_plan,
+    )
+
+
+@dataclass
+class Metering:
+    ledger: Ledger
+    meter: Meter
+    exporter: UsageExporter | None
+    final: OutboxStatus | None = None
+    """The outbox after the closing drain (None without an exporter)."""
+
+
+@asynccontextmanager
+async def open_metering(
+    settings: Settings, *, catalog: PriceCatalog, recover: bool = False, drain_s: float = 0.0
+) -> AsyncIterator[Metering]:
+    """Open the ledger (migrating it), start the Meter and, with a usage API, the exporter.
+
+    recover: close the calls this worker id left open (a worker's start; never for a one-shot
+    command, which would close another process's live calls under the same id).
+    drain_s: on exit, keep delivering for up to this long (a one-shot command's last chance;
+    whatever is left is delivered by the next exporter to run).
+    """
+    ledger = await Ledger.open(
+        database_url(settings.database_url, settings.data_dir),
+        catalog=catalog,
+        worker_id=settings.worker_id,
+        billing=billing_identity(settings),
+    )
+    exporter: UsageExporter | None = None
+    stop = asyncio.Event()
+    export_task: asyncio.Task[None] | None = None
+    try:
+        if settings.usage_api_url:
+            assert settings.usage_api_key is not None
+            exporter = UsageExporter(
+                ledger,
+                base_url=settings.usage_api_url,
+                api_key=settings.usage_api_key.get_secret_value(),
+                max_attempts=settings.usage_max_attempts,
+            )
+        if recover:
+            await ledger.recover()
+        meter = Meter(
+            ledger, queue_size=settings.metering_queue_size, on_commit=exporter.wake if exporter else None
+        )
+        meter.start()
+        if exporter is not None:
+            export_task = asyncio.create_task(exporter.run(stop), name="usage-export")
+        metering = Metering(ledger, meter, exporter)
+        try:
+            yield metering
+        finally:
+            await meter.aclose()
+            if exporter is not None and export_task is not None:
+                stop.set()
+                await export_task
+                metering.final = await exporter.drain(drain_s)
+    finally:
+        if exporter is not None:
+            await exporter.aclose()
+        await ledger.aclose()

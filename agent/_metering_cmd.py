@@ -1,0 +1,289 @@
+"""`voicerun metering ...`: the usage ledger's billing outbox, seen and driven from a shell.
+
+The commands read the same Settings as the worker (VOICERUN_DATABASE_URL or DATABASE_URL,
+VOICERUN_DATA_DIR, VOICERUN_USAGE_*). Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._cli import EXIT_FAILED, EXIT_OK, CommandError, UsageError
+
+if TYPE_CHECKING:
+    from metering import Ledger
+
+    from ._settings import Settings
+
+T = TypeVar("T")
+
+DEFAULT_LEASE_S = 30.0
+REQUEST_TIMEOUT_S = 10.0
+
+
+def add_metering_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    metering = sub.add_parser(
+        "metering",
+        help="the billing outbox: status, dead letters, retry, export, migrate",
+        description="Inspect and drive the usage ledger's outbox of requests to the usage-tracking "
+        "API. See docs/metering.md.",
+    )
+    msub = metering.add_subparsers(dest="metering_command", required=True, metavar="COMMAND")
+
+    status = msub.add_parser(
+        "status",
+        help="count pending, blocked, dead and delivered events",
+        description="Count the outbox's events: pending (blocked ones included), blocked behind a "
+        "dead letter, dead, delivered; and how long the oldest pending one has waited.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=cmd_status)
+
+    dead = msub.add_parser("dead", help="list the dead letters: id, call, step, attempts, last error")
+    dead.add_argument("--json", action="store_true", help="print a JSON array")
+    dead.set_defaults(func=cmd_dead)
+
+    retry = msub.add_parser(
+        "retry",
+        help="re-queue every dead letter with a fresh attempt count",
+        description="Put every dead letter back in the outbox with a fresh attempt count; a running "
+        "exporter sends them within seconds. Prints how many.",
+    )
+    retry.set_defaults(func=cmd_retry)
+
+    export = msub.add_parser(
+        "export",
+        help="send the outbox to the usage-tracking API",
+        description="Send the outbox to $VOICERUN_USAGE_API_URL until SIGTERM or SIGINT (a first "
+        "signal lets requests in flight finish, a second abandons them), or with --until-empty "
+        "until no event can be sent any more. Several exporters may share a database.",
+    )
+    export.add_argument(
+        "--until-empty",
+        action="store_true",
+        help="stop when every event is delivered, dead, or blocked; exit 1 if any is left pending or dead",
+    )
+    export.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="stop after S seconds (default: no limit)"
+    )
+    export.add_argument(
+        "--lease",
+        type=_seconds,
+        default=DEFAULT_LEASE_S,
+        metavar="S",
+        help="how long a claimed event is this exporter's before another may send it (default: %(default)s); "
+        f"requests time out after min({REQUEST_TIMEOUT_S:g}, S/2) seconds",
+    )
+    export.set_defaults(func=cmd_export)
+
+    migrate = msub.add_parser("migrate", help="upgrade the ledger's schema; print its revision")
+    migrate.set_defaults(func=cmd_migrate)
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{raw!r} must be a positive number of seconds")
+    return value
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _run(_with_ledger(args.settings, lambda ledger: ledger.outbox_status()))
+    age_s = _age_s(status.oldest_pending_at)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "pending": status.pending,
+                    "blocked": status.blocked,
+                    "dead": status.dead,
+                    "delivered": status.delivered,
+                    "oldest_pending_at": _iso(status.oldest_pending_at),
+                    "oldest_pending_age_s": None if age_s is None else round(age_s, 3),
+                }
+            )
+        )
+        return EXIT_OK
+    print(f"pending    {status.pending}  ({status.blocked} blocked behind dead letters)")
+    print(f"dead       {status.dead}")
+    print(f"delivered  {status.delivered}")
+    print(f"oldest pending: {'-' if age_s is None else _duration(age_s) + ' ago'}")
+    return EXIT_OK
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    rows = _run(_with_ledger(args.settings, lambda ledger: ledger.dead_letters()))
+    letters = [
+        {
+            "id": event.id,
+            "call_id": event.call_id,
+            "step": event.step,
+            "attempts": letter.attempts,
+            "failed_at": _iso(letter.failed_at),
+            "last_error": letter.last_error,
+        }
+        for event, letter in rows
+    ]
+    if args.json:
+        print(json.dumps(letters, indent=2))
+        return EXIT_OK
+    if not letters:
+        print("no dead letters")
+        return EXIT_OK
+    print("ID\tCALL\tSTEP\tATTEMPTS\tFAILED AT\tLAST ERROR")
+    for d in letters:
+        error = " ".join(str(d["last_error"]).split())
+        print(f"{d['id']}\t{d['call_id']}\t{d['step']}\t{d['attempts']}\t{d['failed_at']}\t{error}")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    n = _run(_with_ledger(args.settings, lambda ledger: ledger.retry_dead()))
+    print(f"re-queued {n} dead letter{'' if n == 1 else 's'}")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    rev = _run(_with_ledger(args.settings, lambda ledger: ledger.schema_revision(), migrate=True))
+    print(f"ledger schema at revision {rev}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    settings: Settings = args.settings
+    if not settings.usage_api_url:
+        raise UsageError("VOICERUN_USAGE_API_URL is not set: there is no usage-tracking API to export to")
+    code: int = _run(
+        _export(settings, until_empty=args.until_empty, timeout_s=args.timeout, lease_s=args.lease)
+    )
+    return code
+
+
+async def _export(settings: Settings, *, until_empty: bool, timeout_s: float | None, lease_s: float) -> int:
+    from metering import UsageExporter
+
+    assert settings.usage_api_url is not None and settings.usage_api_key is not None
+    ledger = await _open_ledger(settings, migrate=True)
+    exporter = UsageExporter(
+        ledger,
+        base_url=settings.usage_api_url,
+        api_key=settings.usage_api_key.get_secret_value(),
+        max_attempts=settings.usage_max_attempts,
+        lease_s=lease_s,
+        request_timeout_s=min(REQUEST_TIMEOUT_S, lease_s / 2),
+    )
+    stop = asyncio.Event()
+    if until_empty:
+        work: asyncio.Task[object] = asyncio.create_task(
+            exporter.drain(math.inf if timeout_s is None else timeout_s, stop=stop), name="usage-export"
+        )
+    else:
+        work = asyncio.create_task(exporter.run(stop), name="usage-export")
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(timeout_s, stop.set) if timeout_s is not None and not until_empty else None
+    signals: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        # The first signal stops new requests and lets those in flight finish (each is bounded
+        # by the request timeout); a second abandons them: their claims expire after the lease.
+        if stop.is_set():
+            signals.append(sig)
+            work.cancel()
+        else:
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        result = await work
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not signals or (current is not None and current.cancelling()):
+            raise
+        return 128 + signals[-1]
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if timer is not None:
+            timer.cancel()
+        await exporter.aclose()
+        await ledger.aclose()
+    if not until_empty:
+        return EXIT_OK
+    from metering import OutboxStatus
+
+    assert isinstance(result, OutboxStatus)
+    print(
+        f"outbox: {result.pending} pending ({result.blocked} blocked), {result.dead} dead, "
+        f"{result.delivered} delivered"
+    )
+    return EXIT_OK if result.pending == 0 and result.dead == 0 else EXIT_FAILED
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def _open_ledger(settings: Settings, *, migrate: bool) -> Ledger:
+    from metering import Ledger, LedgerError, database_url, load_catalog
+
+    try:
+        url = database_url(settings.database_url, settings.data_dir)
+    except LedgerError as exc:
+        raise UsageError(str(exc)) from None
+    # The outbox commands price nothing: the bundled catalog satisfies the ledger.
+    return await Ledger.open(url, catalog=load_catalog(), worker_id=settings.worker_id, migrate=migrate)
+
+
+async def _with_ledger(
+    settings: Settings, use: Callable[[Ledger], Awaitable[T]], *, migrate: bool = False
+) -> T:
+    ledger = await _open_ledger(settings, migrate=migrate)
+    try:
+        return await use(ledger)
+    finally:
+        await ledger.aclose()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, with the ledger's failures (an unreachable database, a schema that needs
+    migrating) as a CommandError: one line, exit status 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from metering import MeteringError
+
+    try:
+        return asyncio.run(coro)
+    except (MeteringError, SQLAlchemyError, OSError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CommandError(first_line) from exc
+
+
+def _age_s(at: datetime | None) -> float | None:
+    return None if at is None else max(0.0, (datetime.now(UTC) - at).total_seconds())
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _duration(s: float) -> str:
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    if s < 86400:
+        return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+    return f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
