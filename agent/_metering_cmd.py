@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._cli import EXIT_FAILED, EXIT_OK, CommandError, UsageError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from metering import Ledger
 
     from ._settings import Settings
@@ -185,6 +187,7 @@ async def _export(settings: Settings, *, until_empty: bool, timeout_s: float | N
         lease_s=lease_s,
         request_timeout_s=min(REQUEST_TIMEOUT_S, lease_s / 2),
     )
+    metrics = await _serve_metrics(settings)
     stop = asyncio.Event()
     if until_empty:
         work: asyncio.Task[object] = asyncio.create_task(
@@ -221,6 +224,8 @@ async def _export(settings: Settings, *, until_empty: bool, timeout_s: float | N
             timer.cancel()
         await exporter.aclose()
         await ledger.aclose()
+        if metrics is not None:
+            await metrics.cleanup()
     if not until_empty:
         return EXIT_OK
     from metering import OutboxStatus
@@ -234,6 +239,21 @@ async def _export(settings: Settings, *, until_empty: bool, timeout_s: float | N
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+async def _serve_metrics(settings: Settings) -> web.AppRunner | None:
+    """Prometheus metrics on VOICERUN_METRICS_PORT, if set; the port bound is logged."""
+    if settings.metrics_port is None:
+        return None
+    import structlog
+
+    from metering._metrics import bound_port, serve_metrics
+
+    runner = await serve_metrics(settings.metrics_host, settings.metrics_port)
+    structlog.get_logger("voicerun.metering").info(
+        "metrics_serving", host=settings.metrics_host, port=bound_port(runner)
+    )
+    return runner
 
 
 async def _open_ledger(settings: Settings, *, migrate: bool) -> Ledger:

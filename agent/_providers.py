@@ -82,8 +82,13 @@ def _chain(spec: ProviderSpec, make: Callable[[ProviderSpec], P], stage: str) ->
     providers = [make(s) for s in spec.chain()]
     if len(providers) == 1:
         return providers[0]
-    wrap: dict[str, Callable[[list[Any]], Any]] = {"stt": FallbackSTT, "tts": FallbackTTS, "llm": FallbackLLM}
-    result: P = wrap[stage](providers)
+    from metering._metrics import PROVIDER_FALLBACKS
+
+    def counted(stage: str) -> None:
+        PROVIDER_FALLBACKS.labels(stage=stage).inc()
+
+    wrap: dict[str, Callable[..., Any]] = {"stt": FallbackSTT, "tts": FallbackTTS, "llm": FallbackLLM}
+    result: P = wrap[stage](providers, on_switch=counted)
     return result
 
 

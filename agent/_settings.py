@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     metering_queue_size: int = Field(default=10_000, ge=100)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve Prometheus metrics on this port (0: any free port); unset, no metrics server."""
+    metrics_host: str = "0.0.0.0"
 
     usage_api_url: str | None = None
     """Base URL of the usage-tracking API (e.g. https://cp-api.withpaygent.com); unset, no export."""

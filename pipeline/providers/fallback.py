@@ -32,6 +32,10 @@ log = structlog.get_logger("voicerun.providers")
 RECOVER_AFTER_S = 60.0
 
 
+OnSwitch = Callable[[str], None]
+"""Told the stage ("stt", "llm", "tts") each time a chain moves to its next provider."""
+
+
 class _Chain:
     """Which provider of a chain is current; counts and logs every switch and every recovery."""
 
@@ -41,6 +45,7 @@ class _Chain:
         names: Sequence[str],
         recover_after_s: float = RECOVER_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
+        on_switch: OnSwitch | None = None,
     ) -> None:
         if not names:
             raise ValueError(f"a {stage} fallback chain needs at least one provider")
@@ -51,6 +56,7 @@ class _Chain:
         self._switched_at = 0.0
         self._recover_after_s = recover_after_s
         self._clock = clock
+        self._on_switch = on_switch
 
     @property
     def current(self) -> int:
@@ -79,13 +85,21 @@ class _Chain:
                 next=self.names[self._current],
                 error=str(error),
             )
+            if self._on_switch is not None:
+                self._on_switch(self.stage)
         return True
 
 
 class FallbackTTS(TTS):
-    def __init__(self, providers: Sequence[TTS], *, recover_after_s: float = RECOVER_AFTER_S) -> None:
+    def __init__(
+        self,
+        providers: Sequence[TTS],
+        *,
+        recover_after_s: float = RECOVER_AFTER_S,
+        on_switch: OnSwitch | None = None,
+    ) -> None:
         self.providers = tuple(providers)
-        self._chain = _Chain("tts", [p.name for p in self.providers], recover_after_s)
+        self._chain = _Chain("tts", [p.name for p in self.providers], recover_after_s, on_switch=on_switch)
         self.name = self.providers[0].name
         self.model = self.providers[0].model
 
@@ -115,9 +129,15 @@ class FallbackTTS(TTS):
 
 
 class FallbackLLM(LLM):
-    def __init__(self, providers: Sequence[LLM], *, recover_after_s: float = RECOVER_AFTER_S) -> None:
+    def __init__(
+        self,
+        providers: Sequence[LLM],
+        *,
+        recover_after_s: float = RECOVER_AFTER_S,
+        on_switch: OnSwitch | None = None,
+    ) -> None:
         self.providers = tuple(providers)
-        self._chain = _Chain("llm", [p.name for p in self.providers], recover_after_s)
+        self._chain = _Chain("llm", [p.name for p in self.providers], recover_after_s, on_switch=on_switch)
         self.name = self.providers[0].name
         self.model = self.providers[0].model
 
@@ -148,8 +168,9 @@ class FallbackLLM(LLM):
 
 
 class FallbackSTT(STT):
-    def __init__(self, providers: Sequence[STT]) -> None:
+    def __init__(self, providers: Sequence[STT], *, on_switch: OnSwitch | None = None) -> None:
         self.providers = tuple(providers)
+        self._on_switch = on_switch
         self.name = self.providers[0].name
         self.model = self.providers[0].model
 
@@ -160,7 +181,7 @@ class FallbackSTT(STT):
     async def connect(self) -> STTSession:
         # Only the first provider's session is opened now (pre-warmed); a fallback's is opened
         # when it is first needed, while the failed utterance's audio waits in memory.
-        return _FallbackSession(self.providers, await self.providers[0].connect())
+        return _FallbackSession(self.providers, await self.providers[0].connect(), self._on_switch)
 
     async def aclose(self) -> None:
         for p in self.providers:
@@ -168,10 +189,10 @@ class FallbackSTT(STT):
 
 
 class _FallbackSession(STTSession):
-    def __init__(self, providers: tuple[STT, ...], first: STTSession) -> None:
+    def __init__(self, providers: tuple[STT, ...], first: STTSession, on_switch: OnSwitch | None) -> None:
         self._providers = providers
         self._sessions: dict[int, STTSession] = {0: first}
-        self.chain = _Chain("stt", [p.name for p in providers])
+        self.chain = _Chain("stt", [p.name for p in providers], on_switch=on_switch)
 
     async def session(self, index: int) -> STTSession:
         if index not in self._sessions:

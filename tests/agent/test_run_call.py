@@ -8,6 +8,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest_asyncio
 
 from agent._call import CallRecord
 from agent._recording import call_from_recording
-from pipeline import SAMPLE_RATE, to_internal
+from pipeline import SAMPLE_RATE, ProviderError, to_internal
+from pipeline.testing import ToneTTS
 from workflows import load_workflow_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,3 +178,26 @@ async def test_backchannel_with_real_engines(voice: Any) -> None:
     # the whole greeting was played: as much agent audio as when the caller stays silent
     _, _, undisturbed = await simulate(WORKFLOW, caller(("wait", 18.0)))
     assert len(active(agent_ch)) == pytest.approx(len(active(undisturbed)), rel=0.02)
+
+
+async def test_provider_fallbacks_are_counted_for_prometheus() -> None:
+    from prometheus_client import REGISTRY
+
+    from agent._providers import _chain
+    from workflows import ProviderSpec
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("voicerun_provider_fallbacks_total", {"stage": "tts"}) or 0.0
+
+    class Broken(ToneTTS):
+        name = "broken"
+
+        async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+            raise ProviderError("broken: 503", provider="broken", retryable=True)
+            yield b""
+
+    made = iter([Broken(0.1), ToneTTS(0.1)])
+    tts = _chain(ProviderSpec.model_validate(["polly", "local"]), lambda _spec: next(made), "tts")
+    before = count()
+    audio = b"".join([c async for c in tts.synthesize("Hello there.")])
+    assert audio and count() - before == 1

@@ -18,8 +18,10 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from fakes.usage_api import PATHS, FakeUsageAPI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -512,10 +514,29 @@ async def test_sigterm_stops_the_exporter_cleanly(
     ledger: Ledger, api: FakeUsageAPI, database_url: str, tmp_path: Path
 ) -> None:
     await ledger.write(a_call("call-1"))
-    proc = await voicerun(export_env(database_url, api, tmp_path), "metering", "export")
+    env = export_env(database_url, api, tmp_path) | {
+        "VOICERUN_METRICS_PORT": "0",
+        "VOICERUN_METRICS_HOST": "127.0.0.1",
+    }
+    proc = await voicerun(env, "metering", "export")
+    early: list[bytes] = []
     try:
         async with asyncio.timeout(30):
+            assert proc.stderr is not None
+            while b'"metrics_serving"' not in (line := await proc.stderr.readline()):
+                assert line, "the exporter exited before serving metrics"
+                early.append(line)
+            port = json.loads(line)["port"]
             await api.wait_for(lambda api: len(api.applied) == 6)
+            # The long-running exporter is scraped like a worker: what it delivered, its backlog.
+            # (the fake applies the last step a moment before the exporter counts it: scrape until then)
+            async with aiohttp.ClientSession() as http:
+                while True:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                        scraped = await r.text()
+                    if 'voicerun_usage_export_delivered_total{step="indicator"}' in scraped:
+                        break
+                    await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             _, err = await proc.communicate()
     finally:
@@ -523,8 +544,17 @@ async def test_sigterm_stops_the_exporter_cleanly(
             proc.kill()
             await proc.communicate()
     assert proc.returncode == 0, err.decode()
+    families = {f.name: f for f in text_string_to_metric_families(scraped)}
+    delivered = {
+        s.labels["step"]: s.value
+        for s in families["voicerun_usage_export_delivered"].samples
+        if s.name.endswith("_total")
+    }
+    assert delivered == {step: 1.0 for step in ("customer", "session", "stt", "llm", "tts", "indicator")}
+    assert families["voicerun_usage_export_backlog"].samples[0].value == 0
     # (asyncio debug mode, as in `make test`, adds plain-text lines about slow callbacks)
-    logged = [json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")]
+    lines = b"".join(early).decode().splitlines() + err.decode().splitlines()
+    logged = [json.loads(line)["event"] for line in lines if line.startswith("{")]
     assert logged[0] == "usage_exporter_started" and logged[-1] == "usage_exporter_stopped"
     status = await ledger.outbox_status()
     assert (status.pending, status.delivered) == (0, 6)

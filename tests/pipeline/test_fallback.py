@@ -156,3 +156,17 @@ async def test_after_recover_after_s_the_first_provider_is_tried_again() -> None
     polly.fail_after = None  # the outage is over
     assert (await speak(tts, "Again.")).startswith("polly:")
     assert tts.switches == 1
+
+
+async def test_each_switch_is_reported_with_its_stage() -> None:
+    # The worker counts these in voicerun_provider_fallbacks_total{stage}.
+    switched: list[str] = []
+    tts = FallbackTTS([TTSDouble("polly", fail_after=0), TTSDouble("openai")], on_switch=switched.append)
+    await speak(tts, "Hi.")
+    await speak(tts, "Again.")  # the switch sticks: not reported twice
+    session = await FallbackSTT([BrokenSTT(), ScriptedSTT(["hello"])], on_switch=switched.append).connect()
+    utt = session.begin()
+    utt.push(b"\0" * 640, True)
+    assert (await utt.finalize()).text == "hello"
+    await session.aclose()
+    assert switched == ["tts", "stt"]
