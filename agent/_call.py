@@ -85,16 +85,17 @@ def _priced(spec: ProviderSpec) -> tuple[str, str | None]:
     return spec.provider, spec.model or (engine if isinstance(engine, str) else None)
 
 
-Pricing = dict[str, dict[str, tuple[str, str | None]]]
-"""Agent -> stage -> (provider, model) its usage is priced as."""
+Pricing = dict[str, dict[str, list[tuple[str, str | None]]]]
+"""Agent -> stage -> (provider, model) its usage is priced as, for each provider of its fallback
+chain in order."""
 
 
 def _pricing(workflow: Workflow) -> Pricing:
     return {
         name: {
-            "stt": _priced(workflow.stt_for(name)),
-            "llm": _priced(workflow.llm_for(name)),
-            "tts": _priced(workflow.tts_for(name)),
+            "stt": [_priced(s) for s in workflow.stt_for(name).chain()],
+            "llm": [_priced(s) for s in workflow.llm_for(name).chain()],
+            "tts": [_priced(s) for s in workflow.tts_for(name).chain()],
         }
         for name in workflow.agents
     }
@@ -124,7 +125,8 @@ class _Metering:
             )
         # The start agent's providers, at zero: the cost breakdown names them even when a stage
         # is never used (a rules LLM), and they name a stage on a tie.
-        for stage, (provider, model) in self._pricing[self._start].items():
+        for stage, chain in self._pricing[self._start].items():
+            provider, model = chain[0]
             self._add(UsageLine(cast(UsageStage, stage), provider, model), self._start)
 
     def _add(self, line: UsageLine, agent: str) -> None:
@@ -141,7 +143,8 @@ class _Metering:
             self._agent = ev.to_agent
         elif isinstance(ev, UsageRecorded):
             agent = ev.agent or self._start
-            provider, model = self._pricing[agent][ev.stage]
+            chain = self._pricing[agent][ev.stage]
+            provider, model = chain[min(ev.served_by, len(chain) - 1)]
             line = UsageLine(
                 ev.stage,
                 provider,

@@ -2,8 +2,8 @@
 
 Usage arrives as lines, one per stage, provider and model, so a call that handed off to an agent
 with other providers, or fell back to another provider, is priced by whoever served each part.
-Each stage entry names the provider that cost the most (the seed's shape has one); when a stage
-used more than one, `providers` lists each with its own cost and quantity.
+Each stage entry names the provider that cost the most, or else did the most (the seed's shape
+has one); when a stage used more than one, `providers` lists each with its cost and quantity.
 
 Money is computed in Decimal and emitted as decimal strings with 6 places ("0.011550"): JSON
 numbers would pass through binary floats, and a bill must add up exactly. Each line's cost is
@@ -153,8 +153,9 @@ def cost_breakdown(
         priced = [(line, line_cost(line)) for line in merged if line.stage == stage]
         cost = sum((c for _, c in priced), Decimal(0))
         stage_totals.append(cost)
-        # The provider that cost the most names the stage; max() keeps the first of a tie.
-        top = max(priced, key=lambda lc: lc[1], default=None)
+        # The provider that cost the most names the stage, else the one that did the most (two
+        # free engines), else the first (max() keeps the first of a tie).
+        top = max(priced, key=lambda lc: (lc[1], _amount(lc[0])), default=None)
         entry: dict[str, object] = {"provider": top[0].provider if top else None, "cost": _money(cost)}
         entry.update(quantities)
         if len(priced) > 1:
@@ -202,6 +203,10 @@ def cost_breakdown(
         "telephony": phone,
         "agent": flag("agent", {"provider": PLATFORM, "cost": _money(agent_cost), "seconds": float(call_s)}),
     }
+
+
+def _amount(line: UsageLine) -> Decimal:
+    return line.audio_seconds + line.prompt_tokens + line.completion_tokens + line.characters
 
 
 def _quantity(line: UsageLine) -> dict[str, object]:

@@ -124,6 +124,8 @@ class UsageRecorded:
     completion_tokens: int = 0
     cached_tokens: int = 0
     characters: int = 0
+    served_by: int = 0
+    """Which provider of the agent's fallback chain did it (0: the first)."""
     t: float = 0.0
 
 

@@ -48,6 +48,8 @@ class LLMUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    served_by: int = 0
+    """Which provider of a fallback chain used these tokens (0: the first, or no chain)."""
 
 
 LLMEvent = TextDelta | ToolCallRequest | LLMUsage

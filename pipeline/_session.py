@@ -328,7 +328,15 @@ class VoiceSession:
         t_final = self._clock.now()
         self.usage.stt_audio_seconds += transcript.audio_s
         if transcript.audio_s:
-            self._emit(UsageRecorded(stage="stt", agent=agent, audio_seconds=transcript.audio_s, t=t_final))
+            self._emit(
+                UsageRecorded(
+                    stage="stt",
+                    agent=agent,
+                    audio_seconds=transcript.audio_s,
+                    served_by=transcript.served_by,
+                    t=t_final,
+                )
+            )
         text = transcript.text.strip()
         if text:
             self._emit(UserTranscript(text=text, final=True, t=t_final))
@@ -508,6 +516,7 @@ class VoiceSession:
                         prompt_tokens=ev.prompt_tokens,
                         completion_tokens=ev.completion_tokens,
                         cached_tokens=ev.cached_tokens,
+                        served_by=ev.served_by,
                         t=self._clock.now(),
                     )
                 )
@@ -545,27 +554,40 @@ class VoiceSession:
             first_of_reply = not reply.segments
             reply.segments.append((text, stats))
             self.usage.tts_characters += len(text)
-            self._emit(
-                UsageRecorded(stage="tts", agent=self._speaking, characters=len(text), t=self._clock.now())
-            )
             if reply.t_tts_request is None:
                 reply.t_tts_request = self._clock.now()
             trimming = first_of_reply
-            async for pcm in self._busy_iter(self._tts.synthesize(text)):
-                if reply.t_tts_audio is None:
-                    reply.t_tts_audio = self._clock.now()
-                if trimming:
-                    pcm = _trim_leading_silence(pcm, self._turn.leading_silence_dbfs)
-                    if not pcm:
-                        continue
-                    trimming = False
-                on_start = (
-                    self._on_first_frame(reply) if reply.t_first_out is None and stats.written == 0 else None
+            tts = self._tts
+            try:
+                async for pcm in self._busy_iter(tts.synthesize(text)):
+                    if reply.t_tts_audio is None:
+                        reply.t_tts_audio = self._clock.now()
+                    if trimming:
+                        pcm = _trim_leading_silence(pcm, self._turn.leading_silence_dbfs)
+                        if not pcm:
+                            continue
+                        trimming = False
+                    on_start = (
+                        self._on_first_frame(reply)
+                        if reply.t_first_out is None and stats.written == 0
+                        else None
+                    )
+                    if on_start is None and stats.written == 0 and reply.marks:
+                        if reply.marks[-1][0] == len(reply.segments) - 1:
+                            on_start = self._on_mark_start(reply, len(reply.marks) - 1)
+                    await self._playout.write(pcm, stats, on_start)
+            finally:
+                # Sent is billed, even when a barge-in cuts the segment short; after the segment,
+                # a fallback chain names the provider that spoke it.
+                self._emit(
+                    UsageRecorded(
+                        stage="tts",
+                        agent=self._speaking,
+                        characters=len(text),
+                        served_by=tts.serving(),
+                        t=self._clock.now(),
+                    )
                 )
-                if on_start is None and stats.written == 0 and reply.marks:
-                    if reply.marks[-1][0] == len(reply.segments) - 1:
-                        on_start = self._on_mark_start(reply, len(reply.marks) - 1)
-                await self._playout.write(pcm, stats, on_start)
 
     def _on_first_frame(self, reply: _Reply) -> Callable[[float], None]:
         def started(t: float) -> None:

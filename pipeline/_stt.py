@@ -19,6 +19,8 @@ class Transcript:
     text: str
     audio_s: float
     """Seconds of audio the engine received for this utterance (what it bills)."""
+    served_by: int = 0
+    """Which provider of a fallback chain produced it (0: the first, or no chain)."""
 
 
 class Utterance(ABC):

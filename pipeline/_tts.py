@@ -17,5 +17,10 @@ class TTS(ABC):
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """Stream internal-format PCM (16 kHz mono int16) for text, in chunks of any length."""
 
+    def serving(self) -> int:
+        """Which provider of a fallback chain serves requests now (0: the first, or no chain);
+        read after a segment, it names the provider that spoke it."""
+        return 0
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

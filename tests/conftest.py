@@ -66,6 +66,47 @@ def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("VOICERUN_DATA_DIR", str(tmp_path_factory.mktemp("data")))
 
 
+class LogWatch:
+    """Structlog events as they happen, and a way to wait for one (no polling, no sleeps)."""
+
+    def __init__(self) -> None:
+        self.events: list[MutableMapping[str, Any]] = []
+        self._waiting: list[tuple[str, int, Any]] = []
+
+    def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        self.events.append(event)
+        for name, count, done in self._waiting:
+            if self.count(name) >= count:
+                done.set()
+        raise structlog.DropEvent
+
+    def count(self, name: str) -> int:
+        return sum(1 for e in self.events if e["event"] == name)
+
+    async def wait_for(self, name: str, count: int = 1) -> None:
+        """Until `name` has been logged `count` times; bound it with asyncio.timeout()."""
+        import asyncio
+
+        done = asyncio.Event()
+        if self.count(name) >= count:
+            return
+        self._waiting.append((name, count, done))
+        await done.wait()
+
+
+@pytest.fixture
+def log_watch() -> Iterator[LogWatch]:
+    watch = LogWatch()
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, watch], cache_logger_on_first_use=False
+    )
+    try:
+        yield watch
+    finally:
+        structlog.configure(**old)
+
+
 # -- the ledger's databases: SQLite always, PostgreSQL when a server is configured -------------
 
 PG_ENV = "VOICERUN_TEST_DATABASE_URL"

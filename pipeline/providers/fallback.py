@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 
 import structlog
 
 from .._errors import ProviderError
-from .._llm import LLM, LLMEvent, Message, ToolSpec
+from .._llm import LLM, LLMEvent, LLMUsage, Message, ToolSpec
 from .._stt import STT, InterimCallback, STTSession, Transcript, Utterance
 from .._tts import TTS
 
@@ -57,6 +58,11 @@ class _Chain:
         self._recover_after_s = recover_after_s
         self._clock = clock
         self._on_switch = on_switch
+
+    @property
+    def serving(self) -> int:
+        """The provider in use, without applying a recovery (which `current` does)."""
+        return self._current
 
     @property
     def current(self) -> int:
@@ -111,6 +117,9 @@ class FallbackTTS(TTS):
         for p in self.providers:
             await p.warm()
 
+    def serving(self) -> int:
+        return self._chain.serving
+
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         index = self._chain.current
         while True:
@@ -154,7 +163,7 @@ class FallbackLLM(LLM):
             try:
                 async for ev in self.providers[index].chat(messages, tools):
                     started = True
-                    yield ev
+                    yield replace(ev, served_by=index) if isinstance(ev, LLMUsage) else ev
                 return
             except ProviderError as exc:
                 moved = self._chain.fail(index, exc)
@@ -227,7 +236,7 @@ class _FallbackUtterance(Utterance):
     async def finalize(self) -> Transcript:
         while True:
             try:
-                return await self._inner.finalize()
+                return replace(await self._inner.finalize(), served_by=self._index)
             except ProviderError as exc:
                 self._inner.cancel()
                 if not self._owner.chain.fail(self._index, exc):

@@ -341,10 +341,10 @@ agents:
     handoffs: [{to: billing, description: Billing questions}]
   billing:
     instructions: Bill.
-    tts: {provider: polly, options: {engine: neural}}
+    tts: [{provider: polly, options: {engine: neural}}, hibari]
 """
     )
     pricing = _pricing(wf)
-    assert pricing["front"]["tts"] == ("hibari", None)
-    assert pricing["billing"]["tts"] == ("polly", "neural")
-    assert pricing["billing"]["stt"] == ("whisper", None)
+    assert pricing["front"]["tts"] == [("hibari", None)]
+    assert pricing["billing"]["tts"] == [("polly", "neural"), ("hibari", None)]
+    assert pricing["billing"]["stt"] == [("whisper", None)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
@@ -26,7 +29,8 @@ from metering import (
     seconds,
 )
 from metering._reporter import Meter
-from pipeline import SAMPLE_RATE, STT, TTS
+from pipeline import SAMPLE_RATE, STT, TTS, ProviderError, STTSession, Transcript, Utterance
+from pipeline.providers.fallback import FallbackSTT, FallbackTTS
 from pipeline.testing import ScriptedSTT, ToneTTS, speech_like
 from workflows import ProviderSpec, load_workflow_text
 
@@ -212,5 +216,133 @@ async def test_closing_the_meter_commits_what_is_queued(tmp_path: Path) -> None:
         await meter.aclose()
         call = await ledger.call("late")
         assert call is not None and call.status == "completed" and len(await ledger.turns("late")) == 5
+    finally:
+        await ledger.aclose()
+
+
+async def test_a_database_outage_delays_the_ledger_and_loses_nothing(
+    database_url: str, log_watch: Any
+) -> None:
+    """PostgreSQL refuses connections for a while (its connections are cut and new ones are
+    refused); the writer retries the same batch until the database is back."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs a server to take down; SQLite is a file")
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    name = url.database
+    admin_dsn = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    ledger = await Ledger.open(database_url, catalog=load_catalog())
+    failures_before = sample("voicerun_metering_write_failures_total", {})
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        meter = Meter(ledger)
+        meter.start()
+        for r in records_for_a_busy_call("outage", 20):
+            meter.report(r)  # the call goes on: reporting never waits for the database
+        async with asyncio.timeout(30):
+            await log_watch.wait_for("metering_write_failed", count=2)  # it retried, and failed again
+        assert sample("voicerun_metering_write_failures_total", {}) - failures_before >= 2
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        async with asyncio.timeout(30):
+            await meter.flush()
+        await meter.aclose()
+        call = await ledger.call("outage")
+        assert call is not None and call.status == "completed"
+        (line,) = await ledger.usage_lines("outage")
+        assert line.characters == 200 and len(await ledger.turns("outage")) == 20
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await ledger.aclose()
+
+
+FALLBACK_WORKFLOW = """
+version: 1
+slug: failing-over
+start: host
+defaults:
+  stt: [{provider: deepgram, model: nova-3}, whisper]
+  llm: rules
+  tts: [{provider: polly, options: {engine: neural}}, hibari]
+agents:
+  host:
+    instructions: Host.
+    greeting: Hello there, how can I help?
+    rules:
+      - keywords: [hours]
+        say: We open at five.
+"""
+
+
+class FailingOverPool(ProviderPool):
+    """Deepgram and Polly are down: every chain falls over to the embedded engine's stand-in."""
+
+    class DownTTS(ToneTTS):
+        async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+            raise ProviderError("polly: 503", provider="polly", retryable=True)
+            yield b""
+
+    class DownSTT(ScriptedSTT):
+        async def connect(self) -> STTSession:
+            inner = await super().connect()
+
+            class Session(STTSession):
+                def begin(self, on_interim: Any = None) -> Utterance:
+                    class Down(Utterance):
+                        def push(self, pcm: bytes, voiced: bool) -> None:
+                            pass
+
+                        async def finalize(self) -> Transcript:
+                            raise ProviderError(
+                                "deepgram: socket closed", provider="deepgram", retryable=True
+                            )
+
+                        def cancel(self) -> None:
+                            pass
+
+                    return Down()
+
+                async def aclose(self) -> None:
+                    await inner.aclose()
+
+            return Session()
+
+    async def stt(self, spec: ProviderSpec) -> STT:
+        return FallbackSTT([self.DownSTT([""]), ScriptedSTT(["what are your hours"])])
+
+    async def tts(self, spec: ProviderSpec) -> TTS:
+        return FallbackTTS([self.DownTTS(0.3), ToneTTS(0.3)])
+
+
+async def test_usage_after_a_fallback_is_priced_as_the_provider_that_served(tmp_path: Path) -> None:
+    from metering import database_url
+
+    ledger = await Ledger.open(database_url(None, tmp_path), catalog=load_catalog())
+    silence = np.zeros(2 * SAMPLE_RATE, np.int16)
+    try:
+        async with Meter(ledger) as meter:
+            record, _ = await call_from_recording(
+                load_workflow_text(FALLBACK_WORKFLOW),
+                np.concatenate([silence, speech_like(1.0, seed=3), silence]),
+                fast=True,
+                providers=FailingOverPool(),
+                call_id="fallback-1",
+                meter=meter,
+            )
+        assert record.summary is not None
+        lines = {(ln.stage, ln.provider, ln.model): ln for ln in await ledger.usage_lines("fallback-1")}
+        said = len("Hello there, how can I help?") + len("We open at five.")
+        assert lines["tts", "hibari", None].characters == said == record.summary.usage.tts_characters
+        assert lines["tts", "polly", "neural"].characters == 0  # named (the agent's first), never billed
+        assert lines["stt", "whisper", None].audio_seconds > 0
+        assert lines["stt", "deepgram", "nova-3"].audio_seconds == 0
+        call = await ledger.call("fallback-1")
+        assert call is not None and call.cost_breakdown is not None
+        assert call.cost_breakdown["voice"]["provider"] == "hibari"  # both free: the one that spoke
+        assert [p["provider"] for p in call.cost_breakdown["voice"]["providers"]] == ["polly", "hibari"]
     finally:
         await ledger.aclose()

@@ -11,6 +11,7 @@ from pipeline import (
     STT,
     TTS,
     LLMEvent,
+    LLMUsage,
     Message,
     ProviderError,
     STTSession,
@@ -170,3 +171,31 @@ async def test_each_switch_is_reported_with_its_stage() -> None:
     assert (await utt.finalize()).text == "hello"
     await session.aclose()
     assert switched == ["tts", "stt"]
+
+
+async def test_usage_names_the_provider_of_the_chain_that_served_it() -> None:
+    # Billing prices each utterance, completion and segment by the provider that did it.
+    tts = FallbackTTS([TTSDouble("polly", fail_after=0), TTSDouble("openai")])
+    assert tts.serving() == 0
+    await speak(tts, "Hi.")
+    assert tts.serving() == 1
+
+    class UsageLLM(LLMDouble):
+        async def chat(
+            self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+        ) -> AsyncIterator[LLMEvent]:
+            async for ev in super().chat(messages, tools):
+                yield ev
+            yield LLMUsage(prompt_tokens=10, completion_tokens=2)
+
+    llm = FallbackLLM([UsageLLM("openai", fail_at=0), UsageLLM("local", fail_at=None)])
+    usage = [ev for ev in [e async for e in llm.chat([Message("user", "hi")])] if isinstance(ev, LLMUsage)]
+    assert usage == [LLMUsage(prompt_tokens=10, completion_tokens=2, served_by=1)]
+
+    session = await FallbackSTT([BrokenSTT(), ScriptedSTT(["hello"])]).connect()
+    utt = session.begin()
+    utt.push(b"\0" * 640, True)
+    assert (await utt.finalize()).served_by == 1
+    await session.aclose()
+    plain = (await ScriptedSTT(["hi"]).connect()).begin()
+    assert (await plain.finalize()).served_by == 0
