@@ -48,7 +48,9 @@ def call_records(call_id: str, turns: int) -> list[Record]:
     for t in range(turns):
         for line in (
             UsageLine("stt", "deepgram", "nova-3", audio_seconds=Decimal("1.840")),
-            UsageLine("llm", "openai", "gpt-4o-mini", prompt_tokens=900, completion_tokens=40, cached_tokens=512),
+            UsageLine(
+                "llm", "openai", "gpt-4o-mini", prompt_tokens=900, completion_tokens=40, cached_tokens=512
+            ),
             UsageLine("tts", "polly", "neural", characters=48),
             UsageLine("tts", "polly", "neural", characters=61),
         ):
@@ -62,7 +64,11 @@ def call_records(call_id: str, turns: int) -> list[Record]:
         )  # fmt: skip
     out.append(
         CallClosed(
-            call_id=call_id, status="completed", reason="hangup", ended_at=T0 + timedelta(minutes=2), duration_s=120.0
+            call_id=call_id,
+            status="completed",
+            reason="hangup",
+            ended_at=T0 + timedelta(minutes=2),
+            duration_s=120.0,
         )
     )
     return out

@@ -11,19 +11,25 @@ Calls start spread evenly over one 3 s cycle, as independent callers would.
 
     .venv/bin/python bench/overhead.py              # 1, 10, 50, 100, 150, 200 calls
     .venv/bin/python bench/overhead.py --calls 100
+    .venv/bin/python bench/overhead.py --calls 1 100 --metered   # every call reported to a SQLite ledger
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import structlog
@@ -44,7 +50,20 @@ def rss_mb() -> float:
     return float("nan")
 
 
-async def one_call(index: int, delay_s: float, overheads: list[float], clock: RealClock) -> None:
+BENCH_WORKFLOW = """
+version: 1
+slug: bench
+start: bench
+defaults: {stt: whisper, llm: rules, tts: hibari}
+agents:
+  bench:
+    instructions: Bench.
+"""
+
+
+async def one_call(
+    index: int, delay_s: float, overheads: list[float], clock: RealClock, meter: Any = None
+) -> None:
     speech = [f for f in frames(speech_like(SPEECH_S, seed=index))]
     silence = [bytes(len(speech[0]))] * int(SILENCE_S / FRAME_S)
     last_speech_at: list[float] = []
@@ -68,7 +87,19 @@ async def one_call(index: int, delay_s: float, overheads: list[float], clock: Re
             if pending:
                 overheads.append(clock.now() - pending.pop() - END_SILENCE_MS / 1000)
 
+    on_event = None
+    metering = None
+    if meter is not None:
+        # The worker's own adapter: usage lines and turns reported to the Meter as a call runs.
+        from agent._call import CallRecord, _Metering
+        from workflows import load_workflow_text
+
+        record = CallRecord(f"bench-{index}", "bench", datetime.now(UTC), ["bench"])
+        metering = _Metering(record, load_workflow_text(BENCH_WORKFLOW), meter)
+        metering.opened()
+        on_event = metering.on_event
     session = VoiceSession(
+        on_event=on_event,
         stt=await ScriptedSTT(["what time is it"]).connect(),
         tts=ToneTTS(0.2),
         dialogue=Dialogue(ScriptedLLM("It is noon. Anything else?", chunks=3), "bench"),
@@ -76,10 +107,13 @@ async def one_call(index: int, delay_s: float, overheads: list[float], clock: Re
         clock=clock,
         config=SessionConfig(turn=TurnConfig(vad=VADConfig(end_silence_ms=END_SILENCE_MS))),
     )
-    await session.run(caller())
+    summary = await session.run(caller())
+    if metering is not None:
+        record.summary = summary
+        metering.closed(summary.duration_s, summary.reason)
 
 
-async def run(n: int, repeat: int = 1) -> dict[str, float]:
+async def run(n: int, repeat: int = 1, metered: bool = False) -> dict[str, float]:
     """n concurrent calls, `repeat` times over; turns are pooled across the repeats."""
     clock = RealClock()
     overheads: list[float] = []
@@ -96,8 +130,20 @@ async def run(n: int, repeat: int = 1) -> dict[str, float]:
 
     sampler = asyncio.create_task(sample_rss())
     cycle = SPEECH_S + SILENCE_S
-    for r in range(repeat):
-        await asyncio.gather(*(one_call(r * n + i, cycle * i / n, overheads, clock) for i in range(n)))
+    async with contextlib.AsyncExitStack() as stack:
+        meter = None
+        if metered:
+            from metering import Ledger, database_url, load_catalog
+            from metering._reporter import Meter
+
+            tmp = stack.enter_context(tempfile.TemporaryDirectory())
+            ledger = await Ledger.open(database_url(None, Path(tmp)), catalog=load_catalog())
+            stack.push_async_callback(ledger.aclose)
+            meter = await stack.enter_async_context(Meter(ledger))
+        for r in range(repeat):
+            await asyncio.gather(
+                *(one_call(r * n + i, cycle * i / n, overheads, clock, meter) for i in range(n))
+            )
     sampler.cancel()
     cpu = time.process_time() - cpu0
     call_seconds = repeat * n * CYCLES * cycle
@@ -121,6 +167,7 @@ def main() -> None:
     ap.add_argument(
         "--min-turns", type=int, default=50, help="repeat small runs until they give this many turns"
     )
+    ap.add_argument("--metered", action="store_true", help="report every call to a SQLite ledger")
     args = ap.parse_args()
     print(
         f"machine: {os.cpu_count()} cores, python {os.sys.version.split()[0]}; "
@@ -131,7 +178,7 @@ def main() -> None:
     )
     base: dict[str, float] | None = None
     for n in args.calls:
-        r = asyncio.run(run(n, repeat=max(1, -(-args.min_turns // (n * CYCLES)))))
+        r = asyncio.run(run(n, repeat=max(1, -(-args.min_turns // (n * CYCLES))), metered=args.metered))
         if base is None:
             base = r
         per_call = (r["rss_mb"] - base["rss_mb"]) / (n - 1) if n > 1 else float("nan")

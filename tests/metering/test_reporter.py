@@ -346,3 +346,31 @@ async def test_usage_after_a_fallback_is_priced_as_the_provider_that_served(tmp_
         assert [p["provider"] for p in call.cost_breakdown["voice"]["providers"]] == ["polly", "hibari"]
     finally:
         await ledger.aclose()
+
+
+async def test_the_writer_gathers_records_and_commits_a_full_batch_or_a_flush_at_once(tmp_path: Path) -> None:
+    from metering import database_url
+    from metering._reporter import BATCH
+
+    ledger = await Ledger.open(database_url(None, tmp_path), catalog=load_catalog())
+    committed = asyncio.Event()
+    # An hour's linger: only a full batch or a flush can make it commit within the test.
+    meter = Meter(ledger, linger_s=3600, on_commit=committed.set)
+    meter.start()
+    try:
+        records = records_for_a_busy_call("batched", BATCH)
+        for r in records:
+            meter.report(r)  # the queue reaches a batch: commit now
+        async with asyncio.timeout(10):
+            await committed.wait()
+        committed.clear()
+        meter.report(TurnReported(
+            call_id="batched", turn=BATCH, agent="a", eou_delay_ms=1, stt_latency_ms=1, llm_ttft_ms=None,
+            tts_ttfb_ms=None, e2e_latency_ms=None, interrupted=False, at=T0,
+        ))  # fmt: skip
+        async with asyncio.timeout(10):
+            await meter.flush()  # does not wait out the linger
+        assert len(await ledger.turns("batched")) == BATCH + 1
+    finally:
+        await meter.aclose()
+        await ledger.aclose()
