@@ -199,6 +199,33 @@ async def test_interleaved_calls_each_keep_their_order(
     assert_applied_once(api, "call-a", "call-b")
 
 
+async def test_two_exporters_sharing_the_ledger_send_each_event_once(
+    ledger: Ledger, api: FakeUsageAPI, database_url: str
+) -> None:
+    # Two workers' exporters (each its own connection pool) drain one database at once: the
+    # claims keep them off each other's events, so nothing is even sent twice.
+    calls = [f"call-{i}" for i in range(10)]
+    await ledger.write([r for c in calls for r in a_call(c, customer_id=f"cust-{c}")])
+    other = await Ledger.open(database_url, catalog=load_catalog())
+    # (short leases: a drain waits out the other's claims, in case that exporter died)
+    options: dict[str, Any] = {
+        "base_url": api.url,
+        "api_key": API_KEY,
+        "lease_s": 0.4,
+        "request_timeout_s": 0.2,
+    }
+    first, second = UsageExporter(ledger, **options), UsageExporter(other, **options)
+    try:
+        await asyncio.gather(first.drain(timeout_s=20), second.drain(timeout_s=20))
+    finally:
+        await first.aclose()
+        await second.aclose()
+        await other.aclose()
+    assert_applied_once(api, *calls)
+    assert len(api.requests) == 60 and not any(r.replayed for r in api.requests)
+    assert (await ledger.outbox_status()).delivered == 60
+
+
 async def test_a_slow_request_holds_up_its_own_call_only(
     ledger: Ledger, api: FakeUsageAPI, exporter: Callable[..., UsageExporter]
 ) -> None:
