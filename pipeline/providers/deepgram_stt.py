@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, assert_never, cast
 
 import structlog
@@ -32,6 +32,7 @@ import websockets.exceptions
 from .._audio import SAMPLE_RATE
 from .._errors import ProviderError
 from .._stt import STT, InterimCallback, STTSession, Transcript, Utterance
+from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 
 if TYPE_CHECKING:
@@ -90,20 +91,10 @@ class DeepgramSTTConfig:
     @classmethod
     def from_options(cls, model: str | None, options: Mapping[str, Any]) -> DeepgramSTTConfig:
         """A config from a workflow's provider spec; unknown keys are an error."""
-        known = {f.name for f in fields(cls)} - {"model"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown deepgram stt option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        opts = dict(options)
+        opts = config_kwargs("deepgram stt", cls, options)
         for name in ("keyterms", "keywords"):
             if name in opts:
                 opts[name] = tuple(opts[name])
-        if isinstance(opts.get("timeouts"), Mapping):
-            opts["timeouts"] = Timeouts(**opts["timeouts"])
-        if isinstance(opts.get("retry"), Mapping):
-            opts["retry"] = RetryPolicy(**opts["retry"])
         if model:
             opts["model"] = model
         return cls(**opts)

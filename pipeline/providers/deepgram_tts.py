@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -18,6 +18,7 @@ import websockets.exceptions
 from .._audio import SAMPLE_RATE
 from .._errors import ProviderError
 from .._tts import TTS
+from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 from .deepgram_stt import make_client, map_connect_error, resolve_api_key
 
@@ -41,17 +42,7 @@ class DeepgramTTSConfig:
     @classmethod
     def from_options(cls, model: str | None, options: Mapping[str, Any]) -> DeepgramTTSConfig:
         """A config from a workflow's provider spec; unknown keys are an error."""
-        known = {f.name for f in fields(cls)} - {"model"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown deepgram tts option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        opts = dict(options)
-        if isinstance(opts.get("timeouts"), Mapping):
-            opts["timeouts"] = Timeouts(**opts["timeouts"])
-        if isinstance(opts.get("retry"), Mapping):
-            opts["retry"] = RetryPolicy(**opts["retry"])
+        opts = config_kwargs("deepgram tts", cls, options)
         if model:
             opts["model"] = model
         return cls(**opts)

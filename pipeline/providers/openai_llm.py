@@ -13,7 +13,6 @@ non-retryable ProviderError rather than running a tool with guessed arguments.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -27,6 +26,7 @@ import structlog
 
 from .._errors import ProviderError
 from .._llm import LLM, LLMEvent, LLMUsage, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
+from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 
 if TYPE_CHECKING:
@@ -352,37 +352,3 @@ def _server_message(exc: Any) -> str:
     if isinstance(body, str) and body:
         return body[:200]
     return str(exc.message)
-
-
-def config_kwargs(label: str, config_type: type[Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """options -> constructor kwargs of a provider config dataclass, with nested `timeouts` and
-    `retry` mappings built into Timeouts / RetryPolicy. Unknown keys raise ValueError."""
-    known = {f.name for f in dataclasses.fields(config_type)} - {"model"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(
-            f"{label}: unknown option(s) {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(sorted(known))}; the model is set by the provider's `model`)"
-        )
-    kwargs = dict(options)
-    for key, nested_type in (("timeouts", Timeouts), ("retry", RetryPolicy)):
-        if key in kwargs:
-            kwargs[key] = _nested(label, key, nested_type, kwargs[key])
-    return kwargs
-
-
-def _nested(label: str, key: str, nested_type: type[Any], value: Any) -> Any:
-    if isinstance(value, nested_type):
-        return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{label}: option {key!r} must be a mapping, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(nested_type)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ValueError(
-            f"{label}: unknown {key} option(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
-        )
-    try:
-        return nested_type(**value)
-    except TypeError as exc:
-        raise ValueError(f"{label}: {key}: {exc}") from exc

@@ -21,8 +21,9 @@ import structlog
 from .._audio import SAMPLE_RATE
 from .._errors import ProviderError
 from .._tts import TTS
+from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
-from .openai_llm import PROVIDER, config_kwargs, map_openai_error, openai_client
+from .openai_llm import PROVIDER, map_openai_error, openai_client
 
 __all__ = ["OpenAITTS", "OpenAITTSConfig"]
 

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar, cast, get_args
 from xml.sax.saxutils import escape
 
@@ -20,6 +20,7 @@ import structlog
 
 from .._errors import ProviderError
 from .._tts import TTS
+from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 
 __all__ = ["PollyConfig", "PollyEngine", "PollyTTS"]
@@ -97,32 +98,24 @@ class PollyConfig:
         `timeouts` and `retry` are nested mappings of Timeouts' and RetryPolicy's fields. Unknown
         keys and wrongly typed values raise ValueError naming the key.
         """
-        _reject_unknown(options, {f.name for f in fields(cls)}, "option")
-        engine = _optional(options, "engine", str)
+        opts = config_kwargs("polly", cls, options)
+        engine = _optional(opts, "engine", str)
         if model is not None and engine is not None and model != engine:
             raise ValueError(f"polly model {model!r} and option engine {engine!r} disagree; give one")
         engine = model if model is not None else engine
-        voice = _optional(options, "voice", str)
-        ssml = _optional(options, "ssml", bool)
+        voice = _optional(opts, "voice", str)
+        ssml = _optional(opts, "ssml", bool)
         default = cls()
         return cls(
             voice=default.voice if voice is None else voice,
             # __post_init__ rejects an unknown engine by name.
             engine=default.engine if engine is None else cast(PollyEngine, engine),
-            language_code=_optional(options, "language_code", str),
+            language_code=_optional(opts, "language_code", str),
             ssml=default.ssml if ssml is None else ssml,
-            region=_optional(options, "region", str),
-            endpoint_url=_optional(options, "endpoint_url", str),
-            timeouts=_nested(options, "timeouts", Timeouts),
-            retry=_nested(options, "retry", RetryPolicy),
-        )
-
-
-def _reject_unknown(options: Mapping[str, object], known: set[str], what: str) -> None:
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(
-            f"polly: unknown {what} {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
+            region=_optional(opts, "region", str),
+            endpoint_url=_optional(opts, "endpoint_url", str),
+            timeouts=opts.get("timeouts", default.timeouts),
+            retry=opts.get("retry", default.retry),
         )
 
 
@@ -133,20 +126,6 @@ def _optional(options: Mapping[str, object], key: str, kind: type[T]) -> T | Non
     if not isinstance(value, kind):
         raise ValueError(f"polly option {key!r} must be a {kind.__name__}, got {value!r}")
     return value
-
-
-def _nested(options: Mapping[str, object], key: str, cls: Callable[..., T]) -> T:
-    value = options.get(key)
-    if value is None:
-        return cls()
-    if not isinstance(value, Mapping):
-        raise ValueError(f"polly option {key!r} must be a mapping, got {value!r}")
-    names = {f.name for f in fields(cast(type, cls))}
-    _reject_unknown(value, names, f"{key} field")
-    for name, number in value.items():
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise ValueError(f"polly option {key}.{name} must be a number, got {number!r}")
-    return cls(**value)
 
 
 def _ssml_document(text: str) -> str:

@@ -461,5 +461,5 @@ def test_from_options_builds_the_config_and_rejects_unknown_keys() -> None:
     )
     assert stt.model == "nova-2" and stt.config.keywords == ("acme:2",)
     assert stt.config.retry.attempts == 5 and stt.config.endpointing_ms == 500
-    with pytest.raises(ValueError, match="unknown deepgram stt option"):
+    with pytest.raises(ValueError, match=r"deepgram stt: unknown option\(s\)"):
         DeepgramSTTConfig.from_options(None, {"api_key": "k", "endpointing": 300})

@@ -129,5 +129,5 @@ async def test_transient_refusals_exhaust_the_retries(fake: FakeSpeak) -> None:
 def test_from_options_rejects_unknown_keys() -> None:
     made = DeepgramTTS(DeepgramTTSConfig.from_options("aura-2-andromeda-en", {"api_key": "k"}))
     assert made.model == "aura-2-andromeda-en"
-    with pytest.raises(ValueError, match="unknown deepgram tts option"):
+    with pytest.raises(ValueError, match=r"deepgram tts: unknown option\(s\)"):
         DeepgramTTSConfig.from_options(None, {"api_key": "k", "voice": "x"})

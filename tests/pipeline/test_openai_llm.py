@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping, Sequence
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from fakes.openai_api import FAST_RETRY, SHORT, FakeOpenAI, Reply, serve_openai, stall, status
 
 from pipeline import (
     LLMEvent,
@@ -31,52 +30,13 @@ from pipeline import (
 from pipeline.providers import OpenAILLM, OpenAILLMConfig
 from pipeline.providers._resilience import RetryPolicy, Timeouts
 
-Reply = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.001, backoff_max_s=0.002)
-SHORT = Timeouts(connect_s=1.0, first_byte_s=0.1, total_s=5.0)
 HELLO = [Message(role="user", content="Hi")]
-
-
-@dataclass
-class FakeOpenAI:
-    url: str = ""
-    replies: deque[Reply] = field(default_factory=deque)
-    """One per request, in order; a request with none left gets a 500 naming the problem."""
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    auth: list[str] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    """Never set during a test; set at teardown so a stalled handler returns."""
-    hung_up: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the client closes a connection that a `hold` reply keeps open."""
-
-    def script(self, *replies: Reply) -> None:
-        self.replies.extend(replies)
 
 
 @pytest_asyncio.fixture
 async def server() -> AsyncIterator[FakeOpenAI]:
-    srv = FakeOpenAI()
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        srv.bodies.append(await request.json())
-        srv.auth.append(request.headers.get("Authorization", ""))
-        if not srv.replies:
-            return error_json(500, "test server: no reply scripted for this request")
-        return await srv.replies.popleft()(request)
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(app, handler_cancellation=True)  # a client hang-up cancels the handler
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    srv.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    try:
+    async with serve_openai("/v1/chat/completions") as srv:
         yield srv
-    finally:
-        srv.release.set()
-        await runner.cleanup()
 
 
 # -- the protocol ------------------------------------------------------------------------------
@@ -178,26 +138,6 @@ def hold(srv: FakeOpenAI, *frames: dict[str, Any]) -> Reply:
             srv.hung_up.set()
             raise
         return resp
-
-    return reply
-
-
-def error_json(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
-    return web.json_response(body, status=status)
-
-
-def status(code: int, message: str) -> Reply:
-    async def reply(request: web.Request) -> web.StreamResponse:
-        return error_json(code, message)
-
-    return reply
-
-
-def stall(srv: FakeOpenAI) -> Reply:
-    async def reply(request: web.Request) -> web.StreamResponse:
-        await srv.release.wait()
-        return web.Response()
 
     return reply
 

@@ -3,65 +3,28 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from fakes.openai_api import FAST_RETRY, SHORT, FakeOpenAI, Reply, serve_openai, stall, status
 
 from pipeline import SAMPLE_RATE, ProviderError
 from pipeline.providers import OpenAITTS, OpenAITTSConfig
 from pipeline.providers._resilience import RetryPolicy, Timeouts
 
-Reply = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.001, backoff_max_s=0.002)
-SHORT = Timeouts(connect_s=1.0, first_byte_s=0.1, total_s=5.0)
 NATIVE_RATE = 24_000
 AMPLITUDE = 0.5
 ODD_SIZES = (1, 777, 4097, 333, 2, 1001, 9)
 
 
-@dataclass
-class FakeSpeech:
-    url: str = ""
-    replies: deque[Reply] = field(default_factory=deque)
-    """One per request, in order; a request with none left gets a 500 naming the problem."""
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    """Never set during a test; set at teardown so a stalled handler returns."""
-
-    def script(self, *replies: Reply) -> None:
-        self.replies.extend(replies)
-
-
 @pytest_asyncio.fixture
-async def server() -> AsyncIterator[FakeSpeech]:
-    srv = FakeSpeech()
-
-    async def speech(request: web.Request) -> web.StreamResponse:
-        srv.bodies.append(await request.json())
-        if not srv.replies:
-            return error_json(500, "test server: no reply scripted for this request")
-        return await srv.replies.popleft()(request)
-
-    app = web.Application()
-    app.router.add_post("/v1/audio/speech", speech)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    srv.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    try:
+async def server() -> AsyncIterator[FakeOpenAI]:
+    async with serve_openai("/v1/audio/speech") as srv:
         yield srv
-    finally:
-        srv.release.set()
-        await runner.cleanup()
 
 
 def tone(hz: float, seconds: float, rate: int = NATIVE_RATE) -> bytes:
@@ -97,27 +60,7 @@ def pcm(data: bytes, *, drop: bool = False) -> Reply:
     return reply
 
 
-def error_json(status: int, message: str) -> web.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-    return web.json_response(body, status=status)
-
-
-def status(code: int, message: str) -> Reply:
-    async def reply(request: web.Request) -> web.StreamResponse:
-        return error_json(code, message)
-
-    return reply
-
-
-def stall(srv: FakeSpeech) -> Reply:
-    async def reply(request: web.Request) -> web.StreamResponse:
-        await srv.release.wait()
-        return web.Response()
-
-    return reply
-
-
-def make_tts(srv: FakeSpeech, **config: Any) -> OpenAITTS:
+def make_tts(srv: FakeOpenAI, **config: Any) -> OpenAITTS:
     config.setdefault("retry", FAST_RETRY)
     config.setdefault("timeouts", SHORT)
     return OpenAITTS(OpenAITTSConfig(base_url=srv.url, api_key="sk-test", **config))
@@ -138,7 +81,7 @@ def peak_hz(samples: np.ndarray[Any, Any], rate: int) -> float:
 # -- audio -------------------------------------------------------------------------------------
 
 
-async def test_odd_chunks_come_out_as_16khz_int16_of_the_same_duration_and_pitch(server: FakeSpeech) -> None:
+async def test_odd_chunks_come_out_as_16khz_int16_of_the_same_duration_and_pitch(server: FakeOpenAI) -> None:
     server.script(pcm(tone(440, 1.0)))
 
     out = np.frombuffer(await synthesize(make_tts(server)), "<i2")
@@ -151,7 +94,7 @@ async def test_odd_chunks_come_out_as_16khz_int16_of_the_same_duration_and_pitch
     assert np.max(np.abs(body)) == pytest.approx(AMPLITUDE, abs=0.02)
 
 
-async def test_the_request_asks_for_raw_pcm_with_the_configured_voice(server: FakeSpeech) -> None:
+async def test_the_request_asks_for_raw_pcm_with_the_configured_voice(server: FakeOpenAI) -> None:
     server.script(pcm(tone(440, 0.1)))
 
     await synthesize(
@@ -171,7 +114,7 @@ async def test_the_request_asks_for_raw_pcm_with_the_configured_voice(server: Fa
     ]
 
 
-async def test_defaults_send_only_the_required_fields(server: FakeSpeech) -> None:
+async def test_defaults_send_only_the_required_fields(server: FakeOpenAI) -> None:
     server.script(pcm(tone(440, 0.1)))
 
     await synthesize(make_tts(server), "Hi.")
@@ -181,7 +124,7 @@ async def test_defaults_send_only_the_required_fields(server: FakeSpeech) -> Non
     ]
 
 
-async def test_blank_text_makes_no_request(server: FakeSpeech) -> None:
+async def test_blank_text_makes_no_request(server: FakeOpenAI) -> None:
     assert await synthesize(make_tts(server), "  ") == b""
     assert server.bodies == []
 
@@ -189,7 +132,7 @@ async def test_blank_text_makes_no_request(server: FakeSpeech) -> None:
 # -- failures ----------------------------------------------------------------------------------
 
 
-async def test_a_server_error_is_retried(server: FakeSpeech) -> None:
+async def test_a_server_error_is_retried(server: FakeOpenAI) -> None:
     server.script(status(503, "Service unavailable"), pcm(tone(440, 0.2)))
 
     out = await synthesize(make_tts(server))
@@ -198,7 +141,7 @@ async def test_a_server_error_is_retried(server: FakeSpeech) -> None:
     assert len(server.bodies) == 2
 
 
-async def test_a_rejected_key_is_not_retried_and_says_why(server: FakeSpeech) -> None:
+async def test_a_rejected_key_is_not_retried_and_says_why(server: FakeOpenAI) -> None:
     server.script(status(401, "Incorrect API key provided: sk-test."))
 
     with pytest.raises(ProviderError) as err:
@@ -209,7 +152,7 @@ async def test_a_rejected_key_is_not_retried_and_says_why(server: FakeSpeech) ->
     assert len(server.bodies) == 1
 
 
-async def test_a_slow_first_byte_times_out_and_the_retry_succeeds(server: FakeSpeech) -> None:
+async def test_a_slow_first_byte_times_out_and_the_retry_succeeds(server: FakeOpenAI) -> None:
     server.script(stall(server), pcm(tone(440, 0.2)))
 
     out = await synthesize(make_tts(server))
@@ -218,7 +161,7 @@ async def test_a_slow_first_byte_times_out_and_the_retry_succeeds(server: FakeSp
     assert len(server.bodies) == 2
 
 
-async def test_a_connection_dropped_mid_audio_fails_without_repeating_audio(server: FakeSpeech) -> None:
+async def test_a_connection_dropped_mid_audio_fails_without_repeating_audio(server: FakeOpenAI) -> None:
     server.script(pcm(tone(440, 0.5), drop=True), pcm(tone(440, 0.5)))
     got: list[bytes] = []
     tts = make_tts(server)
@@ -233,7 +176,7 @@ async def test_a_connection_dropped_mid_audio_fails_without_repeating_audio(serv
     assert len(server.bodies) == 1
 
 
-async def test_a_json_body_instead_of_audio_is_an_error(server: FakeSpeech) -> None:
+async def test_a_json_body_instead_of_audio_is_an_error(server: FakeOpenAI) -> None:
     async def json_ok(request: web.Request) -> web.StreamResponse:
         return web.json_response({"unexpected": True})
 

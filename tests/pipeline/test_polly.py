@@ -437,12 +437,12 @@ def test_from_options_takes_the_model_as_engine_and_nested_timeouts() -> None:
 @pytest.mark.parametrize(
     ("model", "options", "message"),
     [
-        (None, {"voise": "Joanna"}, "unknown option 'voise'"),
-        (None, {"timeouts": {"read_s": 1}}, "unknown timeouts field 'read_s'"),
+        (None, {"voise": "Joanna"}, r"polly: unknown option\(s\) 'voise'"),
+        (None, {"timeouts": {"read_s": 1}}, r"polly: unknown timeouts option\(s\) 'read_s'"),
         ("neural", {"engine": "standard"}, "disagree"),
         ("turbo", {}, "engine must be one of standard, neural, generative, long-form"),
         (None, {"ssml": "yes"}, "'ssml' must be a bool"),
-        (None, {"retry": {"attempts": "3"}}, "retry.attempts must be a number"),
+        (None, {"retry": {"attempts": "3"}}, "polly: retry.attempts must be a number"),
         (None, {"voice": ""}, "voice must not be empty"),
     ],
 )
