@@ -157,6 +157,8 @@ class HttpSpec(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     body: Any = None
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    max_response_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = 256 * 1024
+    """A larger response is an error result: it would flood the LLM's context (and its bill)."""
     save: dict[str, str] = Field(default_factory=dict)
     """vars name -> dotted path in the JSON response (`slots.0.time`)."""
 
@@ -168,6 +170,9 @@ class ToolDef(_Strict):
     http: HttpSpec | None = None
     python: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
     """"package.module:function", sync or async; called with the arguments as keywords."""
+    timeout_s: Annotated[float, Field(gt=0, le=60)] | None = None
+    """Python tools: the most a call may take (default 10 s), then it is an error result. HTTP
+    tools take theirs from `http.timeout_s`."""
     filler: str | None = None
     """Said while the tool runs."""
 
@@ -175,6 +180,8 @@ class ToolDef(_Strict):
     def _one_implementation(self) -> ToolDef:
         if (self.http is None) == (self.python is None):
             raise ValueError("a tool needs exactly one of 'http' or 'python'")
+        if self.http is not None and self.timeout_s is not None:
+            raise ValueError("an HTTP tool's timeout is http.timeout_s, not timeout_s")
         return self
 
 

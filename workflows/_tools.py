@@ -38,6 +38,8 @@ NO_TELEPHONY = "transfer_call needs a telephony transport (LiveKit SIP); not ava
 _WHOLE = re.compile(r"\{\{\s*(user|vars|args)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _EXCERPT_CHARS = 200
 _MAX_SCHEMA_ERRORS = 5
+PYTHON_TIMEOUT_S = 10.0
+"""How long a Python tool may take when its `timeout_s` is not set."""
 
 
 class _ToolFailedError(WorkflowRuntimeError):
@@ -46,6 +48,19 @@ class _ToolFailedError(WorkflowRuntimeError):
     def __init__(self, message: str, *, traceback: bool = False) -> None:
         super().__init__(message)
         self.traceback = traceback
+
+
+async def _read_capped(name: str, resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    if resp.content_length is not None and resp.content_length > limit:
+        raise _ToolFailedError(
+            f"tool {name}: response of {resp.content_length} bytes is over the {limit}-byte limit"
+        )
+    raw = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > limit:
+            raise _ToolFailedError(f"tool {name}: response is over the {limit}-byte limit")
+    return bytes(raw)
 
 
 def _excerpt(raw: bytes) -> str:
@@ -246,7 +261,8 @@ class ToolBox:
         if tool.http is not None:
             return ToolOutcome(await self._call_http(name, tool, args))
         assert tool.python is not None  # ToolDef guarantees exactly one implementation
-        return ToolOutcome(await self._call_python(name, tool.python, args))
+        timeout_s = tool.timeout_s if tool.timeout_s is not None else PYTHON_TIMEOUT_S
+        return ToolOutcome(await self._call_python(name, tool.python, args, timeout_s))
 
     async def _builtin(self, name: str, args: dict[str, Any]) -> ToolOutcome:
         if name == "end_call":
@@ -313,7 +329,7 @@ class ToolBox:
             async with asyncio.timeout(spec.timeout_s):
                 async with self._http.request(spec.method, url, headers=headers, **send) as resp:
                     status = resp.status
-                    raw = await resp.read()
+                    raw = await _read_capped(name, resp, spec.max_response_bytes)
         except TimeoutError as exc:
             raise _ToolFailedError(f"tool {name}: no response within {spec.timeout_s:g} s") from exc
         except (aiohttp.ClientError, ValueError) as exc:
@@ -344,7 +360,9 @@ class ToolBox:
         except VariableError as exc:
             raise _ToolFailedError(f"tool {name}: cannot save the response: {exc}") from exc
 
-    async def _call_python(self, name: str, target: str, args: Mapping[str, Any]) -> object:
+    async def _call_python(
+        self, name: str, target: str, args: Mapping[str, Any], timeout_s: float
+    ) -> object:
         fn = self._functions.get(target)
         if fn is None:
             try:
@@ -358,12 +376,19 @@ class ToolBox:
                 ) from exc
             self._functions[target] = fn
         try:
-            if inspect.iscoroutinefunction(fn):
-                result = await fn(**args)
-            else:
-                result = await asyncio.to_thread(fn, **args)
-                if inspect.isawaitable(result):
-                    result = await result
+            async with asyncio.timeout(timeout_s):
+                if inspect.iscoroutinefunction(fn):
+                    result = await fn(**args)
+                else:
+                    result = await asyncio.to_thread(fn, **args)
+                    if inspect.isawaitable(result):
+                        result = await result
+        except TimeoutError as exc:
+            # An async tool is cancelled; a thread cannot be, and finishes unobserved.
+            log.warning(
+                "tool_timed_out", tool=name, timeout_s=timeout_s, thread=not inspect.iscoroutinefunction(fn)
+            )
+            raise _ToolFailedError(f"tool {name}: no result within {timeout_s:g} s") from exc
         except Exception as exc:
             # The tool's own code: whatever it raises becomes an error result for the LLM.
             raise _ToolFailedError(f"tool {name}: {type(exc).__name__}: {exc}", traceback=True) from exc

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,16 @@ async def server() -> AsyncIterator[Server]:
         await record(request)
         return web.Response(status=204)
 
+    async def huge(request: web.Request) -> web.StreamResponse:
+        # Chunked, so no Content-Length gives the size away: only reading it does.
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"rows": [')
+        for i in range(25_000):
+            await resp.write(b'"row-%06d",' % i)
+        await resp.write(b'"end"]}')
+        return resp
+
     app = web.Application()
     app.router.add_get("/slots/{date}", slots)
     app.router.add_route("*", "/echo", echo)
@@ -82,6 +92,7 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_get("/slow", slow)
     app.router.add_get("/not-json", not_json)
     app.router.add_delete("/empty", empty)
+    app.router.add_get("/huge", huge)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -187,6 +198,18 @@ WORKFLOW = Workflow.model_validate(
                 "python": "tools_fixture:lookup_order_async",
             },
             "explode": {"description": "Raises.", "python": "tools_fixture:explode"},
+            "huge": tool("/huge"),
+            "small_limit": tool("/slots/2025-05-01", max_response_bytes=20),
+            "stuck": {
+                "description": "Never returns.",
+                "python": "tools_fixture:wait_forever",
+                "timeout_s": 0.2,
+            },
+            "stuck_async": {
+                "description": "Never returns (async).",
+                "python": "tools_fixture:wait_forever_async",
+                "timeout_s": 0.2,
+            },
             "missing_module": {"description": "No module.", "python": "no_such_module_here:run"},
             "not_callable": {"description": "Not a function.", "python": "tools_fixture:NOT_A_FUNCTION"},
         },
@@ -511,3 +534,48 @@ async def test_filler_is_rendered_with_the_call_data(box: ToolBox, state: CallSt
     assert box.filler_for("lookup") is None
     assert box.filler_for("end_call") is None
     assert box.filler_for("nothing") is None
+
+
+async def test_a_response_over_the_size_limit_is_an_error_result(box: ToolBox) -> None:
+    # 300 KB streamed without a Content-Length: read up to the limit, then refused.
+    assert error_of(await run(box, "huge")) == "tool huge: response is over the 262144-byte limit"
+    # A Content-Length over the limit is refused before reading the body.
+    assert error_of(await run(box, "small_limit")) == (
+        "tool small_limit: response of 71 bytes is over the 20-byte limit"
+    )
+
+
+async def test_a_python_tool_that_never_returns_is_an_error_result_after_its_timeout(
+    box: ToolBox, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    import tools_fixture
+
+    try:
+        assert error_of(await run(box, "stuck", order_id="A1")) == "tool stuck: no result within 0.2 s"
+    finally:
+        tools_fixture.RELEASE.set()  # the thread cannot be stopped; let it finish
+    assert (
+        error_of(await run(box, "stuck_async", order_id="A1")) == "tool stuck_async: no result within 0.2 s"
+    )
+    timed_out = [e for e in captured_logs if e["event"] == "tool_timed_out"]
+    assert [(e["tool"], e["thread"]) for e in timed_out] == [("stuck", True), ("stuck_async", False)]
+
+
+def test_an_http_tool_takes_its_timeout_from_http() -> None:
+    from workflows import validate_text
+
+    problems = validate_text(
+        """
+version: 1
+slug: t
+start: a
+tools:
+  t:
+    description: T.
+    timeout_s: 3
+    http: {url: "http://x"}
+agents:
+  a: {instructions: A.}
+"""
+    )
+    assert any("an HTTP tool's timeout is http.timeout_s" in str(p) for p in problems), problems

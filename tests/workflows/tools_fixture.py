@@ -25,3 +25,15 @@ def explode(order_id: str) -> None:
 
 
 NOT_A_FUNCTION = 42
+
+
+RELEASE = threading.Event()
+"""Set by the test that blocks `wait_forever`, once it has seen the timeout."""
+
+
+def wait_forever(order_id: str) -> None:
+    RELEASE.wait()
+
+
+async def wait_forever_async(order_id: str) -> None:
+    await asyncio.Event().wait()
