@@ -73,6 +73,7 @@ class CallRecord:
     usage_lines: list[UsageLine] = field(default_factory=list)
     """What each provider did, attributed to the agent in charge: priced into cost_breakdown."""
     customer_id: str | None = None
+    billing_agent_id: str | None = None
 
     @property
     def status(self) -> str:
@@ -121,6 +122,7 @@ class _Metering:
                     workflow_slug=self._record.workflow_slug,
                     started_at=self._record.started_at,
                     customer_id=self._record.customer_id,
+                    billing_agent_id=self._record.billing_agent_id,
                 )
             )
         # The start agent's providers, at zero: the cost breakdown names them even when a stage
@@ -255,11 +257,13 @@ async def run_call(
     call_id: str | None = None,
     meter: Meter | None = None,
     customer_id: str | None = None,
+    billing_agent_id: str | None = None,
 ) -> CallRecord:
     """Run one call. Run each call in its own task: the call's log context is bound here.
 
     meter: where the call's lifecycle, usage and turn latencies are reported (the ledger);
-    customer_id: the billing customer, when the call names one.
+    customer_id, billing_agent_id: who the usage API bills, when the call names them (else the
+    configured defaults).
     """
     call_id = call_id or str(uuid.uuid4())
     agent_name = workflow.start
@@ -272,6 +276,7 @@ async def run_call(
         [agent_name],
         current_agent=agent_name,
         customer_id=customer_id,
+        billing_agent_id=billing_agent_id,
     )
     t0 = clock.now()
     transcript = _Transcript(record, t0, agent_name)

@@ -120,7 +120,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     print(f"pending    {status.pending}  ({status.blocked} blocked behind dead letters)")
-    print(f"dead       {status.dead}")
+    print(f"failed     {status.dead}  (dead letters: `voicerun metering dead` lists, `retry` re-sends)")
     print(f"delivered  {status.delivered}")
     print(f"oldest pending: {'-' if age_s is None else _duration(age_s) + ' ago'}")
     return EXIT_OK

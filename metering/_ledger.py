@@ -248,7 +248,11 @@ class Ledger:
                 (
                     "session",
                     "session",
-                    {"sessionId": r.call_id, "agentId": b.agent_id, "customerId": customer},
+                    {
+                        "sessionId": r.call_id,
+                        "agentId": r.billing_agent_id or b.agent_id,
+                        "customerId": customer,
+                    },
                 ),
             ],
             start_seq=0,

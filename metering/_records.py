@@ -18,6 +18,8 @@ class CallOpened:
     started_at: datetime
     customer_id: str | None = None
     """The billing customer's external id; None: the exporter's default customer."""
+    billing_agent_id: str | None = None
+    """The usage API's agent id for this call; None: the configured one (VOICERUN_USAGE_AGENT_ID)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

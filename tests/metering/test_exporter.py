@@ -645,7 +645,7 @@ async def test_status_json_on_a_known_ledger(
     assert code == 0
     assert out.splitlines()[:3] == [
         "pending    4  (4 blocked behind dead letters)",
-        "dead       1",
+        "failed     1  (dead letters: `voicerun metering dead` lists, `retry` re-sends)",
         "delivered  7",
     ]
 

@@ -147,10 +147,23 @@ async def test_the_outbox_holds_the_billing_steps_in_order(ledger: Ledger) -> No
     assert payloads[6] == {"sessionId": "call-1", "indicator": "per-minute-call", "totalDuration": 1.5875}
 
 
-async def test_a_call_names_its_own_customer(ledger: Ledger) -> None:
-    await ledger.write([CallOpened(call_id="c2", workflow_slug="wf", started_at=T0, customer_id="cust-9")])
+async def test_a_call_names_its_own_customer_and_billing_agent(ledger: Ledger) -> None:
+    await ledger.write(
+        [
+            CallOpened(
+                call_id="c2",
+                workflow_slug="wf",
+                started_at=T0,
+                customer_id="cust-9",
+                billing_agent_id="agent-b",
+            )
+        ]
+    )
     items = await ledger.claim_due(limit=10, lease_s=30)
     assert items[0].payload == {"name": "Acme Ltd", "externalId": "cust-9"}
+    await ledger.mark_delivered(items[0].id)
+    (session,) = await ledger.claim_due(limit=10, lease_s=30)
+    assert session.payload == {"sessionId": "c2", "agentId": "agent-b", "customerId": "cust-9"}
     call = await ledger.call("c2")
     assert call is not None and call.customer_id == "cust-9" and call.status == "active"
 
