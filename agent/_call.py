@@ -295,6 +295,10 @@ async def run_call(
     # A call that fails while its providers open is still a call: in the ledger, as failed.
     metering.opened()
     failure = "error"
+    # Each LLM's connection is opened while the greeting plays, so the first turn does not pay
+    # the handshakes (best effort; cancelled with the call).
+    unique_llms = {id(llm): llm for llm in llms.values() if llm is not None}.values()
+    warming = [asyncio.create_task(llm.warm(), name="llm-warm") for llm in unique_llms]
     try:
         async with aiohttp.ClientSession() as http:
             toolboxes = {
@@ -342,6 +346,9 @@ async def run_call(
         failure = "cancelled"
         raise
     finally:
+        for task in warming:
+            task.cancel()
+        await asyncio.gather(*warming, return_exceptions=True)
         summary = record.summary
         metering.closed(
             summary.duration_s if summary else clock.now() - t0, summary.reason if summary else failure

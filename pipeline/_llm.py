@@ -63,5 +63,8 @@ class LLM(ABC):
     def chat(self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()) -> AsyncIterator[LLMEvent]:
         """Stream one completion: text deltas, complete tool calls, then usage if the engine reports it."""
 
+    async def warm(self) -> None:  # noqa: B027 - optional hook
+        """Open connections ahead of the first request (best effort: never raises)."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -154,6 +154,10 @@ class FallbackLLM(LLM):
     def switches(self) -> int:
         return self._chain.switches
 
+    async def warm(self) -> None:
+        for p in self.providers:
+            await p.warm()
+
     async def chat(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
     ) -> AsyncIterator[LLMEvent]:

@@ -13,6 +13,7 @@ non-retryable ProviderError rather than running a tool with guessed arguments.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -184,6 +185,9 @@ class OpenAILLM(LLM):
         except openai.OpenAIError as exc:
             raise map_openai_error(exc) from exc
 
+    async def warm(self) -> None:
+        await warm_connection(self._client, self.config.timeouts)
+
     async def aclose(self) -> None:
         await self._client.close()
 
@@ -314,7 +318,31 @@ def openai_client(base_url: str | None, api_key: str | None, timeouts: Timeouts)
         write=timeouts.connect_s,
         pool=timeouts.connect_s,
     )
-    return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
+    # httpx closes a connection idle for 5 s, shorter than a caller's turn: every LLM request
+    # would pay a new TCP and TLS handshake. Keep them for 90 s (servers keep theirs about 60 to 120 s).
+    import httpx2  # the SDK's own transport (openai 3.x)
+
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_S)
+    http = openai.DefaultAsyncHttpxClient(timeout=timeout, limits=limits)
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key=key, max_retries=0, timeout=timeout, http_client=http
+    )
+
+
+KEEPALIVE_S = 90.0
+
+
+async def warm_connection(client: AsyncOpenAI, timeouts: Timeouts) -> None:
+    """Open (and keep) a connection with a request that costs nothing, GET /models, so the
+    first real request does not pay the handshakes. Best effort: a failure is logged only."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeouts.connect_s + timeouts.first_byte_s):
+            await client.models.list()
+    except Exception as exc:  # any answer, even an error, has opened the connection
+        log.debug("provider_warm_failed", provider=PROVIDER, error=f"{type(exc).__name__}: {exc}")
+        return
+    log.debug("provider_warmed", provider=PROVIDER, ms=round((time.perf_counter() - started) * 1000, 1))
 
 
 def map_openai_error(exc: Exception) -> ProviderError:

@@ -23,7 +23,7 @@ from .._errors import ProviderError
 from .._tts import TTS
 from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
-from .openai_llm import PROVIDER, map_openai_error, openai_client
+from .openai_llm import PROVIDER, map_openai_error, openai_client, warm_connection
 
 __all__ = ["OpenAITTS", "OpenAITTSConfig"]
 
@@ -151,6 +151,9 @@ class OpenAITTS(TTS):
                         yield chunk
         except (openai.OpenAIError, httpx2.TransportError) as exc:
             raise map_openai_error(exc) from exc
+
+    async def warm(self) -> None:
+        await warm_connection(self._client, self.config.timeouts)
 
     async def aclose(self) -> None:
         await self._client.close()

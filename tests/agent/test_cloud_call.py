@@ -35,6 +35,8 @@ class Cloud:
     deepgram_audio_bytes: int = 0
     deepgram_messages: list[str] = field(default_factory=list)
     openai_requests: list[dict[str, Any]] = field(default_factory=list)
+    openai_connections: list[tuple[str, str]] = field(default_factory=list)
+    """(what, client port) of each request to OpenAI: the warm-up, then the completions."""
     polly_texts: list[str] = field(default_factory=list)
 
 
@@ -76,7 +78,16 @@ async def cloud() -> AsyncIterator[Cloud]:
                 await ws.close()
         return ws
 
+    def client_port(request: web.Request) -> str:
+        assert request.transport is not None
+        return str(request.transport.get_extra_info("peername")[1])
+
+    async def models(request: web.Request) -> web.Response:
+        seen.openai_connections.append(("models", client_port(request)))
+        return web.json_response({"object": "list", "data": []})
+
     async def chat(request: web.Request) -> web.StreamResponse:
+        seen.openai_connections.append(("chat", client_port(request)))
         body = await request.json()
         seen.openai_requests.append(body)
         said = body["messages"][-1]["content"]
@@ -114,6 +125,7 @@ async def cloud() -> AsyncIterator[Cloud]:
     app = web.Application()
     app.router.add_get("/v1/listen", listen)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/speech", speech)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -186,6 +198,9 @@ agents:
     assert cloud.deepgram_audio_bytes >= 2.0 * SAMPLE_RATE * 2  # at least the two utterances
     # OpenAI: streamed with usage, the conversation carried over between turns
     assert [r["stream_options"] for r in cloud.openai_requests] == [{"include_usage": True}] * 2
+    # The LLM's connection was opened at call start, and the first turn used it.
+    assert [what for what, _ in cloud.openai_connections] == ["models", "chat", "chat"]
+    assert cloud.openai_connections[0][1] == cloud.openai_connections[1][1]
     assert cloud.openai_requests[1]["messages"][-3:] == [
         {"role": "user", "content": "what time do you open"},
         {"role": "assistant", "content": "We open at five."},

@@ -35,6 +35,9 @@ class FakeOpenAI:
     """Never set during a test; set at teardown so a stalled handler returns."""
     hung_up: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by replies that hold a connection open when the client closes it."""
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    """The client address of every request, models listing included: one TCP connection each."""
+    model_lists: int = 0
 
     def script(self, *replies: Reply) -> None:
         self.replies.extend(replies)
@@ -45,7 +48,23 @@ async def serve_openai(path: str) -> AsyncIterator[FakeOpenAI]:
     """Serve POST `path` (e.g. /v1/chat/completions) on 127.0.0.1 until the block ends."""
     srv = FakeOpenAI()
 
+    def peer(request: web.Request) -> tuple[str, int]:
+        assert request.transport is not None
+        host, port = request.transport.get_extra_info("peername")[:2]
+        return host, port
+
+    async def models(request: web.Request) -> web.Response:
+        srv.peers.append(peer(request))
+        srv.model_lists += 1
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "openai"}],
+            }
+        )
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        srv.peers.append(peer(request))
         srv.bodies.append(await request.json())
         srv.auth.append(request.headers.get("Authorization", ""))
         if not srv.replies:
@@ -54,6 +73,7 @@ async def serve_openai(path: str) -> AsyncIterator[FakeOpenAI]:
 
     app = web.Application()
     app.router.add_post(path, handle)
+    app.router.add_get("/v1/models", models)
     runner = web.AppRunner(app, handler_cancellation=True)  # a client hang-up cancels the handler
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

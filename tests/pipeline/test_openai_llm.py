@@ -475,3 +475,34 @@ def test_from_options_rejects_bad_options(options: dict[str, Any], message: str)
     with pytest.raises(ValueError) as err:
         OpenAILLMConfig.from_options(None, options)
     assert message in str(err.value)
+
+
+async def test_warm_opens_the_connection_the_first_request_reuses(server: FakeOpenAI) -> None:
+    server.script(sse(*text_chunks("Hi."), usage_chunk(5, 1)))
+    llm = make_llm(server)
+    await llm.warm()
+    assert server.model_lists == 1
+    events = await collect(llm)  # closes the client
+    assert events[0] == TextDelta(text="Hi.")
+    # One connection: the completion did not pay for a new TCP (and, in production, TLS) handshake.
+    assert len(server.peers) == 2 and server.peers[0] == server.peers[1]
+
+
+async def test_warm_never_fails_the_call(
+    server: FakeOpenAI, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    llm = OpenAILLM(OpenAILLMConfig(base_url="http://127.0.0.1:1/v1", api_key="sk-test", timeouts=SHORT))
+    try:
+        await llm.warm()  # nothing listens there: logged, not raised
+    finally:
+        await llm.aclose()
+    assert [e["event"] for e in captured_logs] == ["provider_warm_failed"]
+
+
+def test_idle_connections_outlive_a_callers_turn() -> None:
+    # httpx's default closes a connection idle for 5 s: most turns would pay a new handshake.
+    from pipeline.providers.openai_llm import KEEPALIVE_S, openai_client
+
+    client = openai_client("http://127.0.0.1:1/v1", "sk-test", SHORT)
+    pool = client._client._transport._pool  # (private: the setting as httpx applies it)
+    assert pool._keepalive_expiry == KEEPALIVE_S >= 60
