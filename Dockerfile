@@ -19,8 +19,12 @@ RUN /opt/voicerun/bin/pip install --no-deps . \
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/voicerun/bin:$PATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-    VOICERUN_LOG_FORMAT=json VOICERUN_WORKFLOWS=/app/workflows
-RUN useradd --create-home --uid 10001 voicerun
+    VOICERUN_LOG_FORMAT=json VOICERUN_WORKFLOWS=/app/workflows VOICERUN_DATA_DIR=/var/lib/voicerun
+# The embedded SQLite ledger lives in the data dir: a volume, writable by the non-root user.
+# (A pool of workers shares PostgreSQL instead: set DATABASE_URL.)
+RUN useradd --create-home --uid 10001 voicerun \
+ && install -d -o voicerun -g voicerun /var/lib/voicerun
+VOLUME /var/lib/voicerun
 COPY --from=build /opt/voicerun /opt/voicerun
 COPY --chown=voicerun:voicerun workflows /app/workflows
 WORKDIR /app
