@@ -2,6 +2,8 @@
 
 1. report(): what one Meter.report() call costs the event loop (the audio path's only contact
    with metering), per record, with the Prometheus observations it makes.
+3. Export: the outbox those calls queued (six steps each), sent to a local stand-in of the
+   usage-tracking API that answers 200 at once; events per second through the exporter.
 2. Ledger throughput: CALLS calls of TURNS turns each (per turn: 1 STT, 1 LLM and 2 TTS usage
    records and 1 turn record; plus open and close), reported as fast as possible; how long until
    everything is committed, records per second, and how big the batches got.
@@ -24,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 from metering import (
     BillingIdentity,
@@ -32,6 +35,7 @@ from metering import (
     Ledger,
     Record,
     TurnReported,
+    UsageExporter,
     UsageLine,
     UsageReported,
     database_url,
@@ -135,12 +139,39 @@ async def main(url: str | None, calls: int, turns: int) -> None:
                 f"dropped turns {meter.dropped_turns}"
             )
             print(f"outbox: {status.pending} events queued for billing ({calls + 1} calls x 6 steps)")
+            api, base_url = await _stub_api()
+            try:
+                exporter = UsageExporter(ledger, base_url=base_url, api_key="bench")
+                t0 = time.perf_counter()
+                done = await exporter.drain(timeout_s=600)
+                took = time.perf_counter() - t0
+                await exporter.aclose()
+            finally:
+                await api.cleanup()
+            print(
+                f"export: {done.delivered} events delivered in {took:.2f} s = {done.delivered / took:,.0f} events/s "
+                f"(4 calls at a time, each call's steps in order); {done.pending} pending"
+            )
         finally:
             await ledger.aclose()
             if url:
                 conn = await asyncpg.connect(admin)
                 await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
                 await conn.close()
+
+
+async def _stub_api() -> tuple[web.AppRunner, str]:
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 def make_safe(url: str) -> str:
