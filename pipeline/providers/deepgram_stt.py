@@ -36,6 +36,7 @@ from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 
 if TYPE_CHECKING:
+    import httpx
     from deepgram import AsyncDeepgramClient
     from deepgram.listen.v1.socket_client import AsyncV1SocketClient
     from deepgram.listen.v1.types.listen_v1results import ListenV1Results
@@ -109,15 +110,21 @@ def resolve_api_key(api_key: str | None) -> str:
     return key
 
 
-def make_client(api_key: str, base_url: str | None) -> AsyncDeepgramClient:
+def make_client(
+    api_key: str, base_url: str | None, http: httpx.AsyncClient | None = None
+) -> AsyncDeepgramClient:
+    """base_url: one origin for both REST and websockets (http:// or ws://, either works).
+    http: the HTTP client for REST requests (the SDK makes its own otherwise)."""
     from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
+    extra: dict[str, Any] = {} if http is None else {"httpx_client": http}
     if base_url is None:
-        return AsyncDeepgramClient(api_key=api_key)
-    ws = base_url.rstrip("/")
-    http = "http" + ws.removeprefix("ws") if ws.startswith("ws") else ws
-    env = DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
-    return AsyncDeepgramClient(api_key=api_key, environment=env)
+        return AsyncDeepgramClient(api_key=api_key, **extra)
+    origin = base_url.rstrip("/")
+    rest = "http" + origin.removeprefix("ws") if origin.startswith("ws") else origin
+    ws = "ws" + origin.removeprefix("http") if origin.startswith("http") else origin
+    env = DeepgramClientEnvironment(base=rest, production=ws, agent=ws, agent_rest=rest)
+    return AsyncDeepgramClient(api_key=api_key, environment=env, **extra)
 
 
 def map_connect_error(exc: Exception, what: str) -> ProviderError:

@@ -1,19 +1,22 @@
-"""Cloud TTS: Deepgram Aura over the speak websocket, 16 kHz linear16 straight into the pipeline.
+"""Cloud TTS: Deepgram Aura over its REST endpoint, 16 kHz linear16 streamed into the pipeline.
 
-One socket per synthesize(): send the text and Flush, stream binary audio until Flushed. The
-shared stream_with_retries retries a failed connection until the first audio arrives, never after.
+One POST /v1/speak per segment on a kept-alive HTTP connection: the streaming response starts
+with the first audio, and later segments and turns reuse the connection instead of paying a
+websocket handshake (TCP, TLS, upgrade) each, as one speak socket per segment did. (A long-lived
+speak socket would also do, but Deepgram allows 20 Flush messages per 60 s on one.) The shared
+stream_with_retries retries a failed request until the first audio arrives, never after.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import structlog
-import websockets.exceptions
 
 from .._audio import SAMPLE_RATE
 from .._errors import ProviderError
@@ -35,7 +38,7 @@ class DeepgramTTSConfig:
     api_key: str | None = None
     """None reads DEEPGRAM_API_KEY."""
     base_url: str | None = None
-    """Websocket origin such as ws://127.0.0.1:8080; None is Deepgram's production endpoint."""
+    """Origin such as http://127.0.0.1:8080 (ws:// is accepted too); None is Deepgram's."""
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -48,23 +51,36 @@ class DeepgramTTSConfig:
         return cls(**opts)
 
 
+KEEPALIVE_S = 90.0
+"""Idle connections kept this long (httpx's default, 5 s, is shorter than a caller's turn)."""
+
+
 class DeepgramTTS(TTS):
     name = "deepgram"
 
     def __init__(self, config: DeepgramTTSConfig | None = None) -> None:
         self.config = config if config is not None else DeepgramTTSConfig()
         self.model = self.config.model
-        self._client = make_client(resolve_api_key(self.config.api_key), self.config.base_url)
+        t = self.config.timeouts
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(t.total_s, connect=t.connect_s, read=t.first_byte_s, write=t.connect_s),
+            limits=httpx.Limits(max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_S),
+        )
+        self._client = make_client(
+            resolve_api_key(self.config.api_key), self.config.base_url, http=self._http
+        )
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """16 kHz mono int16, in chunks of whole samples as Deepgram sends them."""
+        """16 kHz mono int16, in chunks of whole samples as they stream in."""
+        if not text.strip():
+            return
         stream = stream_with_retries(
             lambda: self._speak(text),
             provider=PROVIDER,
             timeouts=self.config.timeouts,
             retry=self.config.retry,
         )
-        odd = b""  # a sample split across two websocket frames
+        odd = b""  # a sample split across two chunks
         async for chunk in stream:
             data = odd + chunk
             cut = len(data) - len(data) % 2
@@ -73,43 +89,42 @@ class DeepgramTTS(TTS):
                 yield data[:cut]
 
     async def _speak(self, text: str) -> AsyncIterator[bytes]:
-        from deepgram.speak.v1.types.speak_v1flushed import SpeakV1Flushed
-        from deepgram.speak.v1.types.speak_v1text import SpeakV1Text
-        from deepgram.speak.v1.types.speak_v1warning import SpeakV1Warning
+        from deepgram.core.api_error import ApiError
 
+        started = time.perf_counter()
+        received = 0
         try:
-            async with self._client.speak.v1.connect(
-                model=self.model, encoding="linear16", sample_rate=SAMPLE_RATE
-            ) as sock:
-                await sock.send_text(SpeakV1Text(type="Speak", text=text))
-                await sock.send_flush()
-                while True:
-                    try:
-                        message = await sock.recv()
-                    except json.JSONDecodeError as exc:
-                        raise ProviderError(
-                            f"deepgram speak sent a frame that is not JSON: {exc.doc[:60]!r}",
-                            provider=PROVIDER,
-                        ) from exc
-                    except websockets.exceptions.ConnectionClosed as exc:
-                        raise ProviderError(
-                            f"deepgram speak closed before Flushed (code {exc.rcvd.code if exc.rcvd else None})",
-                            provider=PROVIDER,
-                            retryable=True,
-                        ) from exc
-                    if isinstance(message, bytes):
-                        if message:
-                            yield message
-                    elif isinstance(message, SpeakV1Flushed):
-                        break
-                    elif isinstance(message, SpeakV1Warning):
-                        raise ProviderError(
-                            f"deepgram speak warning {message.code}: {message.description}", provider=PROVIDER
-                        )
-                    # Metadata and Cleared carry nothing we need.
-                with contextlib.suppress(websockets.exceptions.ConnectionClosed):
-                    await sock.send_close()
-        except ProviderError:
-            raise
-        except Exception as exc:
-            raise map_connect_error(exc, "speak") from exc
+            audio = self._client.speak.v1.audio.generate(
+                text=text, model=self.model, encoding="linear16", sample_rate=SAMPLE_RATE, container="none"
+            )
+            async with aclosing(audio):
+                async for chunk in audio:
+                    if chunk:
+                        if not received:
+                            log.debug(
+                                "tts_first_audio",
+                                provider=PROVIDER,
+                                ms=round((time.perf_counter() - started) * 1000),
+                            )
+                        received += len(chunk)
+                        yield chunk
+        except ApiError as exc:
+            raise _api_error(exc) from exc
+        except httpx.HTTPError as exc:
+            what = "stopped mid-stream" if received else "request failed"
+            raise ProviderError(
+                f"deepgram speak {what}: {type(exc).__name__}: {exc}", provider=PROVIDER, retryable=True
+            ) from exc
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _api_error(exc: Any) -> ProviderError:
+    """An HTTP error answer: the status decides retrying; Deepgram's own message is kept."""
+    mapped = map_connect_error(exc, "speak")
+    body = exc.body if isinstance(exc.body, Mapping) else {}
+    detail = body.get("err_msg") or body.get("message")
+    if not isinstance(detail, str) or not detail:
+        return mapped
+    return ProviderError(f"{mapped}: {detail[:200]}", provider=PROVIDER, retryable=mapped.retryable)

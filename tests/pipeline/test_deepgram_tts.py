@@ -1,15 +1,15 @@
-"""DeepgramTTS against a local Deepgram /v1/speak websocket speaking Deepgram's message JSON."""
+"""DeepgramTTS through the real deepgram SDK against a local Deepgram POST /v1/speak that streams
+linear16 audio as a chunked body, answers errors as Deepgram does, and records connections."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from pipeline import ProviderError
 from pipeline.providers._resilience import RetryPolicy, Timeouts
@@ -23,58 +23,62 @@ FAST = RetryPolicy(attempts=3, backoff_s=0.001, backoff_max_s=0.002)
 class FakeSpeak:
     url: str = ""
     audio: list[bytes] = field(default_factory=lambda: [b"\x01\x00" * 400, b"\x02\x00\x03", b"\x00" * 3])
-    """Chunks sent before Flushed (the middle ones split a sample)."""
+    """Chunks of the body (the middle ones split a sample)."""
     reject_statuses: list[int] = field(default_factory=list)
-    warning: str | None = None
+    error_400: str | None = None
+    """Answer 400 with this err_msg, as Deepgram does for text it cannot speak."""
     drop_before_audio: int = 0
-    """Connections to close before any audio."""
+    """Requests whose connection is closed before any audio."""
+    drop_after_audio: bool = False
     attempts: int = 0
     queries: list[dict[str, str]] = field(default_factory=list)
-    texts: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    peers: list[int] = field(default_factory=list)
+    """The client port of each request: one per TCP connection."""
 
     async def speak(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1
+        assert request.transport is not None
+        self.peers.append(request.transport.get_extra_info("peername")[1])
         if self.reject_statuses:
             return web.Response(status=self.reject_statuses.pop(0))
         if request.headers.get("Authorization") != f"Token {API_KEY}":
-            return web.Response(status=401)
+            return web.json_response(
+                {"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials."}, status=401
+            )
         self.queries.append(dict(request.query))
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            self.texts.append(data)
-            if data["type"] == "Flush":
-                if self.drop_before_audio:
-                    self.drop_before_audio -= 1
-                    await ws.close(code=1011)
-                    break
-                if self.warning is not None:
-                    await ws.send_str(
-                        json.dumps({"type": "Warning", "description": self.warning, "code": "W1"})
-                    )
-                    continue
-                await ws.send_str(json.dumps({"type": "Metadata", "request_id": "r", "model_name": "m"}))
-                for chunk in self.audio:
-                    await ws.send_bytes(chunk)
-                await ws.send_str(json.dumps({"type": "Flushed", "sequence_id": 0}))
-            elif data["type"] == "Close":
-                await ws.close()
-        return ws
+        body = await request.json()
+        self.texts.append(body["text"])
+        if self.error_400 is not None:
+            return web.json_response(
+                {"err_code": "INVALID_QUERY_PARAMETER", "err_msg": self.error_400, "request_id": "r"},
+                status=400,
+            )
+        if self.drop_before_audio:
+            self.drop_before_audio -= 1
+            request.transport.close()
+            return web.Response()
+        resp = web.StreamResponse(headers={"Content-Type": "audio/l16"})
+        await resp.prepare(request)
+        for i, chunk in enumerate(self.audio):
+            await resp.write(chunk)
+            if self.drop_after_audio and i == 0:
+                request.transport.close()
+                return resp
+        await resp.write_eof()
+        return resp
 
 
 @pytest_asyncio.fixture
 async def fake() -> AsyncIterator[FakeSpeak]:
     server = FakeSpeak()
     app = web.Application()
-    app.router.add_get("/v1/speak", server.speak)
+    app.router.add_post("/v1/speak", server.speak)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server.url = f"ws://127.0.0.1:{runner.addresses[0][1]}"
+    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
         yield server
     finally:
@@ -87,43 +91,86 @@ def tts(fake: FakeSpeak, **overrides: Any) -> DeepgramTTS:
     return DeepgramTTS(DeepgramTTSConfig(**base))
 
 
-async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
-    return [chunk async for chunk in stream]
+async def collect(engine: DeepgramTTS, text: str = "Hello there.") -> list[bytes]:
+    return [chunk async for chunk in engine.synthesize(text)]
 
 
 async def test_audio_streams_back_in_whole_samples(fake: FakeSpeak) -> None:
-    chunks = await collect(tts(fake).synthesize("Hello there."))
+    engine = tts(fake)
+    chunks = await collect(engine)
+    await engine.aclose()
     assert b"".join(chunks) == b"".join(fake.audio)
     assert all(len(c) % 2 == 0 for c in chunks)
-    assert fake.queries == [{"model": "aura-2-thalia-en", "encoding": "linear16", "sample_rate": "16000"}]
-    assert [t["type"] for t in fake.texts] == ["Speak", "Flush", "Close"]
-    assert fake.texts[0]["text"] == "Hello there."
+    assert fake.queries == [
+        {"model": "aura-2-thalia-en", "encoding": "linear16", "sample_rate": "16000", "container": "none"}
+    ]
+    assert fake.texts == ["Hello there."]
+
+
+async def test_segments_and_turns_reuse_one_connection(fake: FakeSpeak) -> None:
+    # A websocket per segment paid TCP, TLS and the upgrade every sentence.
+    engine = tts(fake)
+    for text in ("First sentence.", "Second one.", "And a third."):
+        assert b"".join(await collect(engine, text)) == b"".join(fake.audio)
+    await engine.aclose()
+    assert len(fake.peers) == 3 and len(set(fake.peers)) == 1
+
+
+async def test_a_ws_origin_is_accepted_too(fake: FakeSpeak) -> None:
+    engine = tts(fake, base_url=fake.url.replace("http://", "ws://"))
+    assert b"".join(await collect(engine)) == b"".join(fake.audio)
+    await engine.aclose()
 
 
 async def test_a_drop_before_audio_is_retried(fake: FakeSpeak) -> None:
     fake.drop_before_audio = 1
-    chunks = await collect(tts(fake).synthesize("Hi."))
+    engine = tts(fake)
+    chunks = await collect(engine, "Hi.")
+    await engine.aclose()
     assert b"".join(chunks) == b"".join(fake.audio) and fake.attempts == 2
 
 
-async def test_a_warning_is_a_provider_error(fake: FakeSpeak) -> None:
-    fake.warning = "text too long"
-    with pytest.raises(ProviderError, match="deepgram speak warning W1: text too long"):
-        await collect(tts(fake).synthesize("Hi."))
-    assert fake.attempts == 1
+async def test_a_drop_after_audio_is_an_error_not_a_repeat(fake: FakeSpeak) -> None:
+    fake.drop_after_audio = True
+    engine = tts(fake)
+    with pytest.raises(ProviderError, match="deepgram speak stopped mid-stream"):
+        await collect(engine, "Hi.")
+    await engine.aclose()
+    assert fake.attempts == 1  # the caller may have heard the start: never said twice
+
+
+async def test_deepgrams_own_error_message_is_kept_and_not_retried(fake: FakeSpeak) -> None:
+    fake.error_400 = "Text too long."
+    engine = tts(fake)
+    with pytest.raises(ProviderError, match=r"HTTP 400\): Text too long\.") as err:
+        await collect(engine, "Hi.")
+    await engine.aclose()
+    assert not err.value.retryable and fake.attempts == 1
 
 
 async def test_a_rejected_key_is_not_retried(fake: FakeSpeak) -> None:
+    engine = tts(fake, api_key="wrong")
     with pytest.raises(ProviderError, match=r"rejected the API key \(HTTP 401\)") as err:
-        await collect(tts(fake, api_key="wrong").synthesize("Hi."))
+        await collect(engine, "Hi.")
+    await engine.aclose()
     assert not err.value.retryable and fake.attempts == 1
+    assert "wrong" not in str(err.value)
 
 
 async def test_transient_refusals_exhaust_the_retries(fake: FakeSpeak) -> None:
     fake.reject_statuses = [503, 503, 503]
+    engine = tts(fake, timeouts=Timeouts(first_byte_s=1.0))
     with pytest.raises(ProviderError, match="HTTP 503"):
-        await collect(tts(fake, timeouts=Timeouts(first_byte_s=1.0)).synthesize("Hi."))
+        await collect(engine, "Hi.")
+    await engine.aclose()
     assert fake.attempts == 3
+
+
+async def test_blank_text_sends_nothing(fake: FakeSpeak) -> None:
+    engine = tts(fake)
+    assert await collect(engine, "   ") == []
+    await engine.aclose()
+    assert fake.attempts == 0
 
 
 def test_from_options_rejects_unknown_keys() -> None:
