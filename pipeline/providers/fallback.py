@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
@@ -96,16 +97,30 @@ class _Chain:
         return True
 
 
-class FallbackTTS(TTS):
-    def __init__(
-        self,
-        providers: Sequence[TTS],
-        *,
-        recover_after_s: float = RECOVER_AFTER_S,
-        on_switch: OnSwitch | None = None,
+class _Provider(Protocol):
+    name: str
+    model: str
+
+    async def warm(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+P = TypeVar("P", bound=_Provider)
+
+
+class _Chained(Generic[P]):
+    """What a TTS and an LLM chain share: the providers in order, the switch state, and warming
+    and closing them all."""
+
+    providers: tuple[P, ...]
+    _chain: _Chain
+
+    def _set_up(
+        self, stage: str, providers: Sequence[P], recover_after_s: float, on_switch: OnSwitch | None
     ) -> None:
         self.providers = tuple(providers)
-        self._chain = _Chain("tts", [p.name for p in self.providers], recover_after_s, on_switch=on_switch)
+        self._chain = _Chain(stage, [p.name for p in self.providers], recover_after_s, on_switch=on_switch)
         self.name = self.providers[0].name
         self.model = self.providers[0].model
 
@@ -116,6 +131,21 @@ class FallbackTTS(TTS):
     async def warm(self) -> None:
         for p in self.providers:
             await p.warm()
+
+    async def aclose(self) -> None:
+        for p in self.providers:
+            await p.aclose()
+
+
+class FallbackTTS(_Chained[TTS], TTS):
+    def __init__(
+        self,
+        providers: Sequence[TTS],
+        *,
+        recover_after_s: float = RECOVER_AFTER_S,
+        on_switch: OnSwitch | None = None,
+    ) -> None:
+        self._set_up("tts", providers, recover_after_s, on_switch)
 
     def serving(self) -> int:
         return self._chain.serving
@@ -132,12 +162,8 @@ class FallbackTTS(TTS):
                     raise
                 index += 1  # not `current`: a recovery must not send this request back to the failed one
 
-    async def aclose(self) -> None:
-        for p in self.providers:
-            await p.aclose()
 
-
-class FallbackLLM(LLM):
+class FallbackLLM(_Chained[LLM], LLM):
     def __init__(
         self,
         providers: Sequence[LLM],
@@ -145,18 +171,7 @@ class FallbackLLM(LLM):
         recover_after_s: float = RECOVER_AFTER_S,
         on_switch: OnSwitch | None = None,
     ) -> None:
-        self.providers = tuple(providers)
-        self._chain = _Chain("llm", [p.name for p in self.providers], recover_after_s, on_switch=on_switch)
-        self.name = self.providers[0].name
-        self.model = self.providers[0].model
-
-    @property
-    def switches(self) -> int:
-        return self._chain.switches
-
-    async def warm(self) -> None:
-        for p in self.providers:
-            await p.warm()
+        self._set_up("llm", providers, recover_after_s, on_switch)
 
     async def chat(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
@@ -174,10 +189,6 @@ class FallbackLLM(LLM):
                 if started or not moved:
                     raise  # words already spoken are not taken back; the next turn uses the next one
                 index += 1  # not `current`: a recovery must not send this request back to the failed one
-
-    async def aclose(self) -> None:
-        for p in self.providers:
-            await p.aclose()
 
 
 class FallbackSTT(STT):
