@@ -407,6 +407,10 @@ class UsageExporter:
     def _set_gauges(status: OutboxStatus) -> None:
         m.EXPORT_BACKLOG.set(status.pending)
         m.EXPORT_DEAD_LETTERS.set(status.dead)
+        oldest = status.oldest_pending_at
+        m.EXPORT_OLDEST_PENDING.set(
+            0 if oldest is None else max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        )
 
     def _log_database_error(self, exc: BaseException, retry_in_s: float) -> None:
         m.EXPORT_FAILURES.labels(reason="database").inc()

@@ -133,6 +133,10 @@ EXPORT_DEAD_LETTERS = Gauge(
     "voicerun_usage_export_dead_letters",
     "Outbox events given up on; each blocks its call's later events until re-queued.",
 )
+EXPORT_OLDEST_PENDING = Gauge(
+    "voicerun_usage_export_oldest_pending_seconds",
+    "Age of the oldest outbox event not yet delivered, s (0: none): how late billing is running.",
+)
 
 
 def observe_turn(

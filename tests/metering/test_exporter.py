@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from fakes.usage_api import PATHS, FakeUsageAPI
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -333,12 +334,19 @@ async def test_permanent_4xx_is_a_dead_letter_at_once_and_blocks_its_call(
     assert letter.last_error == '/api/v1/voice/stt returned 400: {"error": "audioMinutes out of range"}'
     dead_call = event.call_id
     assert api.applied_steps(dead_call) == ["customer", "session"]
+    # What an operator's alert sees: a dead letter, and billing running late behind it.
+    assert REGISTRY.get_sample_value("voicerun_usage_export_dead_letters") == 1
+    assert status.oldest_pending_at is not None
+    late_s = REGISTRY.get_sample_value("voicerun_usage_export_oldest_pending_seconds")
+    assert late_s is not None and 0 < late_s <= (datetime.now(UTC) - status.oldest_pending_at).total_seconds()
 
     code, out, _ = await cli("metering", "retry")
     assert (code, out) == (0, "re-queued 1 dead letter\n")
     status = await e.drain(timeout_s=10)
     assert (status.pending, status.dead, status.delivered) == (0, 0, 12)
     assert_applied_once(api, "call-1", "call-2")
+    assert REGISTRY.get_sample_value("voicerun_usage_export_oldest_pending_seconds") == 0
+    assert REGISTRY.get_sample_value("voicerun_usage_export_dead_letters") == 0
 
 
 async def test_repeated_5xx_is_a_dead_letter_after_max_attempts(

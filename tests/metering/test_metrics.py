@@ -197,6 +197,7 @@ async def test_every_metric_is_exposed_with_its_type_and_help(
         "voicerun_usage_export_delivered": "counter",
         "voicerun_usage_export_failures": "counter",
         "voicerun_usage_export_dead_letters": "gauge",
+        "voicerun_usage_export_oldest_pending_seconds": "gauge",
     }
     assert {name: families[name].type for name in expected if name in families} == expected
     for name in expected:
