@@ -12,7 +12,7 @@ import json
 import math
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._cli import EXIT_FAILED, EXIT_OK, CommandError, UsageError
@@ -88,6 +88,25 @@ def add_metering_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     migrate = msub.add_parser("migrate", help="upgrade the ledger's schema; print its revision")
     migrate.set_defaults(func=cmd_migrate)
 
+    prune = msub.add_parser(
+        "prune",
+        help="delete delivered outbox events older than N days",
+        description="Delete outbox events delivered more than --days days ago (they only record a "
+        "request that succeeded; the calls, their usage and their cost stay). Prints how many.",
+    )
+    prune.add_argument("--days", type=_days, default=30, metavar="N", help="default: %(default)s")
+    prune.set_defaults(func=cmd_prune)
+
+
+def _days(raw: str) -> int:
+    try:
+        days = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {raw!r}") from None
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"days must not be negative, got {days}")
+    return days
+
 
 def _seconds(raw: str) -> float:
     try:
@@ -155,6 +174,13 @@ def cmd_dead(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     n = _run(_with_ledger(args.settings, lambda ledger: ledger.retry_dead()))
     print(f"re-queued {n} dead letter{'' if n == 1 else 's'}")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    before = datetime.now(UTC) - timedelta(days=args.days)
+    n = _run(_with_ledger(args.settings, lambda ledger: ledger.prune_delivered(before)))
+    print(f"deleted {n} delivered outbox event{'' if n == 1 else 's'} older than {args.days} days")
     return EXIT_OK
 
 

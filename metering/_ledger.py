@@ -490,6 +490,15 @@ class Ledger:
                 .values(next_attempt_at=now or _utcnow())
             )
 
+    async def prune_delivered(self, before: datetime) -> int:
+        """Delete outbox events delivered before `before`; returns how many. They only record a
+        request that succeeded: the call, its usage events and its cost stay."""
+        async with self._writes.begin() as s:
+            result = await s.execute(
+                delete(OutboxEvent).where(OutboxEvent.state == "delivered", OutboxEvent.delivered_at < before)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     async def schema_revision(self) -> str | None:
         async with self.engine.connect() as conn:
             return await conn.run_sync(_migrate.current_revision)

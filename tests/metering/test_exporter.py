@@ -6,6 +6,7 @@ subprocess' exit. Backoff is shrunk to milliseconds so retries happen at once.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -667,6 +668,22 @@ async def test_migrate_prints_the_revision(cli: CLI) -> None:
     code, out, err = await cli("metering", "migrate")
     assert (code, err) == (0, "")
     assert out.startswith("ledger schema at revision ") and "None" not in out
+
+
+async def test_prune_deletes_delivered_events_past_the_cutoff(
+    ledger: Ledger, exporter: Callable[..., UsageExporter], cli: CLI
+) -> None:
+    await ledger.write(a_call("call-1"))
+    await exporter().drain(timeout_s=10)
+    code, out, _ = await cli("metering", "prune", "--days", "1")
+    assert (code, out) == (0, "deleted 0 delivered outbox events older than 1 days\n")
+    code, out, _ = await cli("metering", "prune", "--days", "0")
+    assert (code, out) == (0, "deleted 6 delivered outbox events older than 0 days\n")
+    assert (await ledger.outbox_status()).delivered == 0
+    from agent._metering_cmd import _days
+
+    with pytest.raises(argparse.ArgumentTypeError, match="days must not be negative"):
+        _days("-3")
 
 
 async def test_export_without_an_api_url_is_one_line_and_exit_2(cli_without_database: CLI) -> None:

@@ -296,3 +296,21 @@ def test_the_embedded_default_is_a_file_in_the_data_directory(tmp_path: Path) ->
 def test_unsupported_database_urls_are_refused(bad: str, tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="DATABASE_URL"):
         database_url(bad, tmp_path)
+
+
+async def test_prune_deletes_only_delivered_events_older_than_the_cutoff(ledger: Ledger) -> None:
+    await ledger.write(known_call())
+    (customer,) = await ledger.claim_due(limit=10, lease_s=30)
+    await ledger.mark_delivered(customer.id, now=T0)
+    (session,) = await ledger.claim_due(limit=10, lease_s=30)
+    await ledger.mark_delivered(session.id, now=T0 + timedelta(days=10))
+
+    assert await ledger.prune_delivered(T0 + timedelta(days=5)) == 1  # the customer step only
+    status = await ledger.outbox_status()
+    assert (status.pending, status.delivered) == (5, 1)
+    # The call's later steps are still sent in order, and the call keeps its usage and cost.
+    (stt,) = await ledger.claim_due(limit=10, lease_s=30)
+    assert stt.step == "stt"
+    call = await ledger.call("call-1")
+    assert call is not None and call.cost_total is not None
+    assert len(await ledger.usage_lines("call-1")) == 4
