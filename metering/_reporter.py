@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import structlog
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from . import _metrics as m
 from ._ledger import Ledger
@@ -27,8 +28,22 @@ from ._records import CallClosed, CallOpened, Record, TurnReported, UsageReporte
 log = structlog.get_logger("voicerun.metering")
 
 _RETRY_MAX_S = 5.0
+
+
+def _rejected(exc: BaseException) -> bool:
+    """An error about the records, not the database: retrying the same batch would fail forever.
+    (A StatementError that is not a DBAPIError is a value that could not be bound.)"""
+    if isinstance(exc, IntegrityError | DataError | ValueError | TypeError):
+        return True
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
 BATCH = 500
 """Records waiting that make the writer commit without lingering."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 class Meter:
@@ -165,21 +180,48 @@ class Meter:
 
     async def _write(self, batch: list[Record]) -> None:
         delay = 0.05
-        while True:
+        while batch:
             t0 = time.perf_counter()
             try:
                 await self.ledger.write(batch)
             except Exception as exc:
-                m.METERING_WRITE_FAILURES.inc()
-                log.error("metering_write_failed", records=len(batch), error=str(exc), retry_in_s=delay)
-                # The batch is idempotent (stable keys, calls close once): retrying it is safe.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
+                if not _rejected(exc):
+                    m.METERING_WRITE_FAILURES.inc()
+                    log.error(
+                        "metering_write_failed", records=len(batch), error=_first_line(exc), retry_in_s=delay
+                    )
+                    # The batch is idempotent (stable keys, calls close once): retrying it is safe.
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_S)
+                    continue
+                # Some record the database will never take (a bug upstream, bad data): write the
+                # batch one record at a time so the rest lands, and set the culprits aside loudly.
+                log.error("metering_batch_rejected", records=len(batch), error=_first_line(exc))
+                batch = await self._write_each(batch)
                 continue
             m.METERING_WRITE_SECONDS.observe(time.perf_counter() - t0)
             if self._on_commit is not None:
                 self._on_commit()
             return
+
+    async def _write_each(self, batch: list[Record]) -> list[Record]:
+        """Write records one by one (opens, then usage and turns, then closes); returns those
+        left when the database failed for another reason, to be retried as a batch."""
+        ordered = sorted(
+            batch, key=lambda r: 0 if isinstance(r, CallOpened) else 2 if isinstance(r, CallClosed) else 1
+        )
+        for i, record in enumerate(ordered):
+            try:
+                await self.ledger.write([record])
+            except Exception as exc:
+                if not _rejected(exc):
+                    return ordered[i:]
+                m.METERING_DROPPED.labels(kind="rejected").inc()
+                # Everything needed to replay it by hand is in this line.
+                log.error("metering_record_rejected", record=repr(record), error=_first_line(exc))
+        if self._on_commit is not None:
+            self._on_commit()
+        return []
 
     async def flush(self) -> None:
         """Wait until everything reported so far is committed (without lingering)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -374,3 +374,36 @@ async def test_the_writer_gathers_records_and_commits_a_full_batch_or_a_flush_at
     finally:
         await meter.aclose()
         await ledger.aclose()
+
+
+async def test_records_the_database_refuses_are_set_aside_loudly_and_the_rest_lands(
+    ledger: Ledger, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    # Usage for a call never opened (a foreign-key violation) and a naive timestamp would fail
+    # the same batch forever; they must not take the good records down with them.
+    good = records_for_a_busy_call("good", 3)
+    ghost = UsageReported(
+        call_id="ghost", seq=0, line=UsageLine("tts", "polly", "neural", characters=5), agent="a", at=T0
+    )
+    naive = TurnReported(
+        call_id="good", turn=99, agent="a", eou_delay_ms=1, stt_latency_ms=1, llm_ttft_ms=None,
+        tts_ttfb_ms=None, e2e_latency_ms=None, interrupted=False, at=T0.replace(tzinfo=None),
+    )  # fmt: skip
+    rejected_before = sample("voicerun_metering_dropped_total", {"kind": "rejected"})
+    meter = Meter(ledger)
+    for r in [*good[:-1], ghost, naive, good[-1]]:
+        meter.report(r)
+    meter.start()
+    async with asyncio.timeout(10):
+        await meter.flush()
+    await meter.aclose()
+
+    call = await ledger.call("good")
+    assert call is not None and call.status == "completed"
+    assert [ln.characters for ln in await ledger.usage_lines("good")] == [30]
+    assert len(await ledger.turns("good")) == 3
+    assert await ledger.call("ghost") is None
+    assert sample("voicerun_metering_dropped_total", {"kind": "rejected"}) - rejected_before == 2
+    rejected = [e for e in captured_logs if e["event"] == "metering_record_rejected"]
+    assert len(rejected) == 2
+    assert "call_id='ghost'" in rejected[0]["record"] and "turn=99" in rejected[1]["record"]
