@@ -92,12 +92,9 @@ chain in order."""
 
 
 def _pricing(workflow: Workflow) -> Pricing:
+    specs = {"stt": workflow.stt_for, "llm": workflow.llm_for, "tts": workflow.tts_for}
     return {
-        name: {
-            "stt": [_priced(s) for s in workflow.stt_for(name).chain()],
-            "llm": [_priced(s) for s in workflow.llm_for(name).chain()],
-            "tts": [_priced(s) for s in workflow.tts_for(name).chain()],
-        }
+        name: {stage: [_priced(s) for s in spec_for(name).chain()] for stage, spec_for in specs.items()}
         for name in workflow.agents
     }
 

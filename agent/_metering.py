@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -37,6 +38,31 @@ def billing_identity(settings: Settings) -> BillingIdentity | None:
     )
 
 
+async def open_ledger(settings: Settings, *, catalog: PriceCatalog, migrate: bool = True) -> Ledger:
+    """The configured ledger (DATABASE_URL, else SQLite in the data dir), billing as configured."""
+    return await Ledger.open(
+        database_url(settings.database_url, settings.data_dir),
+        catalog=catalog,
+        worker_id=settings.worker_id,
+        billing=billing_identity(settings),
+        migrate=migrate,
+    )
+
+
+def usage_exporter(settings: Settings, ledger: Ledger, **options: Any) -> UsageExporter | None:
+    """The exporter to the configured usage API (None without one); `options` tune it."""
+    if not settings.usage_api_url:
+        return None
+    assert settings.usage_api_key is not None  # Settings checks it is set with the URL
+    return UsageExporter(
+        ledger,
+        base_url=settings.usage_api_url,
+        api_key=settings.usage_api_key.get_secret_value(),
+        max_attempts=settings.usage_max_attempts,
+        **options,
+    )
+
+
 @dataclass
 class Metering:
     ledger: Ledger
@@ -57,24 +83,11 @@ async def open_metering(
     drain_s: on exit, keep delivering for up to this long (a one-shot command's last chance;
     whatever is left is delivered by the next exporter to run).
     """
-    ledger = await Ledger.open(
-        database_url(settings.database_url, settings.data_dir),
-        catalog=catalog,
-        worker_id=settings.worker_id,
-        billing=billing_identity(settings),
-    )
-    exporter: UsageExporter | None = None
+    ledger = await open_ledger(settings, catalog=catalog)
+    exporter = usage_exporter(settings, ledger)
     stop = asyncio.Event()
     export_task: asyncio.Task[None] | None = None
     try:
-        if settings.usage_api_url:
-            assert settings.usage_api_key is not None
-            exporter = UsageExporter(
-                ledger,
-                base_url=settings.usage_api_url,
-                api_key=settings.usage_api_key.get_secret_value(),
-                max_attempts=settings.usage_max_attempts,
-            )
         if recover:
             await ledger.recover()
         meter = Meter(

@@ -201,18 +201,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 async def _export(settings: Settings, *, until_empty: bool, timeout_s: float | None, lease_s: float) -> int:
-    from metering import UsageExporter
+    from ._metering import usage_exporter
 
-    assert settings.usage_api_url is not None and settings.usage_api_key is not None
     ledger = await _open_ledger(settings, migrate=True)
-    exporter = UsageExporter(
-        ledger,
-        base_url=settings.usage_api_url,
-        api_key=settings.usage_api_key.get_secret_value(),
-        max_attempts=settings.usage_max_attempts,
-        lease_s=lease_s,
-        request_timeout_s=min(REQUEST_TIMEOUT_S, lease_s / 2),
+    exporter = usage_exporter(
+        settings, ledger, lease_s=lease_s, request_timeout_s=min(REQUEST_TIMEOUT_S, lease_s / 2)
     )
+    assert exporter is not None  # cmd_export checked the URL
     metrics = await _serve_metrics(settings)
     stop = asyncio.Event()
     if until_empty:
@@ -283,14 +278,16 @@ async def _serve_metrics(settings: Settings) -> web.AppRunner | None:
 
 
 async def _open_ledger(settings: Settings, *, migrate: bool) -> Ledger:
-    from metering import Ledger, LedgerError, database_url, load_catalog
+    from metering import LedgerError, database_url, load_catalog
+
+    from ._metering import open_ledger
 
     try:
-        url = database_url(settings.database_url, settings.data_dir)
+        database_url(settings.database_url, settings.data_dir)
     except LedgerError as exc:
         raise UsageError(str(exc)) from None
     # The outbox commands price nothing: the bundled catalog satisfies the ledger.
-    return await Ledger.open(url, catalog=load_catalog(), worker_id=settings.worker_id, migrate=migrate)
+    return await open_ledger(settings, catalog=load_catalog(), migrate=migrate)
 
 
 async def _with_ledger(

@@ -84,11 +84,8 @@ def _chain(spec: ProviderSpec, make: Callable[[ProviderSpec], P], stage: str) ->
         return providers[0]
     from metering._metrics import PROVIDER_FALLBACKS
 
-    def counted(stage: str) -> None:
-        PROVIDER_FALLBACKS.labels(stage=stage).inc()
-
     wrap: dict[str, Callable[..., Any]] = {"stt": FallbackSTT, "tts": FallbackTTS, "llm": FallbackLLM}
-    result: P = wrap[stage](providers, on_switch=counted)
+    result: P = wrap[stage](providers, on_switch=lambda s: PROVIDER_FALLBACKS.labels(stage=s).inc())
     return result
 
 

@@ -11,7 +11,7 @@ so an event is either both in the ledger and queued for billing, or in neither.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -259,6 +259,8 @@ class Ledger:
         )
 
     async def _close_call(self, s: AsyncSession, r: CallClosed) -> None:
+        lines = await self._lines(s, r.call_id)
+        costs = cost_breakdown(lines, call_seconds=r.duration_s, telephony=r.telephony, catalog=self.catalog)
         closed = await s.execute(
             update(Call)
             .where(Call.id == r.call_id, Call.status == "active")
@@ -268,21 +270,15 @@ class Ledger:
                 ended_at=r.ended_at,
                 duration_seconds=seconds(r.duration_s),
                 telephony_provider=r.telephony[0] if r.telephony else None,
+                cost_breakdown=costs,
+                cost_total=Decimal(str(costs["total"])),
+                currency=self.catalog.currency,
             )
             .returning(Call.id)
         )
         if closed.first() is None:
             log.warning("call_close_ignored", call_id=r.call_id, reason="not open in the ledger")
             return
-        lines = await self._lines(s, r.call_id)
-        costs = cost_breakdown(lines, call_seconds=r.duration_s, telephony=r.telephony, catalog=self.catalog)
-        await s.execute(
-            update(Call)
-            .where(Call.id == r.call_id)
-            .values(
-                cost_breakdown=costs, cost_total=Decimal(str(costs["total"])), currency=self.catalog.currency
-            )
-        )
         if self.billing is None:
             return
         plan = self.billing.plan
@@ -313,10 +309,10 @@ class Ledger:
                 {"sessionId": r.call_id, "indicator": "per-minute-call", "totalDuration": minutes},
             )
         )
-        seq = await s.scalar(
+        last = await s.execute(
             select(func.coalesce(func.max(OutboxEvent.seq), -1)).where(OutboxEvent.call_id == r.call_id)
         )
-        self._enqueue(s, r.call_id, steps, start_seq=int(seq if seq is not None else -1) + 1)
+        self._enqueue(s, r.call_id, steps, start_seq=int(last.scalar_one()) + 1)
 
     def _enqueue(
         self, s: AsyncSession, call_id: str, steps: list[tuple[str, str, dict[str, Any]]], *, start_seq: int
@@ -508,18 +504,10 @@ class Ledger:
             counts = dict(
                 (await s.execute(select(OutboxEvent.state, func.count()).group_by(OutboxEvent.state))).all()
             )
-            dead_earlier = aliased(OutboxEvent)
             blocked = await s.scalar(
                 select(func.count())
                 .select_from(OutboxEvent)
-                .where(
-                    OutboxEvent.state == "pending",
-                    exists().where(
-                        dead_earlier.call_id == OutboxEvent.call_id,
-                        dead_earlier.seq < OutboxEvent.seq,
-                        dead_earlier.state == "dead",
-                    ),
-                )
+                .where(OutboxEvent.state == "pending", _has_earlier_step(lambda e: e.state == "dead"))
             )
             oldest = await s.scalar(
                 select(func.min(OutboxEvent.created_at)).where(OutboxEvent.state == "pending")
@@ -529,9 +517,7 @@ class Ledger:
             blocked=blocked or 0,
             dead=counts.get("dead", 0),
             delivered=counts.get("delivered", 0),
-            oldest_pending_at=oldest.replace(tzinfo=UTC)
-            if oldest is not None and oldest.tzinfo is None
-            else oldest,
+            oldest_pending_at=oldest,
         )
 
     async def dead_letters(self) -> list[tuple[OutboxEvent, DeadLetter]]:
@@ -569,16 +555,17 @@ class Ledger:
             )
 
 
-def _waiting_for_earlier() -> Any:
-    """An outbox event whose call has an earlier step not yet delivered."""
+def _has_earlier_step(test: Callable[[Any], Any]) -> Any:
+    """An outbox event whose call has an earlier step for which `test(step)` holds."""
     earlier = aliased(OutboxEvent)
     return exists().where(
-        and_(
-            earlier.call_id == OutboxEvent.call_id,
-            earlier.seq < OutboxEvent.seq,
-            earlier.state != "delivered",
-        )
+        and_(earlier.call_id == OutboxEvent.call_id, earlier.seq < OutboxEvent.seq, test(earlier))
     )
+
+
+def _waiting_for_earlier() -> Any:
+    """An outbox event whose call has an earlier step not yet delivered."""
+    return _has_earlier_step(lambda e: e.state != "delivered")
 
 
 _WRITE = {"voicerun_write": True}
