@@ -80,6 +80,31 @@ class CallRecord:
         return "completed" if self.summary is not None else "failed"
 
 
+class CallControl:
+    """Ends a running call from outside (a signal today; the API and a worker's drain later).
+
+    The session ends as if the call had ended there: the reply in progress stops, the report and
+    the ledger record the reason, and usage so far is kept. end() before the session exists (the
+    call is still opening its providers) ends it the moment it starts.
+    """
+
+    def __init__(self) -> None:
+        self._session: VoiceSession | None = None
+        self.reason: str | None = None
+
+    def end(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            log.info("call_end_requested", reason=reason)
+        if self._session is not None:
+            self._session.end(self.reason)
+
+    def _attach(self, session: VoiceSession) -> None:
+        self._session = session
+        if self.reason is not None:
+            session.end(self.reason)
+
+
 def _priced(spec: ProviderSpec) -> tuple[str, str | None]:
     # Polly takes its engine (what it is priced by) as the model or as the `engine` option.
     engine = spec.options.get("engine") if spec.provider == "polly" else None
@@ -255,12 +280,13 @@ async def run_call(
     meter: Meter | None = None,
     customer_id: str | None = None,
     billing_agent_id: str | None = None,
+    control: CallControl | None = None,
 ) -> CallRecord:
     """Run one call. Run each call in its own task: the call's log context is bound here.
 
     meter: where the call's lifecycle, usage and turn latencies are reported (the ledger);
     customer_id, billing_agent_id: who the usage API bills, when the call names them (else the
-    configured defaults).
+    configured defaults); control: how the call is ended from outside.
     """
     call_id = call_id or str(uuid.uuid4())
     agent_name = workflow.start
@@ -330,6 +356,8 @@ async def run_call(
                     on_event=on_event,
                     greeting=conversation.greeting(),
                 )
+                if control is not None:
+                    control._attach(session)
                 log.info("call_started", workflow=workflow.slug)
                 record.summary = await session.run(caller)
             finally:

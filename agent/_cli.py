@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +16,10 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+USER_DATA_MAX_BYTES = 1_000_000
+USER_DATA_MAX_DEPTH = 32
 
 
 class UsageError(Exception):
@@ -26,6 +32,10 @@ class CommandError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="voicerun", description="Real-time voice agent runtime.")
+    p.add_argument("--version", action="version", version=f"voicerun {_version()}")
+    # Commands whose output is a result log at warning unless VOICERUN_LOG_LEVEL says otherwise,
+    # so log lines never fall between result lines; long-running services set "info".
+    p.set_defaults(default_log_level="warning")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a simulated call from a caller recording")
@@ -73,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("voicerun")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from pydantic import ValidationError
@@ -87,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"voicerun: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     args.settings = settings
-    configure_logging(settings.log_level, settings.log_format)
+    level = settings.log_level if "log_level" in settings.model_fields_set else args.default_log_level
+    configure_logging(level, settings.log_format)
     try:
         code: int = args.func(args)
     except UsageError as exc:
@@ -97,7 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voicerun: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_SIGINT
+    except Exception as exc:  # the last line of defence: a bug still reads as one line
+        import structlog
+
+        structlog.get_logger("voicerun").debug("internal_error", exc_info=True)
+        print(
+            f"voicerun: internal error: {type(exc).__name__}: {exc} "
+            "(a bug; VOICERUN_LOG_LEVEL=debug shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return code
 
 
@@ -117,6 +147,12 @@ def _settings_problems(exc: ValidationError) -> list[str]:
 
 
 def _user_data(raw: str) -> dict[str, Any]:
+    if len(raw.encode()) > USER_DATA_MAX_BYTES:
+        raise UsageError(f"--user-data is larger than {USER_DATA_MAX_BYTES:,} bytes")
+    # Bracket depth is counted before parsing: json recurses once per level and a deep enough
+    # document exhausts the interpreter's stack.
+    if _json_depth(raw) > USER_DATA_MAX_DEPTH:
+        raise UsageError(f"--user-data is nested deeper than {USER_DATA_MAX_DEPTH} levels")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -126,12 +162,70 @@ def _user_data(raw: str) -> dict[str, Any]:
     return data
 
 
+def _json_depth(text: str) -> int:
+    """The deepest bracket nesting in a JSON text, ignoring brackets inside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _writable_file(raw: str | None, option: str) -> Path | None:
+    """A path the command will write at the end, checked now, so a call is never run only to
+    find that its results cannot be kept."""
+    if raw is None:
+        return None
+    path = Path(raw)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {path}: not writable")
+        return path
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{option} {path}: {_existing_file(parent)} is a file, not a directory") from None
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create {parent} ({exc.strerror or exc})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: directory {parent} is not writable")
+    return path
+
+
+def _existing_file(path: Path) -> Path:
+    """The first part of `path` that exists and is not a directory."""
+    for part in [*reversed(path.parents), path]:
+        if part.exists() and not part.is_dir():
+            return part
+    return path
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline import AudioFormatError, ProviderError, read_wav
     from workflows import TemplateError, VariableError, WorkflowError
 
     from ._providers import ProviderConfigError
 
+    output = _writable_file(args.output, "--output")
+    report = _writable_file(args.report, "--report")
+    if output is not None and report is not None and output.resolve() == report.resolve():
+        raise UsageError(f"--output and --report are the same file: {output}")
     try:
         workflow = _resolve_workflow(args.workflow, args.settings.workflows)
     except WorkflowError as exc:
@@ -149,55 +243,115 @@ def _cmd_run(args: argparse.Namespace) -> int:
         catalog = price_catalog()  # a broken operator price file stops the run before the call
     except MeteringError as exc:
         raise UsageError(str(exc)) from None
+    run = _Run(args, output, report)
     try:
-        record, mix, metering = asyncio.run(_metered_call(args, workflow, caller, user, catalog))
+        asyncio.run(run.call(workflow, caller, user, catalog))
     except (TemplateError, VariableError, ProviderConfigError, ProviderError) as exc:
         raise UsageError(f"{args.workflow}: {exc}") from None
     except LedgerError as exc:
         raise CommandError(str(exc).splitlines()[0]) from None
-
-    from pipeline import write_wav
-
-    from ._report import latency_table, report_dict, transcript_text
-
-    if args.output:
-        write_wav(args.output, list(mix))
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report_dict(record), indent=2) + "\n")
-    summary = record.summary
-    assert summary is not None
-    print(
-        f"call {record.call_id}  workflow {record.workflow_slug}  {summary.duration_s:.1f} s  ended: {summary.reason}"
-    )
-    print(transcript_text(record))
-    print()
-    print(latency_table(list(summary.turns)))
-    if args.output:
-        print(f"call audio: {args.output}")
-    if args.report:
-        print(f"report:     {args.report}")
-    if metering.final is not None:
-        f = metering.final
-        print(f"usage export: {f.delivered} delivered, {f.pending} pending, {f.dead} dead")
-    for fault in record.faults:
-        print(f"fault: {fault}", file=sys.stderr)
-    return EXIT_OK
+    except asyncio.CancelledError:
+        pass  # a second signal stopped the wait for the usage export; the results are written
+    return run.exit_code()
 
 
-async def _metered_call(
-    args: argparse.Namespace, workflow: Any, caller: Any, user: dict[str, Any], catalog: Any
-) -> tuple[Any, Any, Any]:
-    """The call, recorded in the ledger; with a usage API configured, its usage is exported
-    before the command exits (up to 10 s; what is left goes with the next `metering export`)."""
-    from ._metering import open_metering
-    from ._recording import call_from_recording
+class _Run:
+    """One `voicerun run`: the call, its results kept whatever ends it, and the exit status.
 
-    async with open_metering(args.settings, catalog=catalog, drain_s=10.0) as metering:
-        record, mix = await call_from_recording(
-            workflow, caller, fast=args.fast, user_data=user, meter=metering.meter
+    SIGINT or SIGTERM ends the call as a hang-up would: the partial transcript is printed, the
+    WAV and report written, and usage committed to the ledger. A second signal stops waiting for
+    the usage export (what is left goes with the next `metering export`).
+    """
+
+    def __init__(self, args: argparse.Namespace, output: Path | None, report: Path | None) -> None:
+        self.args = args
+        self.output = output
+        self.report = report
+        self.signals: list[signal.Signals] = []
+        self.write_failed = False
+        self.metering: Any = None
+
+    async def call(self, workflow: Any, caller: Any, user: dict[str, Any], catalog: Any) -> None:
+        from ._call import CallControl
+        from ._metering import open_metering
+        from ._recording import call_from_recording
+
+        control = CallControl()
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+        assert main_task is not None
+
+        def on_signal(sig: signal.Signals) -> None:
+            self.signals.append(sig)
+            if len(self.signals) == 1:
+                print(
+                    f"voicerun: {sig.name}: ending the call and keeping what it has "
+                    "(again to stop waiting for the usage export)",
+                    file=sys.stderr,
+                )
+                control.end("interrupted" if sig == signal.SIGINT else "terminated")
+            else:
+                main_task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            async with open_metering(self.args.settings, catalog=catalog, drain_s=10.0) as metering:
+                self.metering = metering
+                record, mix = await call_from_recording(
+                    workflow, caller, fast=self.args.fast, user_data=user, meter=metering.meter,
+                    control=control,
+                )  # fmt: skip
+                # Results first: the export below may be stopped by a second signal.
+                self._keep(record, mix)
+            self._print_export()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _keep(self, record: Any, mix: Any) -> None:
+        """Print the transcript, then write each file; one failing never loses the others."""
+        from pipeline import write_wav
+
+        from ._report import latency_table, report_dict, transcript_text
+
+        summary = record.summary
+        assert summary is not None
+        print(
+            f"call {record.call_id}  workflow {record.workflow_slug}  {summary.duration_s:.1f} s  "
+            f"ended: {summary.reason}"
         )
-    return record, mix, metering
+        print(transcript_text(record))
+        print()
+        print(latency_table(list(summary.turns)))
+        if self.output is not None:
+            self._write(self.output, "call audio:", lambda: write_wav(self.output, list(mix)))
+        if self.report is not None:
+            text = json.dumps(report_dict(record), indent=2) + "\n"
+            report = self.report
+            self._write(report, "report:    ", lambda: report.write_text(text))
+        for fault in record.faults:
+            print(f"fault: {fault}", file=sys.stderr)
+        sys.stdout.flush()
+
+    def _write(self, path: Path, label: str, write: Any) -> None:
+        try:
+            write()
+        except OSError as exc:
+            self.write_failed = True
+            print(f"voicerun: error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        else:
+            print(f"{label} {path}")
+
+    def _print_export(self) -> None:
+        final = self.metering.final if self.metering is not None else None
+        if final is not None:
+            print(f"usage export: {final.delivered} delivered, {final.pending} pending, {final.dead} dead")
+
+    def exit_code(self) -> int:
+        if self.signals:
+            return EXIT_SIGINT if self.signals[0] == signal.SIGINT else EXIT_SIGTERM
+        return EXIT_FAILED if self.write_failed else EXIT_OK
 
 
 def _resolve_workflow(ref: str, registry_dir: Path) -> Any:

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from metering._reporter import Meter
-from pipeline import FRAME_S, SAMPLE_RATE, Clock, Int16Array, RealClock, VirtualClock, frames
+from pipeline import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, Clock, Int16Array, RealClock, VirtualClock, frames
 from workflows import Workflow
 
-from ._call import CallRecord, run_call
+from ._call import CallControl, CallRecord, run_call
 from ._providers import ProviderPool
 
 
@@ -24,11 +24,13 @@ class RecordingCall:
         self._clock = clock
         self._t0 = 0.0
         self._agent: list[tuple[float, bytes]] = []
+        self._fed_samples = 0
 
     async def caller_frames(self) -> AsyncIterator[bytes]:
         self._t0 = self._clock.now()
         for k, frame in enumerate(frames(self._caller)):
             await self._clock.sleep_until(self._t0 + (k + 1) * FRAME_S)
+            self._fed_samples = min(len(self._caller), (k + 1) * FRAME_SAMPLES)
             yield frame
 
     async def send(self, pcm: bytes, t: float) -> None:
@@ -38,14 +40,16 @@ class RecordingCall:
         return [t - self._t0 for t, _ in self._agent]
 
     def mix(self) -> tuple[Int16Array, Int16Array]:
-        """(caller, agent) channels on one timeline, as long as the longer of the two."""
+        """(caller, agent) channels on one timeline: the caller audio the call heard (all of it,
+        unless the call ended early) and every agent frame sent."""
         placed = [(round((t - self._t0) * SAMPLE_RATE), np.frombuffer(pcm, "<i2")) for t, pcm in self._agent]
-        end = max([len(self._caller), *[start + len(x) for start, x in placed]])
+        heard = self._caller[: self._fed_samples]
+        end = max([len(heard), *[start + len(x) for start, x in placed]])
         agent = np.zeros(end, np.int16)
         for start, x in placed:
             agent[start : start + len(x)] = x
         caller = np.zeros(end, np.int16)
-        caller[: len(self._caller)] = self._caller
+        caller[: len(heard)] = heard
         return caller, agent
 
 
@@ -58,6 +62,7 @@ async def call_from_recording(
     user_data: Mapping[str, Any] | None = None,
     call_id: str | None = None,
     meter: Meter | None = None,
+    control: CallControl | None = None,
 ) -> tuple[CallRecord, tuple[Int16Array, Int16Array]]:
     """Play a recording as the caller of one call; returns the record and (caller, agent) audio.
 
@@ -85,6 +90,7 @@ async def call_from_recording(
                 user_data=user_data,
                 call_id=call_id,
                 meter=meter,
+                control=control,
             )
         )
         return record, recording.mix()

@@ -112,3 +112,67 @@ def test_a_broken_operator_price_file_stops_the_run_with_one_line(tmp_path: Path
     line = one_line_error(proc)
     assert "prices.yaml" in line
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "make", "expected"),
+    [
+        ("--output", lambda d: d, "is a directory"),
+        ("--report", lambda d: d, "is a directory"),
+        ("--report", lambda d: (d / "f").write_text("") or d / "f" / "r.json", "is a file, not a directory"),
+        # procfs refuses new files even to root, who may write into any mode-0500 directory
+        ("--output", lambda d: Path("/proc/1/c.wav"), "directory /proc/1 is not writable"),
+    ],
+    ids=["output-dir", "report-dir", "parent-is-a-file", "read-only-dir"],
+)
+def test_a_bad_output_path_is_refused_before_the_call(
+    tmp_path: Path, good_wav: Path, option: str, make, expected: str  # type: ignore[no-untyped-def]
+) -> None:
+    target = make(tmp_path)
+    proc = voicerun("run", "--workflow", WORKFLOW, "--input", good_wav, option, target, "--fast")
+    line = one_line_error(proc)
+    assert line.startswith(f"voicerun: error: {option} {target}: ") and expected in line
+    assert proc.stdout == ""  # no call was run
+
+
+def test_output_and_report_cannot_be_one_file(tmp_path: Path, good_wav: Path) -> None:
+    same = tmp_path / "x"
+    line = one_line_error(
+        voicerun("run", "--workflow", WORKFLOW, "--input", good_wav, "--output", same, "--report", same)
+    )
+    assert line == f"voicerun: error: --output and --report are the same file: {same}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("[" * 5000 + "]" * 5000, "--user-data is nested deeper than 32 levels"),
+        ('{"a": ' * 40 + "1" + "}" * 40, "--user-data is nested deeper than 32 levels"),
+        ('{"note": "' + "[" * 5000 + '"}', None),  # brackets inside a string are only text
+    ],
+    ids=["deep-array", "deep-object", "brackets-in-a-string"],
+)
+def test_deeply_nested_user_data_is_one_line(good_wav: Path, raw: str, expected: str | None) -> None:
+    proc = voicerun("run", "--workflow", WORKFLOW, "--input", good_wav, "--user-data", raw, "--fast")
+    if expected is None:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert one_line_error(proc) == f"voicerun: error: {expected}"
+
+
+def test_version() -> None:
+    proc = voicerun("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("voicerun ")
+
+
+def test_result_commands_print_no_info_logs(tmp_path: Path) -> None:
+    proc = voicerun("validate", WORKFLOW)
+    assert proc.returncode == 0
+    assert proc.stderr.strip() == "1 file checked: 0 errors, 0 warnings"
+    env = {**os.environ, "VOICERUN_LOG_LEVEL": "info", "VOICERUN_LOG_FORMAT": "json"}
+    loud = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--workflow", str(WORKFLOW), "--input",
+         str(ROOT / "workflows" / "examples" / "audio" / "front-desk-caller.wav"), "--fast"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert '"event": "call_started"' in loud.stderr  # an explicit level still applies
