@@ -2,6 +2,7 @@
 runtime that carries a call through them (rules, tools, handoffs, variables)."""
 
 from ._errors import ToolError, UnknownWorkflowError, VariableError, WorkflowRuntimeError, WorkflowsError
+from ._limits import LIMITS, Limits
 from ._load import Problem, WorkflowError, load_workflow, load_workflow_text, validate_file, validate_text
 from ._model import (
     AgentSpec,
@@ -23,7 +24,7 @@ from ._validate import Severity, workflow_json_schema
 from ._variables import CallState, VariableValue, bind_user_data
 
 __all__ = [
-    "AgentSpec", "CallState", "Defaults", "ExpectSpec", "HandoffSpec", "Problem", "ProviderSpec",
+    "LIMITS", "AgentSpec", "CallState", "Defaults", "ExpectSpec", "HandoffSpec", "Limits", "Problem", "ProviderSpec",
     "RuleSpec", "Severity", "TemplateError", "TestSpec", "ToolBox", "ToolCallSpec", "ToolError",
     "Transfer", "TurnSettings", "UnknownWorkflowError", "VariableError", "VariableValue", "Workflow",
     "WorkflowConversation", "WorkflowError", "WorkflowRegistry", "WorkflowRuntimeError", "WorkflowsError",

@@ -12,10 +12,13 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.composer import Composer, ComposerError
+from ruamel.yaml.error import MarkedYAMLError, StreamMark, YAMLError
+from ruamel.yaml.events import AliasEvent, ScalarEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ._errors import WorkflowsError
+from ._limits import LIMITS
 from ._model import Workflow
 from ._validate import Problem, check_tree, did_you_mean, dotted, position
 
@@ -44,14 +47,77 @@ _CONSTRUCTOR_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeErr
 _MERGE_TAG = _CORE_TAG + "merge"
 # ruamel's scanner is quadratic in the number of open flow collections (2,000 `[` take seconds),
 # so deeper nesting is refused before parsing. Brackets are counted without regard to quotes:
-# a real workflow never has a hundred of them open at once.
-_MAX_FLOW_DEPTH = 100
+# a real workflow never has that many of them open at once.
 _BRACKET = re.compile(r"[\[\]{}]")
+
+
+class _BoundedComposer(Composer):
+    """ruamel's composer, refusing a document past LIMITS while it is composed, at the node or
+    alias that crosses the limit.
+
+    An alias is the same node object again, so a few lines can name a tree of billions of nodes
+    (billion laughs) that every later walk (validation, the tool that renders an http body)
+    expands. Each node's expanded size and height are memoised when it is complete, so an alias
+    costs one lookup and the count is linear in the file, however far it would expand.
+    """
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        # a reused anchor name is valid YAML (the later one wins); ruamel would warn on stderr
+        self.warn_double_anchors = False
+        self._size: dict[int, int] = {}
+        self._height: dict[int, int] = {}
+        self._total = 0
+        self._level = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event()
+        mark = event.start_mark
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self._size:
+                raise _refused(f"alias *{event.anchor} refers to a node that contains it", mark)
+            self._count(self._size[id(node)], self._height[id(node)], mark, f"alias *{event.anchor}")
+            return node
+        if isinstance(event, ScalarEvent) and len(event.value) > LIMITS.string_chars:
+            raise _refused(
+                f"a string of {len(event.value)} characters, over the limit of {LIMITS.string_chars}", mark
+            )
+        self._count(1, 1, mark, None)
+        self._level += 1
+        node = super().compose_node(parent, index)
+        self._level -= 1
+        if isinstance(node, MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, SequenceNode):
+            children = node.value
+        else:
+            children = []
+        self._size[id(node)] = 1 + sum(self._size[id(c)] for c in children)
+        self._height[id(node)] = 1 + max((self._height[id(c)] for c in children), default=0)
+        return node
+
+    def _count(self, size: int, height: int, mark: StreamMark, alias: str | None) -> None:
+        self._total += size
+        if self._total > LIMITS.nodes:
+            if alias:
+                why = f"{alias} expands to {size} nodes, making the document larger than"
+            else:
+                why = "the document has more nodes than"
+            raise _refused(f"{why} the limit of {LIMITS.nodes} (mappings, lists and values)", mark)
+        if self._level + height > LIMITS.depth:
+            what = f"{alias} nests" if alias else "nested"
+            raise _refused(f"{what} more than {LIMITS.depth} levels deep (the limit)", mark)
+
+
+def _refused(problem: str, mark: StreamMark) -> ComposerError:
+    return ComposerError(None, None, problem, mark)
 
 
 def _yaml(*, allow_duplicate_keys: bool = False) -> YAML:
     y = YAML(typ="rt")
     y.allow_duplicate_keys = allow_duplicate_keys
+    y.Composer = _BoundedComposer
     return y
 
 
@@ -125,22 +191,68 @@ def _unreadable_scalars(root: Node, path: str) -> list[Problem]:
     return problems
 
 
-def _too_deep(text: str, path: str) -> Problem | None:
+def _at(text: str, offset: int, path: str, message: str) -> Problem:
+    line = text.count("\n", 0, offset) + 1
+    col = offset - text.rfind("\n", 0, offset)
+    return Problem(path, line, col, message)
+
+
+def _too_big(text: str, path: str) -> Problem | None:
+    """The file size and the flow nesting, checked on the text before the parser sees it."""
+    if len(text) > LIMITS.file_bytes or len(text.encode("utf-8", "surrogatepass")) > LIMITS.file_bytes:
+        # the character where the file crosses the limit (bytes, for UTF-8 text)
+        offset = len(text.encode("utf-8", "surrogatepass")[: LIMITS.file_bytes].decode("utf-8", "ignore"))
+        return _at(text, offset, path, f"the file is over the limit of {LIMITS.file_bytes} bytes")
     depth = 0
     for m in _BRACKET.finditer(text):
         depth = depth + 1 if m.group() in "[{" else max(depth - 1, 0)
-        if depth > _MAX_FLOW_DEPTH:
-            line = text.count("\n", 0, m.start()) + 1
-            col = m.start() - text.rfind("\n", 0, m.start())
-            return Problem(path, line, col, f"YAML: more than {_MAX_FLOW_DEPTH} '[' or '{{' open at once")
+        if depth > LIMITS.depth:
+            return _at(text, m.start(), path, f"YAML: more than {LIMITS.depth} '[' or '{{' open at once")
     return None
+
+
+def _over_counts(root: Node, path: str) -> list[Problem]:
+    """Agents, tools, rules and tests past their limits, each at the first one too many."""
+
+    def get(node: Node, key: str) -> Node | None:
+        if isinstance(node, MappingNode):
+            for k, v in node.value:
+                if isinstance(k, ScalarNode) and k.value == key:
+                    return v  # type: ignore[no-any-return]
+        return None
+
+    def entries(node: Node | None) -> list[Node]:
+        if isinstance(node, MappingNode):
+            return [k for k, _ in node.value]
+        if isinstance(node, SequenceNode):
+            return list(node.value)
+        return []
+
+    agents = get(root, "agents")
+    pairs = agents.value if isinstance(agents, MappingNode) else []
+    rules = [rule for _, agent in pairs for rule in entries(get(agent, "rules"))]
+    found = {
+        "agents": entries(agents),
+        "tools": entries(get(root, "tools")),
+        "rules": rules,
+        "tests": entries(get(root, "tests")),
+    }
+    problems = []
+    for what, nodes in found.items():
+        limit: int = getattr(LIMITS, what)
+        if len(nodes) > limit:
+            mark = nodes[limit].start_mark
+            problems.append(
+                Problem(path, mark.line + 1, mark.column + 1, f"more than {limit} {what} (the limit)")
+            )
+    return problems
 
 
 def _read_yaml(text: str, path: str) -> tuple[Any, list[Problem]]:
     """The document (None if it cannot be read) and the YAML problems found on the way."""
-    too_deep = _too_deep(text, path)
-    if too_deep is not None:
-        return None, [too_deep]
+    too_big = _too_big(text, path)
+    if too_big is not None:
+        return None, [too_big]
     # Composed once, then constructed from the nodes: parsing is most of a check's time, and the
     # nodes are needed anyway to find every duplicate key (the constructor stops at the first).
     yaml = _yaml(allow_duplicate_keys=True)
@@ -154,6 +266,9 @@ def _read_yaml(text: str, path: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(path, 1, 1, "YAML: nested too deeply")]
     if root is None:
         return None, []
+    over = _over_counts(root, path)
+    if over:
+        return None, over
     problems = _duplicate_keys(root, path)
     try:
         return yaml.constructor.construct_document(root), problems
@@ -324,7 +439,13 @@ def validate_text(text: str, path: str = "<workflow>", *, base_dir: Path | None 
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            # one byte past the limit is enough to tell, and to say where the limit is crossed
+            raw = f.read(LIMITS.file_bytes + 1)
+        # an over-long file may end inside a character; it is refused for its size anyway
+        text = raw.decode("utf-8", "ignore" if len(raw) > LIMITS.file_bytes else "strict")
+        # universal newlines, as reading in text mode would
+        return text.replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         raise WorkflowError([Problem(str(path), 0, 0, "no such file")]) from None
     except IsADirectoryError:

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from referencing.exceptions import Unresolvable
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from ._limits import LIMITS
 from ._model import BACK, BUILTIN_TOOLS, Workflow
 
 Severity = Literal["error", "warning"]
@@ -34,10 +35,10 @@ _DASHED_REFERENCE = re.compile(r"\s*(user|vars|args)\.[A-Za-z0-9_-]+\s*")
 _PYTHON_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEFAULT_PARAMETERS: dict[str, object] = {"type": "object", "properties": {}}
 
-# Bounds for walking user data (http bodies, schemas, arguments): YAML aliases can make a small
-# file expand into a huge tree, and a check must not be the thing that hangs.
-_MAX_DEPTH = 64
-_MAX_NODES = 20_000
+# Bounds for walking user data (http bodies, schemas, arguments): a file is refused past these
+# while it is parsed, aliases expanded; a tree built in code is walked no further either.
+_MAX_DEPTH = LIMITS.depth
+_MAX_NODES = LIMITS.nodes
 
 
 @dataclass(frozen=True, slots=True)
