@@ -83,7 +83,8 @@ def add_metering_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="how long a claimed event is this exporter's before another may send it (default: %(default)s); "
         f"requests time out after min({REQUEST_TIMEOUT_S:g}, S/2) seconds",
     )
-    export.set_defaults(func=cmd_export)
+    # A long-running service: it logs what it does at info unless VOICERUN_LOG_LEVEL says otherwise.
+    export.set_defaults(func=cmd_export, default_log_level="info")
 
     migrate = msub.add_parser("migrate", help="upgrade the ledger's schema; print its revision")
     migrate.set_defaults(func=cmd_migrate)

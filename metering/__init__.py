@@ -1,5 +1,6 @@
 """Usage metering: the ledger of calls, usage and latency; prices; export to the billing API."""
 
+from ._clock import Clock, utcnow
 from ._cost import PLATFORM, CostBreakdown, UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError, PriceCatalogError, PriceNotFoundError
 from ._exporter import ENDPOINTS, UsageExporter
@@ -22,6 +23,7 @@ __all__ = [
     "CallClosed",
     "CallOpened",
     "CallStatus",
+    "Clock",
     "CostBreakdown",
     "LLMPrice",
     "Ledger",
@@ -47,4 +49,5 @@ __all__ = [
     "merge_lines",
     "parse_catalog",
     "seconds",
+    "utcnow",
 ]

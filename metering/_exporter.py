@@ -76,7 +76,8 @@ class UsageExporter:
 
     Run one `run()` per process that should export (workers, or a `voicerun metering export`
     sidecar); any number may share a database, since claims are leased. `aclose()` closes the HTTP
-    session if the exporter created it.
+    session if the exporter created it. Wall time (retry due times, Retry-After dates, the age of
+    the backlog) is read from the ledger's clock, so claims and retries agree on what "now" is.
     """
 
     def __init__(
@@ -296,7 +297,7 @@ class UsageExporter:
         m.EXPORT_FAILURES.labels(reason=outcome.reason).inc()
         if outcome.kind == "retry" and attempt < self.max_attempts:
             delay_s = self._retry_delay_s(attempt, outcome.retry_after_s)
-            retry_at = datetime.now(UTC) + timedelta(seconds=delay_s)
+            retry_at = self.ledger.clock() + timedelta(seconds=delay_s)
             await self.ledger.mark_failed(item.id, outcome.error, retry_at=retry_at)
             bound.warning(
                 "usage_delivery_failed",
@@ -339,7 +340,7 @@ class UsageExporter:
                 if 200 <= status < 300:
                     return _Outcome("delivered", status)
                 body = await _body_start(resp)
-                retry_after_s = _retry_after_s(resp.headers.get("Retry-After"))
+                retry_after_s = _retry_after_s(resp.headers.get("Retry-After"), now=self.ledger.clock())
         except TimeoutError:
             return _Outcome(
                 "retry", reason="timeout", error=f"{path}: no answer within {self.request_timeout_s} s"
@@ -383,7 +384,7 @@ class UsageExporter:
         due_at = await self.ledger.next_attempt_at()
         if due_at is None:
             return cap_s
-        wait_s = max(0.0, (due_at - datetime.now(UTC)).total_seconds())
+        wait_s = max(0.0, (due_at - self.ledger.clock()).total_seconds())
         return wait_s if cap_s is None else min(wait_s, cap_s)
 
     async def _sleep(self, seconds: float, stop: asyncio.Event | None) -> None:
@@ -403,13 +404,12 @@ class UsageExporter:
     async def _update_gauges(self) -> None:
         self._set_gauges(await self.ledger.outbox_status())
 
-    @staticmethod
-    def _set_gauges(status: OutboxStatus) -> None:
+    def _set_gauges(self, status: OutboxStatus) -> None:
         m.EXPORT_BACKLOG.set(status.pending)
         m.EXPORT_DEAD_LETTERS.set(status.dead)
         oldest = status.oldest_pending_at
         m.EXPORT_OLDEST_PENDING.set(
-            0 if oldest is None else max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+            0 if oldest is None else max(0.0, (self.ledger.clock() - oldest).total_seconds())
         )
 
     def _log_database_error(self, exc: BaseException, retry_in_s: float) -> None:
@@ -442,7 +442,7 @@ async def _body_start(resp: aiohttp.ClientResponse) -> str:
     return " ".join(text.split())[:_BODY_CHARS]
 
 
-def _retry_after_s(value: str | None) -> float | None:
+def _retry_after_s(value: str | None, *, now: datetime) -> float | None:
     """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
     if not value:
         return None
@@ -456,7 +456,7 @@ def _retry_after_s(value: str | None) -> float | None:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
+        seconds = (when - now).total_seconds()
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), _RETRY_AFTER_MAX_S)

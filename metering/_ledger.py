@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from . import _migrate
+from ._clock import Clock, utcnow
 from ._cost import UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError
 from ._prices import PriceCatalog
@@ -96,10 +97,6 @@ class OutboxStatus:
     oldest_pending_at: datetime | None
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _minutes(secs: Decimal) -> float:
     return float((secs / 60).quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN))
 
@@ -112,8 +109,12 @@ class Ledger:
         catalog: PriceCatalog,
         worker_id: str = "local",
         billing: BillingIdentity | None = None,
+        clock: Clock = utcnow,
     ) -> None:
         self.engine = engine
+        self.clock = clock
+        """Every time the ledger stamps (outbox due times, claims, deliveries) comes from here,
+        and the exporter reads the same clock, so the two always agree."""
         self.catalog = catalog
         self.worker_id = worker_id
         self.billing = billing
@@ -132,6 +133,7 @@ class Ledger:
         billing: BillingIdentity | None = None,
         migrate: bool = True,
         connect_args: dict[str, Any] | None = None,
+        clock: Clock = utcnow,
     ) -> Ledger:
         """Connect and (by default) migrate the schema to the latest revision."""
         safe = make_url(url).render_as_string(hide_password=True)
@@ -158,7 +160,7 @@ class Ledger:
         except Exception as exc:
             await engine.dispose()
             raise LedgerError(f"cannot open the ledger at {safe}: {exc}") from exc
-        return cls(engine, catalog=catalog, worker_id=worker_id, billing=billing)
+        return cls(engine, catalog=catalog, worker_id=worker_id, billing=billing, clock=clock)
 
     async def aclose(self) -> None:
         await self.engine.dispose()
@@ -317,7 +319,7 @@ class Ledger:
     def _enqueue(
         self, s: AsyncSession, call_id: str, steps: list[tuple[str, str, dict[str, Any]]], *, start_seq: int
     ) -> None:
-        now = _utcnow()
+        now = self.clock()
         for i, (step, key, payload) in enumerate(steps):
             s.add(
                 OutboxEvent(
@@ -364,10 +366,10 @@ class Ledger:
             for stage, provider, model, audio, prompt, completion, cached, chars, _ in rows
         )
 
-    async def recover(self, *, now: datetime | None = None) -> list[str]:
+    async def recover(self) -> list[str]:
         """Close the calls this worker left open when it died, as `abandoned`, priced and queued
         for billing with the usage recorded before the crash. Run once at worker start."""
-        now = now or _utcnow()
+        now = self.clock()
         async with self._sessions() as s:
             rows = (
                 await s.execute(
@@ -413,14 +415,14 @@ class Ledger:
 
     # -- the outbox ------------------------------------------------------------------------
 
-    async def claim_due(self, *, limit: int, lease_s: float, now: datetime | None = None) -> list[OutboxItem]:
+    async def claim_due(self, *, limit: int, lease_s: float) -> list[OutboxItem]:
         """Pending events whose time has come and whose call's earlier steps are delivered.
 
         Claiming moves an event's next attempt `lease_s` ahead, so exporters sharing the
         database never send it at once, and one that dies mid-request leaves it to be retried
         when the lease runs out.
         """
-        now = now or _utcnow()
+        now = self.clock()
         query = (
             select(OutboxEvent)
             .where(
@@ -441,25 +443,23 @@ class Ledger:
                 for e in events
             ]
 
-    async def mark_delivered(self, item_id: int, *, now: datetime | None = None) -> None:
+    async def mark_delivered(self, item_id: int) -> None:
         async with self._writes.begin() as s:
             await s.execute(
                 update(OutboxEvent)
                 .where(OutboxEvent.id == item_id)
                 .values(
                     state="delivered",
-                    delivered_at=now or _utcnow(),
+                    delivered_at=self.clock(),
                     attempts=OutboxEvent.attempts + 1,
                     last_error=None,
                 )
             )
 
-    async def mark_failed(
-        self, item_id: int, error: str, *, retry_at: datetime | None, now: datetime | None = None
-    ) -> bool:
+    async def mark_failed(self, item_id: int, error: str, *, retry_at: datetime | None) -> bool:
         """Record a failed attempt; `retry_at` None (or running out of attempts, decided by the
         caller) moves the event to the dead letters. Returns True if it is now dead."""
-        now = now or _utcnow()
+        now = self.clock()
         async with self._writes.begin() as s:
             e = await s.get(OutboxEvent, item_id)
             if e is None or e.state != "pending":
@@ -475,7 +475,7 @@ class Ledger:
             )
             return True
 
-    async def release(self, item_ids: Sequence[int], *, now: datetime | None = None) -> None:
+    async def release(self, item_ids: Sequence[int]) -> None:
         """Give back claimed events that were not sent, so they need not wait out their lease."""
         if not item_ids:
             return
@@ -483,7 +483,7 @@ class Ledger:
             await s.execute(
                 update(OutboxEvent)
                 .where(OutboxEvent.id.in_(item_ids), OutboxEvent.state == "pending")
-                .values(next_attempt_at=now or _utcnow())
+                .values(next_attempt_at=self.clock())
             )
 
     async def prune_delivered(self, before: datetime) -> int:
@@ -529,9 +529,9 @@ class Ledger:
             )
             return [(e, d) for e, d in rows.all()]
 
-    async def retry_dead(self, *, now: datetime | None = None) -> int:
+    async def retry_dead(self) -> int:
         """Put every dead letter back in the outbox with a fresh attempt count; returns how many."""
-        now = now or _utcnow()
+        now = self.clock()
         async with self._writes.begin() as s:
             ids = list((await s.scalars(select(DeadLetter.outbox_id))).all())
             if not ids:

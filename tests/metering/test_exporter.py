@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
@@ -21,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from clocks import FakeClock
 from fakes.usage_api import PATHS, FakeUsageAPI
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,11 +33,14 @@ from metering import (
     BillingIdentity,
     CallClosed,
     CallOpened,
+    Clock,
     Ledger,
+    OutboxStatus,
     Record,
     UsageLine,
     UsageReported,
     load_catalog,
+    utcnow,
 )
 from metering._exporter import UsageExporter
 from metering._schema import OutboxEvent
@@ -78,8 +83,16 @@ def a_call(call_id: str, *, customer_id: str | None = None) -> list[Record]:
 
 
 @pytest.fixture
-async def ledger(database_url: str) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.open(database_url, catalog=load_catalog(), billing=BILLING)
+def clock() -> Clock:
+    """The ledger's (and so the exporter's) wall clock. The real one by default: these tests
+    share the database with `voicerun` subprocesses, which read the real clock. Tests that
+    compare due times parametrize it with a FakeClock."""
+    return utcnow
+
+
+@pytest.fixture
+async def ledger(database_url: str, clock: Clock) -> AsyncIterator[Ledger]:
+    ledger = await Ledger.open(database_url, catalog=load_catalog(), billing=BILLING, clock=clock)
     yield ledger
     await ledger.aclose()
 
@@ -119,6 +132,18 @@ async def outbox_row(ledger: Ledger, call_id: str, step: str) -> OutboxEvent:
         )
     assert row is not None
     return row
+
+
+async def drain_until(e: UsageExporter, happened: Callable[[], Awaitable[None]]) -> OutboxStatus:
+    """Drain until `happened()` returns (then stop), however slow the machine."""
+    stop = asyncio.Event()
+    draining = asyncio.create_task(e.drain(timeout_s=math.inf, stop=stop))
+    try:
+        async with asyncio.timeout(60):
+            await happened()
+    finally:
+        stop.set()
+    return await draining
 
 
 def assert_applied_once(api: FakeUsageAPI, *call_ids: str) -> None:
@@ -209,16 +234,18 @@ async def test_two_exporters_sharing_the_ledger_send_each_event_once(
     calls = [f"call-{i}" for i in range(10)]
     await ledger.write([r for c in calls for r in a_call(c, customer_id=f"cust-{c}")])
     other = await Ledger.open(database_url, catalog=load_catalog())
-    # (short leases: a drain waits out the other's claims, in case that exporter died)
+    # Leases far longer than any scheduling delay, so none expires while its exporter works:
+    # a drain that finds only the other's claims returns (they are not due before its
+    # deadline), and the other, still running, sends what is left.
     options: dict[str, Any] = {
         "base_url": api.url,
         "api_key": API_KEY,
-        "lease_s": 0.4,
-        "request_timeout_s": 0.2,
+        "lease_s": 600.0,
+        "request_timeout_s": 60.0,
     }
     first, second = UsageExporter(ledger, **options), UsageExporter(other, **options)
     try:
-        await asyncio.gather(first.drain(timeout_s=20), second.drain(timeout_s=20))
+        await asyncio.gather(first.drain(timeout_s=300), second.drain(timeout_s=300))
     finally:
         await first.aclose()
         await second.aclose()
@@ -257,7 +284,7 @@ async def test_api_answering_503_for_a_while_then_up_gets_every_event_once(
     e = exporter(max_attempts=1000)
     api.down(503)
 
-    down = await e.drain(timeout_s=0.3)
+    down = await drain_until(e, lambda: api.wait_for(lambda api: len(api.requests) >= 2))
 
     assert down.pending == 6 and down.delivered == 0
     assert len(api.requests) >= 2 and {r.status for r in api.requests} == {503}
@@ -270,7 +297,7 @@ async def test_api_answering_503_for_a_while_then_up_gets_every_event_once(
 
 
 async def test_api_refusing_connections_then_back_on_the_same_port(
-    ledger: Ledger, api: FakeUsageAPI, exporter: Callable[..., UsageExporter]
+    ledger: Ledger, api: FakeUsageAPI, exporter: Callable[..., UsageExporter], log_watch: Any
 ) -> None:
     await ledger.write(a_call("call-1"))
     e = exporter(max_attempts=1000)
@@ -278,7 +305,7 @@ async def test_api_refusing_connections_then_back_on_the_same_port(
     await ledger.write(a_call("call-2", customer_id="cust-2"))
     await api.stop()
 
-    refused = await e.drain(timeout_s=0.3)
+    refused = await drain_until(e, lambda: log_watch.wait_for("usage_delivery_failed"))
 
     assert refused.pending == 6
     row = await outbox_row(ledger, "call-2", "customer")
@@ -289,34 +316,34 @@ async def test_api_refusing_connections_then_back_on_the_same_port(
     assert_applied_once(api, "call-1", "call-2")
 
 
+@pytest.mark.parametrize("clock", [FakeClock(T0)])
 async def test_429_waits_for_retry_after_seconds(
     ledger: Ledger, api: FakeUsageAPI, exporter: Callable[..., UsageExporter]
 ) -> None:
     await ledger.write(a_call("call-1"))
     api.fail(429, step="customer", retry_after=120)
-    before = datetime.now(UTC)
 
     status = await exporter().drain(timeout_s=5)  # returns: nothing is due before the deadline
 
-    after = datetime.now(UTC)
     row = await outbox_row(ledger, "call-1", "customer")
     assert (row.attempts, row.state) == (1, "pending")
     assert row.last_error is not None and "429" in row.last_error
-    assert before + timedelta(seconds=120) <= row.next_attempt_at <= after + timedelta(seconds=120)
+    assert row.next_attempt_at == T0 + timedelta(seconds=120)
     assert status.pending == 6 and len(api.requests) == 1
 
 
+@pytest.mark.parametrize("clock", [FakeClock(T0)])
 async def test_503_with_retry_after_as_an_http_date(
     ledger: Ledger, api: FakeUsageAPI, exporter: Callable[..., UsageExporter]
 ) -> None:
     await ledger.write(a_call("call-1"))
-    at = (datetime.now(UTC) + timedelta(seconds=90)).replace(microsecond=0)
+    at = T0 + timedelta(seconds=90)
     api.fail(503, step="customer", retry_after=format_datetime(at, usegmt=True))
 
     await exporter().drain(timeout_s=5)
 
     row = await outbox_row(ledger, "call-1", "customer")
-    assert abs((row.next_attempt_at - at).total_seconds()) < 1.5
+    assert row.next_attempt_at == at
 
 
 async def test_permanent_4xx_is_a_dead_letter_at_once_and_blocks_its_call(
@@ -441,18 +468,18 @@ async def test_run_sends_new_events_when_woken_and_returns_when_stopped(
         return items
 
     monkeypatch.setattr(ledger, "claim_due", claim)
-    e = exporter(idle_wait_s=60)
+    e = exporter(idle_wait_s=600)
     stop = asyncio.Event()
     running = asyncio.create_task(e.run(stop))
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         await idle.wait()
     await ledger.write(a_call("call-1"))
     e.wake()
-    # Only wake() explains an answer before the 60 s idle wait is over.
-    async with asyncio.timeout(5):
+    # Only wake() explains an answer before the 600 s idle wait is over.
+    async with asyncio.timeout(60):
         await api.wait_for(lambda api: len(api.applied) == 6)
     stop.set()
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(60):
         await running
     assert_applied_once(api, "call-1")
 
@@ -522,7 +549,8 @@ async def test_sigkill_mid_request_then_another_exporter_sends_each_event_once(
     await ledger.write(a_call("call-1"))
     env = export_env(database_url, api, tmp_path)
     hang = api.hang("stt")  # applied, but the answer never reaches the first exporter
-    first = await voicerun(env, "metering", "export", "--lease", "1")
+    # (a 3 s lease: requests time out after 1.5 s, far beyond a slow machine's answer here)
+    first = await voicerun(env, "metering", "export", "--lease", "3")
     try:
         async with asyncio.timeout(30):
             await hang.received.wait()
@@ -533,8 +561,8 @@ async def test_sigkill_mid_request_then_another_exporter_sends_each_event_once(
 
     # The second exporter finds the stt event claimed until the first one's lease runs out,
     # then sends it again.
-    second = await voicerun(env, "metering", "export", "--lease", "1", "--until-empty", "--timeout", "20")
-    async with asyncio.timeout(30):
+    second = await voicerun(env, "metering", "export", "--lease", "3", "--until-empty", "--timeout", "60")
+    async with asyncio.timeout(90):
         out, err = await second.communicate()
     assert second.returncode == 0, err.decode()
     assert out.decode() == "outbox: 0 pending (0 blocked), 0 dead, 6 delivered\n"

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from clocks import FakeClock
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from metering import (
     BillingIdentity,
@@ -32,13 +34,26 @@ T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 BILLING = BillingIdentity(agent_id="agent-7", customer_id="acme", customer_name="Acme Ltd", plan="pro")
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    """The ledger's wall clock: the calls below happen at T0, the ledger sees them a day later."""
+    return FakeClock(T0 + timedelta(days=1))
+
+
 @pytest_asyncio.fixture
-async def ledger(database_url: str) -> AsyncIterator[Ledger]:
-    lg = await Ledger.open(database_url, catalog=load_catalog(), worker_id="w1", billing=BILLING)
+async def ledger(database_url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
+    lg = await Ledger.open(database_url, catalog=load_catalog(), worker_id="w1", billing=BILLING, clock=clock)
     try:
         yield lg
     finally:
         await lg.aclose()
+
+
+async def outbox_event(ledger: Ledger, item_id: int) -> OutboxEvent:
+    async with AsyncSession(ledger.engine) as s:
+        row = await s.get(OutboxEvent, item_id)
+    assert row is not None
+    return row
 
 
 def usage(call_id: str, seq: int, line: UsageLine, agent: str = "front") -> UsageReported:
@@ -180,23 +195,41 @@ async def test_without_billing_calls_are_recorded_and_nothing_is_queued(database
         await lg.aclose()
 
 
-async def test_claims_follow_each_calls_order_and_leases_expire(ledger: Ledger) -> None:
+async def test_claims_follow_each_calls_order_and_leases_expire(ledger: Ledger, clock: FakeClock) -> None:
     await ledger.write([*known_call("a"), *known_call("b")])
-    first = await ledger.claim_due(limit=100, lease_s=30, now=T0 + timedelta(days=1))
+    first = await ledger.claim_due(limit=100, lease_s=30)
     assert [(i.call_id, i.step) for i in first] == [("a", "customer"), ("b", "customer")]
     # Claimed and not yet answered: nobody else gets them until the lease runs out.
-    assert await ledger.claim_due(limit=100, lease_s=30, now=T0 + timedelta(days=1, seconds=29)) == []
-    again = await ledger.claim_due(limit=100, lease_s=30, now=T0 + timedelta(days=1, seconds=31))
+    clock.advance(seconds=29)
+    assert await ledger.claim_due(limit=100, lease_s=30) == []
+    clock.advance(seconds=2)
+    again = await ledger.claim_due(limit=100, lease_s=30)
     assert [i.id for i in again] == [i.id for i in first]
     await ledger.mark_delivered(first[0].id)
-    nxt = await ledger.claim_due(limit=100, lease_s=30, now=T0 + timedelta(days=2))
+    clock.advance(days=1)
+    nxt = await ledger.claim_due(limit=100, lease_s=30)
     assert [(i.call_id, i.step) for i in nxt] == [("a", "session"), ("b", "customer")]
 
 
-async def test_dead_letters_block_their_call_until_retried(ledger: Ledger) -> None:
+async def test_no_outbox_time_comes_from_anywhere_but_the_ledgers_clock(ledger: Ledger, clock: FakeClock) -> None:
+    # Calls dated long before the ledger's "now" (or after it) are queued at the ledger's now.
+    clock.at = T0 - timedelta(days=400)
+    await ledger.write(known_call("old"))
+    (item,) = await ledger.claim_due(limit=10, lease_s=30)
+    row = await outbox_event(ledger, item.id)
+    assert (row.created_at, row.next_attempt_at) == (clock.at, clock.at + timedelta(seconds=30))
+    await ledger.release([item.id])
+    assert await ledger.next_attempt_at() == clock.at
+    clock.advance(seconds=5)
+    (item,) = await ledger.claim_due(limit=10, lease_s=30)
+    await ledger.mark_delivered(item.id)
+    assert (await outbox_event(ledger, item.id)).delivered_at == clock.at
+
+
+async def test_dead_letters_block_their_call_until_retried(ledger: Ledger, clock: FakeClock) -> None:
     await ledger.write(known_call())
     (customer,) = await ledger.claim_due(limit=10, lease_s=30)
-    retry_at = datetime.now(UTC) + timedelta(minutes=5)
+    retry_at = clock() + timedelta(minutes=5)
     assert await ledger.mark_failed(customer.id, "HTTP 503", retry_at=retry_at) is False
     assert await ledger.next_attempt_at() == retry_at
     assert await ledger.mark_failed(customer.id, "HTTP 401: bad key", retry_at=None) is True
@@ -204,7 +237,8 @@ async def test_dead_letters_block_their_call_until_retried(ledger: Ledger) -> No
     assert (status.pending, status.blocked, status.dead, status.delivered) == (6, 6, 1, 0)
     [(event, dead)] = await ledger.dead_letters()
     assert (event.step, dead.attempts, dead.last_error) == ("customer", 2, "HTTP 401: bad key")
-    assert await ledger.claim_due(limit=10, lease_s=30, now=datetime.now(UTC) + timedelta(days=1)) == []
+    clock.advance(days=1)
+    assert await ledger.claim_due(limit=10, lease_s=30) == []
     assert await ledger.retry_dead() == 1
     assert await ledger.dead_letters() == []
     (again,) = await ledger.claim_due(limit=10, lease_s=30)
@@ -213,13 +247,14 @@ async def test_dead_letters_block_their_call_until_retried(ledger: Ledger) -> No
 
 async def test_recover_closes_only_this_workers_open_calls(database_url: str) -> None:
     catalog = load_catalog()
-    w1 = await Ledger.open(database_url, catalog=catalog, worker_id="w1", billing=BILLING)
-    w2 = await Ledger.open(database_url, catalog=catalog, worker_id="w2", billing=BILLING)
+    clock = FakeClock(T0 + timedelta(seconds=40))
+    w1 = await Ledger.open(database_url, catalog=catalog, worker_id="w1", billing=BILLING, clock=clock)
+    w2 = await Ledger.open(database_url, catalog=catalog, worker_id="w2", billing=BILLING, clock=clock)
     try:
         crashed = known_call("crashed")[:-1]  # the worker died before the call closed
         await w1.write(crashed)
         await w2.write([CallOpened(call_id="alive", workflow_slug="wf", started_at=T0)])
-        assert await w1.recover(now=T0 + timedelta(seconds=40)) == ["crashed"]
+        assert await w1.recover() == ["crashed"]
         call = await w1.call("crashed")
         assert call is not None
         assert (call.status, call.ended_reason, call.duration_seconds) == (
@@ -298,12 +333,15 @@ def test_unsupported_database_urls_are_refused(bad: str, tmp_path: Path) -> None
         database_url(bad, tmp_path)
 
 
-async def test_prune_deletes_only_delivered_events_older_than_the_cutoff(ledger: Ledger) -> None:
+async def test_prune_deletes_only_delivered_events_older_than_the_cutoff(
+    ledger: Ledger, clock: FakeClock
+) -> None:
     await ledger.write(known_call())
     (customer,) = await ledger.claim_due(limit=10, lease_s=30)
-    await ledger.mark_delivered(customer.id, now=T0)
+    await ledger.mark_delivered(customer.id)
+    clock.advance(days=10)
     (session,) = await ledger.claim_due(limit=10, lease_s=30)
-    await ledger.mark_delivered(session.id, now=T0 + timedelta(days=10))
+    await ledger.mark_delivered(session.id)
 
     assert await ledger.prune_delivered(T0 + timedelta(days=5)) == 1  # the customer step only
     status = await ledger.outbox_status()
