@@ -8,9 +8,11 @@ variables; templates) live in _validate.py, so every problem in a file is report
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from yarl import URL
 
 _SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -149,11 +151,23 @@ def value_fits(spec: VariableSpec, value: Any) -> bool:
             return isinstance(value, str) and value in (spec.values or ())
 
 
+# `scheme://authority`: where a template could move a request to another host (`@evil:1` after
+# the host makes the intended host the userinfo), so templates may only follow it.
+URL_ORIGIN = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)")
+FORM = "application/x-www-form-urlencoded"
+TEXT_BODY_MEDIA = (FORM, "text/plain")
+TEXT_BODY_TEMPLATES = (
+    f"a text body takes templates only with a Content-Type header of {FORM} (values are "
+    "form-encoded) or text/plain; write a JSON body as a mapping or list (values are sent as JSON values)"
+)
+
+
 class HttpSpec(_Strict):
     """An HTTP call; url, headers and string values in body are templates ({{args.x}} too)."""
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
     url: str
+    """Templates fill the path, query and fragment only, each value percent-encoded."""
     headers: dict[str, str] = Field(default_factory=dict)
     body: Any = None
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
@@ -161,6 +175,39 @@ class HttpSpec(_Strict):
     """A larger response is an error result: it would flood the LLM's context (and its bill)."""
     save: dict[str, str] = Field(default_factory=dict)
     """vars name -> dotted path in the JSON response (`slots.0.time`)."""
+
+    @field_validator("url")
+    @classmethod
+    def _origin_is_literal(cls, url: str) -> str:
+        origin = URL_ORIGIN.match(url)
+        if "{{" in (origin.group() if origin else url.partition("/")[0]):
+            raise ValueError(
+                "a template cannot fill the scheme, user, host or port of a URL: write them out "
+                "(templates fill the path, query and fragment, percent-encoded)"
+            )
+        if origin is None:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if origin.group("scheme").lower() not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL, not {origin.group('scheme')}://")
+        try:
+            host = URL(origin.group()).host
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL: {exc}") from exc
+        if not host:
+            raise ValueError("has no host")
+        return url
+
+    def media_type(self) -> str:
+        return media_type(self.headers)
+
+
+def media_type(headers: object) -> str:
+    """The media type of a Content-Type header in headers, lower-case; empty when there is none."""
+    if isinstance(headers, Mapping):
+        for key, value in headers.items():
+            if isinstance(key, str) and key.lower() == "content-type" and isinstance(value, str):
+                return value.split(";")[0].strip().lower()
+    return ""
 
 
 class ToolDef(_Strict):

@@ -14,16 +14,26 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import structlog
 from jsonschema import Draft202012Validator, SchemaError, ValidationError
+from yarl import URL
 
 from pipeline import ToolCall, ToolOutcome, ToolSpec
 
 from ._errors import ToolError, VariableError, WorkflowRuntimeError
-from ._model import BUILTIN_TOOLS, HttpSpec, ToolDef, Workflow
+from ._model import (
+    BUILTIN_TOOLS,
+    FORM,
+    TEXT_BODY_MEDIA,
+    TEXT_BODY_TEMPLATES,
+    URL_ORIGIN,
+    HttpSpec,
+    ToolDef,
+    Workflow,
+)
 from ._template import TemplateError, render
 from ._variables import CallState
 
@@ -38,6 +48,9 @@ NO_TELEPHONY = "transfer_call needs a telephony transport (LiveKit SIP); not ava
 _WHOLE = re.compile(r"\{\{\s*(user|vars|args)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _EXCERPT_CHARS = 200
 _MAX_SCHEMA_ERRORS = 5
+# what a url's literal text keeps as written: reserved characters and the author's own %XX
+_URL_LITERAL_SAFE = "/?#[]@!$&'()*+,;=:%~"
+_HEADER_BREAKS = re.compile(r"[\r\n\x00]")
 PYTHON_TIMEOUT_S = 10.0
 """How long a Python tool may take when its `timeout_s` is not set."""
 
@@ -85,13 +98,59 @@ def _lookup(data: object, dotted: str) -> tuple[bool, object]:
     return True, node
 
 
-def _url_safe(value: object) -> str:
-    # Arguments come from the LLM, which a caller can talk into anything: in a URL each one is
-    # percent-encoded, so it stays one path segment or query value and cannot add parameters.
+def _text(value: object) -> str:
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    return quote(text, safe="")
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _value(scopes: Mapping[str, Mapping[str, Any]], m: re.Match[str]) -> object:
+    scope, name = m.group(1), m.group(2)
+    if name not in scopes[scope]:
+        raise TemplateError(f"{{{{{scope}.{name}}}}} has no value (not in this call's {scope} data)")
+    return scopes[scope][name]
+
+
+def _render_url(template: str, scopes: Mapping[str, Mapping[str, Any]]) -> URL:
+    """The URL with every template value percent-encoded for the component it is in.
+
+    Arguments come from the LLM, which a caller can talk into anything, and user data from
+    whoever starts the call: each value stays data in its path segment, query value or fragment
+    (`/`, `?`, `&`, `#`, `@` encoded; a `..` cannot climb, as dots are encoded in the path).
+    Templates cannot reach the scheme, user, host or port: HttpSpec refuses them there.
+    """
+    origin = URL_ORIGIN.match(template)
+    if origin is None or "{{" in origin.group():
+        raise TemplateError("the url's scheme, user, host and port cannot be templates")
+    rest = template[origin.end() :]
+    parts: list[str] = []
+    component = "path"
+    pos = 0
+    for m in _WHOLE.finditer(rest):
+        literal = rest[pos : m.start()]
+        parts.append(quote(literal, safe=_URL_LITERAL_SAFE))
+        if "#" in literal:
+            component = "fragment"
+        elif "?" in literal and component == "path":
+            component = "query"
+        encoded = quote(_text(_value(scopes, m)), safe="")
+        parts.append(encoded.replace(".", "%2E") if component == "path" else encoded)
+        pos = m.end()
+    parts.append(quote(rest[pos:], safe=_URL_LITERAL_SAFE))
+    # encoded=True: sent exactly as built (yarl would otherwise decode %2E and resolve `..`)
+    return URL(str(URL(origin.group())) + "".join(parts), encoded=True)
+
+
+def _render_text_body(name: str, text: str, media: str, scopes: Mapping[str, Mapping[str, Any]]) -> str:
+    """A string body: values form-encoded for a form, as they are for plain text; any other
+    text (JSON, XML) would let a value rewrite its structure, so it takes no templates."""
+    if not _WHOLE.search(text):
+        return text
+    if media == FORM:
+        return _WHOLE.sub(lambda m: quote_plus(_text(_value(scopes, m)), safe=""), text)
+    if media in TEXT_BODY_MEDIA:
+        return _WHOLE.sub(lambda m: _text(_value(scopes, m)), text)
+    raise _ToolFailedError(f"tool {name}: {TEXT_BODY_TEMPLATES}")
 
 
 def _resolve(target: str) -> Callable[..., object]:
@@ -311,20 +370,27 @@ class ToolBox:
         assert spec is not None
         scopes = self._scopes(tool, args)
         try:
-            url_args = {k: _url_safe(v) for k, v in scopes["args"].items()}
-            url = render(spec.url, user=scopes["user"], vars=scopes["vars"], args=url_args)
+            url = _render_url(spec.url, scopes)
             headers = {
                 k: render(v, user=scopes["user"], vars=scopes["vars"], args=scopes["args"])
                 for k, v in spec.headers.items()
             }
-            body = self._render_body(spec.body, scopes)
+            send: dict[str, Any] = {}
+            if isinstance(spec.body, str):
+                send["data"] = _render_text_body(name, spec.body, spec.media_type(), scopes).encode()
+            elif spec.body is not None:
+                send["json"] = self._render_body(spec.body, scopes)
         except TemplateError as exc:
             raise _ToolFailedError(f"tool {name}: {exc}") from exc
-        send: dict[str, Any] = {}
-        if isinstance(body, str):
-            send["data"] = body.encode()
-        elif body is not None:
-            send["json"] = body
+        except ValueError as exc:  # a url yarl cannot read
+            raise _ToolFailedError(f"tool {name}: invalid url: {exc}") from exc
+        for header, value in headers.items():
+            if _HEADER_BREAKS.search(value):
+                # a value with a line break would add headers of the caller's choosing
+                raise _ToolFailedError(
+                    f"tool {name}: header {header!r} would contain a line break from a template value; "
+                    "not sent"
+                )
         try:
             async with asyncio.timeout(spec.timeout_s):
                 async with self._http.request(spec.method, url, headers=headers, **send) as resp:

@@ -21,7 +21,7 @@ from referencing.exceptions import Unresolvable
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from ._limits import LIMITS
-from ._model import BACK, BUILTIN_TOOLS, Workflow
+from ._model import BACK, BUILTIN_TOOLS, TEXT_BODY_MEDIA, TEXT_BODY_TEMPLATES, Workflow, media_type
 
 Severity = Literal["error", "warning"]
 Loc = tuple[str | int, ...]
@@ -340,8 +340,12 @@ class _Checker:
         for header, value in _entries(http.get("headers")):
             self._templates((*loc, "http", "headers", header), value, args)
         if "body" in http:
-            for at, text in _strings(http["body"], (*loc, "http", "body")):
+            body = http["body"]
+            for at, text in _strings(body, (*loc, "http", "body")):
                 self._templates(at, text, args)
+            text_media = media_type(http.get("headers")) in TEXT_BODY_MEDIA
+            if isinstance(body, str) and "{{" in body and not text_media:
+                self.report((*loc, "http", "body"), TEXT_BODY_TEMPLATES)
         for var, _ in _entries(http.get("save")):
             if self.vars is not None and var not in self.vars:
                 hint = did_you_mean(var, self.vars)

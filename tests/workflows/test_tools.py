@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from pipeline import ToolCall, ToolOutcome
@@ -42,7 +44,14 @@ async def server() -> AsyncIterator[Server]:
         srv.seen.append(
             {
                 "method": request.method,
+                "host": request.host,
                 "path": request.path,
+                "raw_path": request.raw_path,
+                "match": dict(request.match_info),
+                "x_name": request.headers.get("X-Name"),
+                "form": parse_qsl(body, keep_blank_values=True)
+                if request.content_type == "application/x-www-form-urlencoded"
+                else None,
                 "query": list(request.query.items()),
                 "auth": request.headers.get("Authorization"),
                 "body": body,
@@ -88,6 +97,7 @@ async def server() -> AsyncIterator[Server]:
     app = web.Application()
     app.router.add_get("/slots/{date}", slots)
     app.router.add_route("*", "/echo", echo)
+    app.router.add_route("*", "/files/{name}", echo)
     app.router.add_get("/broken", broken)
     app.router.add_get("/slow", slow)
     app.router.add_get("/not-json", not_json)
@@ -106,116 +116,152 @@ async def server() -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
+API = "http://api.invalid"
+"""Stands for the test server in urls until workflow_for() writes the server's own address there
+(a template cannot fill a url's host)."""
+
+
 def tool(path: str, **http: Any) -> dict[str, Any]:
-    return {"description": f"Calls {path}.", "http": {"url": "{{user.api}}" + path, **http}}
+    return {"description": f"Calls {path}.", "http": {"url": API + path, **http}}
 
 
-WORKFLOW = Workflow.model_validate(
-    {
-        "version": 1,
-        "slug": "tools-check",
-        "start": "main",
-        "variables": {
-            "api": {"type": "string", "required": True},
-            "customer_id": {"type": "string", "required": True},
+def with_api(value: object, api: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(API, api)
+    if isinstance(value, dict):
+        return {k: with_api(v, api) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_api(v, api) for v in value]
+    return value
+
+
+WORKFLOW_DATA: dict[str, Any] = {
+    "version": 1,
+    "slug": "tools-check",
+    "start": "main",
+    "variables": {"customer_id": {"type": "string", "required": True}, "name": {"type": "string"}},
+    "vars": {
+        "slot_time": {"type": "string"},
+        "party_size": {"type": "integer", "default": 2},
+        "confirmed": {"type": "boolean", "default": False},
+    },
+    "tools": {
+        "find_slots": {
+            "description": "Free tables on a date.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+                    "party_size": {"type": "integer", "minimum": 1},
+                },
+                "required": ["date"],
+                "additionalProperties": False,
+            },
+            "http": {
+                "url": API + "/slots/{{args.date}}?party={{args.party_size}}",
+                "headers": {"Authorization": "Bearer {{user.customer_id}}"},
+                "save": {"slot_time": "slots.0.time"},
+            },
+            "filler": "One moment, let me check for {{vars.party_size}}.",
         },
-        "vars": {
-            "slot_time": {"type": "string"},
-            "party_size": {"type": "integer", "default": 2},
-            "confirmed": {"type": "boolean", "default": False},
+        "book": {
+            "description": "Book a table.",
+            "parameters": {
+                "type": "object",
+                "properties": {"party_size": {"type": "integer"}, "note": {"type": "string"}},
+                "required": ["party_size"],
+            },
+            "http": {
+                "method": "POST",
+                "url": API + "/echo",
+                "body": {
+                    "customer": "{{user.customer_id}}",
+                    "party_size": "{{ args.party_size }}",
+                    "summary": "{{args.party_size}} people at {{vars.slot_time}}",
+                    "note": "{{args.note}}",
+                    "tags": ["phone", "{{vars.confirmed}}"],
+                },
+            },
         },
-        "tools": {
-            "find_slots": {
-                "description": "Free tables on a date.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
-                        "party_size": {"type": "integer", "minimum": 1},
-                    },
-                    "required": ["date"],
-                    "additionalProperties": False,
-                },
-                "http": {
-                    "url": "{{user.api}}/slots/{{args.date}}?party={{args.party_size}}",
-                    "headers": {"Authorization": "Bearer {{user.customer_id}}"},
-                    "save": {"slot_time": "slots.0.time"},
-                },
-                "filler": "One moment, let me check for {{vars.party_size}}.",
-            },
-            "book": {
-                "description": "Book a table.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"party_size": {"type": "integer"}, "note": {"type": "string"}},
-                    "required": ["party_size"],
-                },
-                "http": {
-                    "method": "POST",
-                    "url": "{{user.api}}/echo",
-                    "body": {
-                        "customer": "{{user.customer_id}}",
-                        "party_size": "{{ args.party_size }}",
-                        "summary": "{{args.party_size}} people at {{vars.slot_time}}",
-                        "note": "{{args.note}}",
-                        "tags": ["phone", "{{vars.confirmed}}"],
-                    },
-                },
-            },
-            "search": {
-                "description": "Search.",
-                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
-                "http": tool("/echo?q={{args.q}}")["http"],
-            },
-            "raw_body": {
-                "description": "Text body.",
-                "http": {
-                    "method": "PUT",
-                    "url": "{{user.api}}/echo",
-                    "body": "customer={{user.customer_id}}",
-                },
-            },
-            "broken": tool("/broken"),
-            "slow": tool("/slow", timeout_s=0.2),
-            "not_json": tool("/not-json"),
-            "empty": tool("/empty", method="DELETE"),
-            "save_missing": tool("/slots/2025-05-01", save={"slot_time": "slots.5.time"}),
-            "save_wrong_type": tool(
-                "/slots/2025-05-01", save={"slot_time": "slots.0.time", "party_size": "date"}
-            ),
-            "lookup": {
-                "description": "Look up an order.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"order_id": {"type": "string"}, "verbose": {"type": "boolean"}},
-                    "required": ["order_id"],
-                },
-                "python": "tools_fixture:lookup_order",
-            },
-            "lookup_async": {
-                "description": "Look up an order (async).",
-                "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
-                "python": "tools_fixture:lookup_order_async",
-            },
-            "explode": {"description": "Raises.", "python": "tools_fixture:explode"},
-            "huge": tool("/huge"),
-            "small_limit": tool("/slots/2025-05-01", max_response_bytes=20),
-            "stuck": {
-                "description": "Never returns.",
-                "python": "tools_fixture:wait_forever",
-                "timeout_s": 0.2,
-            },
-            "stuck_async": {
-                "description": "Never returns (async).",
-                "python": "tools_fixture:wait_forever_async",
-                "timeout_s": 0.2,
-            },
-            "missing_module": {"description": "No module.", "python": "no_such_module_here:run"},
-            "not_callable": {"description": "Not a function.", "python": "tools_fixture:NOT_A_FUNCTION"},
+        "search": {
+            "description": "Search.",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+            "http": tool("/echo?q={{args.q}}")["http"],
         },
-        "agents": {"main": {"instructions": "Help."}},
-    }
-)
+        "raw_body": {
+            "description": "Form body.",
+            "http": {
+                "method": "PUT",
+                "url": API + "/echo",
+                "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+                "body": "customer={{user.customer_id}}&name={{user.name}}&n=1",
+            },
+        },
+        "text_body": {
+            "description": "Plain text body.",
+            "http": {
+                "method": "POST",
+                "url": API + "/echo",
+                "headers": {"content-type": "text/plain; charset=utf-8"},
+                "body": "Note from {{user.name}}",
+            },
+        },
+        "files": {
+            "description": "Everything a value can reach.",
+            "http": {
+                "method": "POST",
+                "url": API + "/files/{{user.name}}?who={{user.name}}&n=1#{{user.name}}",
+                "headers": {"X-Name": "{{user.name}}"},
+                "body": {"name": "{{user.name}}", "greeting": "hi {{user.name}}"},
+            },
+        },
+        "broken": tool("/broken"),
+        "slow": tool("/slow", timeout_s=0.2),
+        "not_json": tool("/not-json"),
+        "empty": tool("/empty", method="DELETE"),
+        "save_missing": tool("/slots/2025-05-01", save={"slot_time": "slots.5.time"}),
+        "save_wrong_type": tool(
+            "/slots/2025-05-01", save={"slot_time": "slots.0.time", "party_size": "date"}
+        ),
+        "lookup": {
+            "description": "Look up an order.",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string"}, "verbose": {"type": "boolean"}},
+                "required": ["order_id"],
+            },
+            "python": "tools_fixture:lookup_order",
+        },
+        "lookup_async": {
+            "description": "Look up an order (async).",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+            "python": "tools_fixture:lookup_order_async",
+        },
+        "explode": {"description": "Raises.", "python": "tools_fixture:explode"},
+        "huge": tool("/huge"),
+        "small_limit": tool("/slots/2025-05-01", max_response_bytes=20),
+        "stuck": {
+            "description": "Never returns.",
+            "python": "tools_fixture:wait_forever",
+            "timeout_s": 0.2,
+        },
+        "stuck_async": {
+            "description": "Never returns (async).",
+            "python": "tools_fixture:wait_forever_async",
+            "timeout_s": 0.2,
+        },
+        "missing_module": {"description": "No module.", "python": "no_such_module_here:run"},
+        "not_callable": {"description": "Not a function.", "python": "tools_fixture:NOT_A_FUNCTION"},
+    },
+    "agents": {"main": {"instructions": "Help."}},
+}
+
+
+def workflow_for(api: str) -> Workflow:
+    return Workflow.model_validate(with_api(WORKFLOW_DATA, api))
+
+
+WORKFLOW = workflow_for("http://127.0.0.1:9")
 ALL_TOOLS = (*WORKFLOW.tools, "end_call", "transfer_call", "set_variable")
 
 
@@ -231,18 +277,23 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def state_for(api: str) -> CallState:
-    return CallState.bind(WORKFLOW, {"api": api, "customer_id": "c-42"})
+def state_for(workflow: Workflow = WORKFLOW, **user: object) -> CallState:
+    return CallState.bind(workflow, {"customer_id": "c-42", **user})
 
 
 @pytest.fixture
-def state(server: Server) -> CallState:
-    return state_for(server.url)
+def workflow(server: Server) -> Workflow:
+    return workflow_for(server.url)
 
 
 @pytest.fixture
-def box(state: CallState, session: aiohttp.ClientSession) -> ToolBox:
-    return ToolBox(WORKFLOW, ALL_TOOLS, state, http=session)
+def state(workflow: Workflow) -> CallState:
+    return state_for(workflow)
+
+
+@pytest.fixture
+def box(workflow: Workflow, state: CallState, session: aiohttp.ClientSession) -> ToolBox:
+    return ToolBox(workflow, ALL_TOOLS, state, http=session)
 
 
 async def run(box: ToolBox, name: str, /, **arguments: Any) -> ToolOutcome:
@@ -298,9 +349,90 @@ async def test_body_templates_keep_a_whole_placeholder_typed(
     assert outcome.result["echo"]["json"] == seen["json"]
 
 
-async def test_a_string_body_is_sent_as_rendered_text(box: ToolBox, server: Server) -> None:
+async def test_a_form_body_form_encodes_each_value(
+    workflow: Workflow, session: aiohttp.ClientSession, server: Server
+) -> None:
+    box = ToolBox(workflow, ["raw_body"], state_for(workflow, name="Ann & co=1 +x"), http=session)
     assert not (await run(box, "raw_body")).is_error
-    assert server.seen[0]["method"] == "PUT" and server.seen[0]["body"] == "customer=c-42"
+    (seen,) = server.seen
+    assert seen["method"] == "PUT"
+    assert seen["form"] == [("customer", "c-42"), ("name", "Ann & co=1 +x"), ("n", "1")]
+
+
+async def test_a_plain_text_body_takes_values_as_they_are(
+    workflow: Workflow, session: aiohttp.ClientSession, server: Server
+) -> None:
+    box = ToolBox(workflow, ["text_body"], state_for(workflow, name='Ann", "admin": true'), http=session)
+    assert not (await run(box, "text_body")).is_error
+    assert server.seen[0]["body"] == 'Note from Ann", "admin": true'
+
+
+HOSTILE = ["@127.0.0.2:1/x", "../../admin/delete?x=1&admin=true#frag", "..", "%2e%2E/a b", "é/ü"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+async def test_hostile_user_data_stays_data_on_the_intended_host_and_path(
+    name: str, workflow: Workflow, session: aiohttp.ClientSession, server: Server
+) -> None:
+    box = ToolBox(workflow, ["files"], state_for(workflow, name=name), http=session)
+    assert not (await run(box, "files")).is_error
+    (seen,) = server.seen
+    assert seen["host"] == server.url.removeprefix("http://")
+    assert seen["match"] == {"name": name}  # one path segment: the route still matched
+    path = seen["raw_path"].partition("?")[0]
+    assert path.startswith("/files/") and path.count("/") == 2
+    assert "." not in path  # no dot segment for a client or proxy to resolve
+    assert seen["query"] == [("who", name), ("n", "1")]
+    assert seen["x_name"] == name
+    assert seen["json"] == {"name": name, "greeting": f"hi {name}"}
+
+
+@pytest.mark.parametrize("name", ["c-42\r\nX-Admin: 1", "a\nb", "a\rb", "a\x00b"])
+async def test_a_header_value_with_a_line_break_is_not_sent(
+    name: str, workflow: Workflow, session: aiohttp.ClientSession, server: Server
+) -> None:
+    box = ToolBox(workflow, ["files"], state_for(workflow, name=name), http=session)
+    assert error_of(await run(box, "files")) == (
+        "tool files: header 'X-Name' would contain a line break from a template value; not sent"
+    )
+    assert server.seen == []
+
+
+async def test_a_text_body_of_another_type_takes_no_templates(session: aiohttp.ClientSession) -> None:
+    # validation refuses it (test_validate.py); a workflow built in code gets an error result
+    data = {
+        **WORKFLOW_DATA,
+        "tools": {
+            "json_text": {
+                "description": "J.",
+                "http": {"url": "http://127.0.0.1:9/x", "body": '{"n": "{{user.name}}"}'},
+            }
+        },
+    }
+    workflow = Workflow.model_validate(data)
+    box = ToolBox(workflow, ["json_text"], state_for(workflow, name='", "admin": true, "x": "'), http=session)
+    assert error_of(await run(box, "json_text")).startswith(
+        "tool json_text: a text body takes templates only with a Content-Type header of "
+        "application/x-www-form-urlencoded"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "{{user.name}}/x",
+        "{{user.name}}://example.com/x",
+        "http://{{user.name}}/x",
+        "http://example.com{{user.name}}/x",
+        "http://example.com:{{user.name}}/x",
+        "http://{{user.name}}@example.com/x",
+        "https://api.{{user.name}}.example.com?x=1",
+    ],
+)
+def test_templates_cannot_fill_the_scheme_user_host_or_port(url: str) -> None:
+    data = {**WORKFLOW_DATA, "tools": {"t": {"description": "T.", "http": {"url": url}}}}
+    with pytest.raises(ValidationError, match="a template cannot fill the scheme, user, host or port"):
+        Workflow.model_validate(data)
 
 
 async def test_arguments_in_a_url_are_percent_encoded(box: ToolBox, server: Server) -> None:
@@ -364,14 +496,25 @@ async def test_connection_refused_is_an_error_result(session: aiohttp.ClientSess
     with socket.socket() as s:  # a port nobody listens on once closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    box = ToolBox(WORKFLOW, ["broken"], state_for(f"http://127.0.0.1:{port}"), http=session)
+    down = workflow_for(f"http://127.0.0.1:{port}")
+    box = ToolBox(down, ["broken"], state_for(down), http=session)
     message = error_of(await run(box, "broken"))
     assert message.startswith("tool broken: request failed: ClientConnectorError")
 
 
-async def test_an_unusable_rendered_url_is_an_error_result(session: aiohttp.ClientSession) -> None:
-    box = ToolBox(WORKFLOW, ["broken"], state_for("not a url"), http=session)
-    assert error_of(await run(box, "broken")).startswith("tool broken: request failed:")
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("/relative/path", "must be an absolute http:// or https:// URL"),
+        ("ftp://example.com/x", "must be an http:// or https:// URL, not ftp://"),
+        ("http:///x", "has no host"),
+        ("http://example.com:99999/x", "is not a valid URL"),
+    ],
+)
+def test_a_url_must_name_an_http_origin(url: str, message: str) -> None:
+    data = {**WORKFLOW_DATA, "tools": {"t": {"description": "T.", "http": {"url": url}}}}
+    with pytest.raises(ValidationError, match=message):
+        Workflow.model_validate(data)
 
 
 # -- Python tools -------------------------------------------------------------------------------
@@ -514,13 +657,13 @@ async def test_specs_offer_defined_and_builtin_tools(box: ToolBox) -> None:
 
 
 def test_specs_follow_the_agents_list() -> None:
-    state = state_for("http://127.0.0.1:9")
+    state = state_for()
     box = ToolBox(WORKFLOW, ["set_variable", "lookup", "set_variable"], state, http=None)  # type: ignore[arg-type]
     assert box.names == ("set_variable", "lookup")
 
 
 def test_an_unknown_tool_name_is_refused_at_setup() -> None:
-    state = state_for("http://127.0.0.1:9")
+    state = state_for()
     with pytest.raises(
         ToolError, match=r"tool 'teleport' is neither defined in workflow 'tools-check' nor built in"
     ):

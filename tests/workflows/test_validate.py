@@ -485,3 +485,40 @@ def test_cli_schema_is_a_json_schema_that_accepts_the_examples() -> None:
     front_desk = YAML(typ="safe").load((EXAMPLES / "front-desk.yaml").read_text())
     front_desk["agents"]["receptionist"]["greting"] = "hi"
     assert not validator.is_valid(front_desk)
+
+
+# -- http tools: where templates may go --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://{{user.name}}/orders",
+        "https://shop.example{{user.name}}/orders",
+        "https://shop.example:{{user.name}}/orders",
+        "https://{{user.name}}@shop.example/orders",
+        "{{user.name}}/orders",
+    ],
+)
+def test_a_template_in_a_urls_origin_is_reported_at_the_url(url: str) -> None:
+    text = edit('"https://shop.example/orders/{{args.order_id}}"', f'"{url}"')
+    assert found(text) == [
+        "wf.yaml:17:12: tools.lookup.http.url: a template cannot fill the scheme, user, host or port of "
+        "a URL: write them out (templates fill the path, query and fragment, percent-encoded)"
+    ]
+    with pytest.raises(WorkflowError, match="a template cannot fill"):
+        load_workflow_text(text, "wf.yaml")
+
+
+def test_a_text_body_with_templates_needs_a_form_or_plain_text_type() -> None:
+    json_text = edit("      save: {order: status}\n", "      body: '{\"id\": \"{{args.order_id}}\"}'\n")
+    assert found(json_text) == [
+        "wf.yaml:18:13: tools.lookup.http.body: a text body takes templates only with a Content-Type "
+        "header of application/x-www-form-urlencoded (values are form-encoded) or text/plain; write a "
+        "JSON body as a mapping or list (values are sent as JSON values)"
+    ]
+    form = edit(
+        "      save: {order: status}\n",
+        "      headers: {content-type: application/x-www-form-urlencoded}\n      body: 'id={{args.order_id}}'\n",
+    )
+    assert found(form) == []
