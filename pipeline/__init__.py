@@ -30,6 +30,17 @@ from ._dialogue import (
     ToolRunner,
     summarize,
 )
+from ._end_of_turn import (
+    EndOfTurnConfig,
+    EndOfTurnError,
+    EndOfTurnModel,
+    EndOfTurnPrediction,
+    TurnDecision,
+    decide_end_of_turn,
+    shared_end_of_turn_model,
+    smart_turn_features,
+    unfinished_cue,
+)
 from ._errors import AudioFormatError, PipelineError, ProviderError
 from ._events import (
     AgentHandoff,
@@ -85,6 +96,10 @@ __all__ = [
     "Conversation",
     "Dialogue",
     "EndCallEvent",
+    "EndOfTurnConfig",
+    "EndOfTurnError",
+    "EndOfTurnModel",
+    "EndOfTurnPrediction",
     "Endpointer",
     "FillerLookup",
     "HandoffEvent",
@@ -114,6 +129,7 @@ __all__ = [
     "Transcript",
     "TurnCompleted",
     "TurnConfig",
+    "TurnDecision",
     "TurnMetrics",
     "Usage",
     "UsageRecorded",
@@ -124,12 +140,16 @@ __all__ = [
     "VADResult",
     "VirtualClock",
     "VoiceSession",
+    "decide_end_of_turn",
     "frames",
     "is_backchannel",
     "read_wav",
     "rms_dbfs",
+    "shared_end_of_turn_model",
+    "smart_turn_features",
     "summarize",
     "to_internal",
     "turn_summary",
+    "unfinished_cue",
     "write_wav",
 ]  # fmt: skip
