@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -14,12 +14,13 @@ import structlog
 from metering import (
     BillingIdentity,
     Ledger,
+    Meter,
+    MeteringLoss,
     OutboxStatus,
     PriceCatalog,
     UsageExporter,
     database_url,
 )
-from metering._reporter import Meter
 
 from ._settings import Settings
 
@@ -38,14 +39,21 @@ def billing_identity(settings: Settings) -> BillingIdentity | None:
     )
 
 
-async def open_ledger(settings: Settings, *, catalog: PriceCatalog, migrate: bool = True) -> Ledger:
-    """The configured ledger (DATABASE_URL, else SQLite in the data dir), billing as configured."""
+async def open_ledger(
+    settings: Settings, *, catalog: PriceCatalog, migrate: bool = True, writable: bool = True
+) -> Ledger:
+    """The configured ledger (DATABASE_URL, else SQLite in the data dir), billing as configured.
+
+    writable=False (commands that only read): nothing is created or migrated, and a missing
+    embedded ledger is a LedgerMissingError. Raises LedgerConfigError for a configuration that
+    cannot work (a malformed URL, an unwritable data dir or ledger file)."""
     return await Ledger.open(
         database_url(settings.database_url, settings.data_dir),
         catalog=catalog,
         worker_id=settings.worker_id,
         billing=billing_identity(settings),
-        migrate=migrate,
+        migrate=migrate and writable,
+        writable=writable,
     )
 
 
@@ -70,6 +78,9 @@ class Metering:
     exporter: UsageExporter | None
     final: OutboxStatus | None = None
     """The outbox after the closing drain (None without an exporter)."""
+    lost: list[MeteringLoss] = field(default_factory=list)
+    """Set when the context exits: records that never reached the ledger (their calls' usage is
+    neither priced nor billed). Non-empty means the command must fail."""
 
 
 @asynccontextmanager
@@ -101,6 +112,7 @@ async def open_metering(
             yield metering
         finally:
             await meter.aclose()
+            metering.lost = list(meter.lost)
             if exporter is not None and export_task is not None:
                 stop.set()
                 await export_task

@@ -123,7 +123,7 @@ def _seconds(raw: str) -> float:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _run(_with_ledger(args.settings, lambda ledger: ledger.outbox_status()))
+    status = _run(_with_ledger(args.settings, lambda ledger: ledger.outbox_status(), write=False))
     age_s = _age_s(status.oldest_pending_at)
     if args.json:
         print(
@@ -147,7 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
-    rows = _run(_with_ledger(args.settings, lambda ledger: ledger.dead_letters()))
+    rows = _run(_with_ledger(args.settings, lambda ledger: ledger.dead_letters(), write=False))
     letters = [
         {
             "id": event.id,
@@ -173,20 +173,20 @@ def cmd_dead(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    n = _run(_with_ledger(args.settings, lambda ledger: ledger.retry_dead()))
+    n = _run(_with_ledger(args.settings, lambda ledger: ledger.retry_dead(), write=True))
     print(f"re-queued {n} dead letter{'' if n == 1 else 's'}")
     return EXIT_OK
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     before = datetime.now(UTC) - timedelta(days=args.days)
-    n = _run(_with_ledger(args.settings, lambda ledger: ledger.prune_delivered(before)))
+    n = _run(_with_ledger(args.settings, lambda ledger: ledger.prune_delivered(before), write=True))
     print(f"deleted {n} delivered outbox event{'' if n == 1 else 's'} older than {args.days} days")
     return EXIT_OK
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    rev = _run(_with_ledger(args.settings, lambda ledger: ledger.schema_revision(), migrate=True))
+    rev = _run(_with_ledger(args.settings, lambda ledger: ledger.schema_revision(), write=True))
     print(f"ledger schema at revision {rev}")
     return EXIT_OK
 
@@ -204,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 async def _export(settings: Settings, *, until_empty: bool, timeout_s: float | None, lease_s: float) -> int:
     from ._metering import usage_exporter
 
-    ledger = await _open_ledger(settings, migrate=True)
+    ledger = await _open_ledger(settings, write=True)
     exporter = usage_exporter(
         settings, ledger, lease_s=lease_s, request_timeout_s=min(REQUEST_TIMEOUT_S, lease_s / 2)
     )
@@ -278,23 +278,19 @@ async def _serve_metrics(settings: Settings) -> web.AppRunner | None:
     return runner
 
 
-async def _open_ledger(settings: Settings, *, migrate: bool) -> Ledger:
-    from metering import LedgerError, database_url, load_catalog
+async def _open_ledger(settings: Settings, *, write: bool) -> Ledger:
+    """The configured ledger. A command that only reads (write=False) never creates, migrates
+    or writes one; a command that writes migrates it first."""
+    from metering import load_catalog
 
     from ._metering import open_ledger
 
-    try:
-        database_url(settings.database_url, settings.data_dir)
-    except LedgerError as exc:
-        raise UsageError(str(exc)) from None
     # The outbox commands price nothing: the bundled catalog satisfies the ledger.
-    return await open_ledger(settings, catalog=load_catalog(), migrate=migrate)
+    return await open_ledger(settings, catalog=load_catalog(), writable=write)
 
 
-async def _with_ledger(
-    settings: Settings, use: Callable[[Ledger], Awaitable[T]], *, migrate: bool = False
-) -> T:
-    ledger = await _open_ledger(settings, migrate=migrate)
+async def _with_ledger(settings: Settings, use: Callable[[Ledger], Awaitable[T]], *, write: bool) -> T:
+    ledger = await _open_ledger(settings, write=write)
     try:
         return await use(ledger)
     finally:
@@ -302,17 +298,23 @@ async def _with_ledger(
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run, with the ledger's failures (an unreachable database, a schema that needs
-    migrating) as a CommandError: one line, exit status 1."""
+    """asyncio.run, with the ledger's failures as one line: a configuration that cannot work
+    (LedgerConfigError: a malformed DATABASE_URL, an unwritable data dir) exits 2; an
+    unreachable database or a schema that needs migrating exits 1."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from metering import MeteringError
+    from metering import LedgerConfigError, MeteringError
 
     try:
         return asyncio.run(coro)
+    except LedgerConfigError as exc:  # the operator's configuration: a usage error
+        raise UsageError(_first_line(exc)) from None
     except (MeteringError, SQLAlchemyError, OSError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CommandError(first_line) from exc
+        raise CommandError(_first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _age_s(at: datetime | None) -> float | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +41,22 @@ class Settings(BaseSettings):
     usage_plan: str = "default"
     usage_max_attempts: int = Field(default=20, ge=1)
     """Failed deliveries of one event before it goes to the dead letters."""
+
+    @field_validator("usage_api_url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        # The message never repeats the value: a pasted URL may carry credentials.
+        if not url:
+            return url
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError:
+            host = None
+        if parts.scheme not in ("http", "https") or not host:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://cp-api.withpaygent.com")
+        return url
 
     @model_validator(mode="after")
     def _export_is_complete(self) -> Settings:

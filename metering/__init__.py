@@ -4,7 +4,16 @@ from ._clock import Clock, utcnow
 from ._cost import PLATFORM, CostBreakdown, UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError, PriceCatalogError, PriceNotFoundError
 from ._exporter import ENDPOINTS, UsageExporter
-from ._ledger import BillingIdentity, Ledger, LedgerError, OutboxItem, OutboxStatus, database_url
+from ._ledger import (
+    BillingIdentity,
+    Ledger,
+    LedgerConfigError,
+    LedgerError,
+    LedgerMissingError,
+    OutboxItem,
+    OutboxStatus,
+    database_url,
+)
 from ._prices import (
     LLMPrice,
     MinutePrice,
@@ -15,6 +24,7 @@ from ._prices import (
     parse_catalog,
 )
 from ._records import CallClosed, CallOpened, CallStatus, Record, TurnReported, UsageReported
+from ._reporter import Meter, MeteringLoss
 
 __all__ = [
     "ENDPOINTS",
@@ -27,8 +37,12 @@ __all__ = [
     "CostBreakdown",
     "LLMPrice",
     "Ledger",
+    "LedgerConfigError",
     "LedgerError",
+    "LedgerMissingError",
+    "Meter",
     "MeteringError",
+    "MeteringLoss",
     "MinutePrice",
     "OutboxItem",
     "OutboxStatus",

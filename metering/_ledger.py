@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Insert, and_, delete, event, exists, func, select, update
+from sqlalchemy import Insert, and_, delete, event, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import aliased
 
@@ -44,24 +44,41 @@ class LedgerError(MeteringError):
     """The ledger's database cannot be opened or used; names the URL (without password)."""
 
 
+class LedgerMissingError(LedgerError):
+    """A command that only reads found no embedded ledger (it never creates one)."""
+
+
+class LedgerConfigError(LedgerError):
+    """The ledger's configuration cannot work (a malformed DATABASE_URL, a data directory or
+    ledger file that cannot be written): the operator's to fix, before any call starts."""
+
+
 def database_url(url: str | None, data_dir: Path) -> str:
     """The async SQLAlchemy URL for `url`, or the embedded SQLite file in `data_dir`.
 
     Accepts what operators paste: postgres:// and postgresql:// (asyncpg is added), sqlite://.
+    A URL that cannot be parsed is a LedgerConfigError naming the variable and the problem,
+    never the URL itself (it may hold a password).
     """
     if not url:
         return f"sqlite+aiosqlite:///{(data_dir / 'voicerun.db').resolve()}"
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise LedgerError(f"DATABASE_URL is not a database URL: {exc}") from None
+        port = parsed.port
+    except (ArgumentError, ValueError):
+        raise LedgerConfigError(
+            "DATABASE_URL is not a database URL: expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+            "or sqlite:///PATH (is the port a number?)"
+        ) from None
+    if port is not None and not 0 < port < 65536:
+        raise LedgerConfigError(f"DATABASE_URL: port {port} is out of range (1-65535)")
     driver = parsed.drivername
     if driver in ("postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
     elif driver == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     elif driver not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
-        raise LedgerError(f"DATABASE_URL: unsupported database {driver!r}; use postgresql:// or sqlite://")
+        raise LedgerConfigError(f"DATABASE_URL: unsupported database {driver!r}; use postgresql:// or sqlite://")
     return parsed.render_as_string(hide_password=False)
 
 
@@ -132,16 +149,26 @@ class Ledger:
         worker_id: str = "local",
         billing: BillingIdentity | None = None,
         migrate: bool = True,
+        writable: bool = True,
         connect_args: dict[str, Any] | None = None,
         clock: Clock = utcnow,
     ) -> Ledger:
-        """Connect and (by default) migrate the schema to the latest revision."""
+        """Connect and (by default) migrate the schema to the latest revision.
+
+        writable: the ledger will be written (calls recorded, the outbox driven). Its directory is
+        created and a write is tried now, so a ledger that cannot take a call's usage is refused
+        (LedgerConfigError) before the call starts rather than losing the usage at its end.
+        With writable=False nothing is created or migrated: an embedded ledger that does not
+        exist is a LedgerMissingError.
+        """
         safe = make_url(url).render_as_string(hide_password=True)
         kwargs: dict[str, Any] = {"connect_args": connect_args or {}}
+        sqlite_file: Path | None = None
         if url.startswith("sqlite"):
             path = make_url(url).database
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path and path != ":memory:" and not path.startswith("file:"):
+                sqlite_file = Path(path)
+                _prepare_sqlite_file(sqlite_file, create=writable)
         else:
             kwargs |= {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
         engine = create_async_engine(url, **kwargs)
@@ -149,17 +176,25 @@ class Ledger:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
         try:
-            async with engine.execution_options(**_WRITE).begin() as conn:
-                if migrate:
-                    await conn.run_sync(_migrate.upgrade)
-                else:
+            if writable:
+                async with engine.execution_options(**_WRITE).begin() as conn:
+                    if migrate:
+                        await conn.run_sync(_migrate.upgrade)
+                    else:
+                        await conn.run_sync(_check_schema)
+                    await conn.run_sync(_probe_write, sqlite_file or safe)
+            else:
+                async with engine.connect() as conn:
                     await conn.run_sync(_check_schema)
         except MeteringError:
             await engine.dispose()
             raise
         except Exception as exc:
             await engine.dispose()
-            raise LedgerError(f"cannot open the ledger at {safe}: {exc}") from exc
+            problem = _first_line(exc)
+            if "readonly" in problem or "read-only" in problem:
+                raise LedgerConfigError(f"the ledger at {safe} cannot be written: {problem}") from None
+            raise LedgerError(f"cannot open the ledger at {safe}: {problem}") from exc
         return cls(engine, catalog=catalog, worker_id=worker_id, billing=billing, clock=clock)
 
     async def aclose(self) -> None:
@@ -599,6 +634,35 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
+    if not create:
+        if not path.exists():
+            raise LedgerMissingError(
+                f"no ledger at {path}: no call has been recorded here yet (set VOICERUN_DATA_DIR or DATABASE_URL)"
+            )
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LedgerConfigError(
+            f"cannot create the ledger's directory {path.parent}: {exc.strerror or exc}"
+        ) from None
+
+
+def _probe_write(conn: Any, where: Path | str) -> None:
+    """A write that changes nothing, so a ledger that can be read but not written (a read-only
+    file, a read-only database user or replica) is found at open, not at a call's end."""
+    try:
+        conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+    except DBAPIError as exc:
+        what = f"the ledger file {where}" if isinstance(where, Path) else f"the ledger at {where}"
+        raise LedgerConfigError(f"{what} cannot be written: {_first_line(exc.orig or exc)}") from None
 
 
 def _check_schema(conn: Any) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import structlog
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
@@ -36,6 +36,15 @@ def _rejected(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError | DataError | ValueError | TypeError):
         return True
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+@dataclass(frozen=True, slots=True)
+class MeteringLoss:
+    """Records that never reached the ledger: usage that will not be billed or priced."""
+
+    records: int
+    call_ids: tuple[str, ...]
+    reason: str
 
 
 BATCH = 500
@@ -72,6 +81,10 @@ class Meter:
         self._idle = asyncio.Event()
         self._idle.set()
         self.dropped_turns = 0
+        self._last_error = ""
+        self.lost: list[MeteringLoss] = []
+        """What never reached the ledger (calls, usage; not per-turn latencies), for the command
+        or worker to report: a non-empty list is a failure, not a log line."""
 
     async def __aenter__(self) -> Meter:
         self.start()
@@ -186,6 +199,7 @@ class Meter:
                 await self.ledger.write(batch)
             except Exception as exc:
                 if not _rejected(exc):
+                    self._last_error = _first_line(exc)
                     m.METERING_WRITE_FAILURES.inc()
                     log.error(
                         "metering_write_failed", records=len(batch), error=_first_line(exc), retry_in_s=delay
@@ -219,6 +233,10 @@ class Meter:
                 m.METERING_DROPPED.labels(kind="rejected").inc()
                 # Everything needed to replay it by hand is in this line.
                 log.error("metering_record_rejected", record=repr(record), error=_first_line(exc))
+                if not isinstance(record, TurnReported):
+                    self.lost.append(
+                        MeteringLoss(1, (record.call_id,), f"the ledger refused it: {_first_line(exc)}")
+                    )
         if self._on_commit is not None:
             self._on_commit()
         return []
@@ -238,12 +256,12 @@ class Meter:
             await asyncio.wait_for(self.flush(), timeout_s)
         except TimeoutError:
             left = self._inflight + self._take_batch()
-            log.error(
-                "metering_records_lost",
-                records=len(left),
-                calls=sorted({r.call_id for r in left}),
-                reason=f"ledger unreachable for {timeout_s} s at shutdown",
-            )
+            reason = f"ledger unreachable for {timeout_s} s at shutdown"
+            calls = sorted({r.call_id for r in left})
+            log.error("metering_records_lost", records=len(left), calls=calls, reason=reason)
+            if self._last_error:
+                reason = f"{reason}: {self._last_error}"
+            self.lost.append(MeteringLoss(len(left), tuple(calls), reason))
         self._writer.cancel()
         try:
             await self._writer

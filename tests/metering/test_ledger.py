@@ -19,7 +19,9 @@ from metering import (
     CallClosed,
     CallOpened,
     Ledger,
+    LedgerConfigError,
     LedgerError,
+    LedgerMissingError,
     Record,
     TurnReported,
     UsageLine,
@@ -211,7 +213,9 @@ async def test_claims_follow_each_calls_order_and_leases_expire(ledger: Ledger, 
     assert [(i.call_id, i.step) for i in nxt] == [("a", "session"), ("b", "customer")]
 
 
-async def test_no_outbox_time_comes_from_anywhere_but_the_ledgers_clock(ledger: Ledger, clock: FakeClock) -> None:
+async def test_no_outbox_time_comes_from_anywhere_but_the_ledgers_clock(
+    ledger: Ledger, clock: FakeClock
+) -> None:
     # Calls dated long before the ledger's "now" (or after it) are queued at the ledger's now.
     clock.at = T0 - timedelta(days=400)
     await ledger.write(known_call("old"))
@@ -327,10 +331,40 @@ def test_the_embedded_default_is_a_file_in_the_data_directory(tmp_path: Path) ->
     assert database_url(None, tmp_path) == f"sqlite+aiosqlite:///{tmp_path.resolve()}/voicerun.db"
 
 
-@pytest.mark.parametrize("bad", ["mysql://u@db/voice", "not a url"])
-def test_unsupported_database_urls_are_refused(bad: str, tmp_path: Path) -> None:
-    with pytest.raises(LedgerError, match="DATABASE_URL"):
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "mysql://u@db/voice",
+        "not a url",
+        "postgresql://u:s3cret@db:port/x",
+        "postgresql://u:s3cret@db:70000/x",
+    ],
+)
+def test_unusable_database_urls_are_a_configuration_error_without_the_password(
+    bad: str, tmp_path: Path
+) -> None:
+    with pytest.raises(LedgerConfigError, match=r"^DATABASE_URL") as err:
         database_url(bad, tmp_path)
+    assert "s3cret" not in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+async def test_a_ledger_that_cannot_be_written_is_refused_at_open(tmp_path: Path) -> None:
+    await (await Ledger.open(database_url(None, tmp_path), catalog=load_catalog())).aclose()
+    read_only = f"sqlite+aiosqlite:///file:{tmp_path / 'voicerun.db'}?mode=ro&uri=true"
+    with pytest.raises(LedgerConfigError, match="cannot be written: attempt to write a readonly database"):
+        await Ledger.open(read_only, catalog=load_catalog())
+    # A reader needs no write access.
+    lg = await Ledger.open(read_only, catalog=load_catalog(), writable=False)
+    assert (await lg.outbox_status()).pending == 0
+    await lg.aclose()
+
+
+async def test_a_reader_never_creates_a_ledger(tmp_path: Path) -> None:
+    with pytest.raises(
+        LedgerMissingError, match=r"^no ledger at .*voicerun\.db: no call has been recorded here yet"
+    ):
+        await Ledger.open(database_url(None, tmp_path / "data"), catalog=load_catalog(), writable=False)
+    assert not (tmp_path / "data").exists()
 
 
 async def test_prune_deletes_only_delivered_events_older_than_the_cutoff(

@@ -407,3 +407,31 @@ async def test_records_the_database_refuses_are_set_aside_loudly_and_the_rest_la
     rejected = [e for e in captured_logs if e["event"] == "metering_record_rejected"]
     assert len(rejected) == 2
     assert "call_id='ghost'" in rejected[0]["record"] and "turn=99" in rejected[1]["record"]
+    # The ghost's usage is lost, and the meter says so for its owner to fail; a turn's
+    # latencies are diagnostics, not usage.
+    [loss] = meter.lost
+    assert (loss.records, loss.call_ids) == (1, ("ghost",))
+    assert loss.reason.startswith("the ledger refused it: ")
+
+
+async def test_records_left_when_the_ledger_stays_locked_are_reported_lost(tmp_path: Path) -> None:
+    import sqlite3
+
+    from metering import database_url
+
+    ledger = await Ledger.open(database_url(None, tmp_path), catalog=load_catalog())
+    lock = sqlite3.connect(tmp_path / "voicerun.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")  # another process holds the file's write lock throughout
+        meter = Meter(ledger)
+        meter.start()
+        for r in records_for_a_busy_call("locked", 2):
+            meter.report(r)
+        await meter.aclose(timeout_s=0.5)  # a timeout meant to expire: the lock never goes
+    finally:
+        lock.rollback()
+        lock.close()
+        await ledger.aclose()
+    [loss] = meter.lost
+    assert (loss.records, loss.call_ids) == (len(records_for_a_busy_call("locked", 2)), ("locked",))
+    assert loss.reason.startswith("ledger unreachable for 0.5 s at shutdown")

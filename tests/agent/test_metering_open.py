@@ -1,0 +1,30 @@
+"""open_metering: what a command or worker learns from the metering it opened."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent._metering import open_metering
+from agent._settings import Settings
+from metering import CallOpened, UsageLine, UsageReported, load_catalog
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+async def test_usage_that_never_reached_the_ledger_is_reported_after_exit(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    async with open_metering(settings, catalog=load_catalog()) as metering:
+        metering.meter.report(CallOpened(call_id="kept", workflow_slug="wf", started_at=T0))
+        # Usage of a call the ledger never opened: the database refuses it (a foreign key).
+        metering.meter.report(
+            UsageReported(
+                call_id="orphan", seq=0, line=UsageLine("tts", "polly", "neural", characters=9), agent=None, at=T0
+            )
+        )
+    [loss] = metering.lost
+    assert (loss.records, loss.call_ids) == (1, ("orphan",))
+    call = None
+    async with open_metering(settings, catalog=load_catalog()) as again:
+        call = await again.ledger.call("kept")
+    assert call is not None and again.lost == []
