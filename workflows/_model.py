@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
+from ._json import json_safe
+
 _SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -162,6 +164,11 @@ TEXT_BODY_TEMPLATES = (
 )
 
 
+MAX_RESULT_BYTES = 256 * 1024
+"""The most an HTTP tool's response may be (its default), and what any other tool result is cut
+to: more would flood the LLM's context (and its bill)."""
+
+
 class HttpSpec(_Strict):
     """An HTTP call; url, headers and string values in body are templates ({{args.x}} too)."""
 
@@ -170,8 +177,14 @@ class HttpSpec(_Strict):
     """Templates fill the path, query and fragment only, each value percent-encoded."""
     headers: dict[str, str] = Field(default_factory=dict)
     body: Any = None
+
+    @field_validator("body")
+    @classmethod
+    def _json_body(cls, body: Any) -> Any:
+        # YAML has dates and sets that JSON has not; the body is sent as JSON
+        return json_safe(body)
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
-    max_response_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = 256 * 1024
+    max_response_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = MAX_RESULT_BYTES
     """A larger response is an error result: it would flood the LLM's context (and its bill)."""
     save: dict[str, str] = Field(default_factory=dict)
     """vars name -> dotted path in the JSON response (`slots.0.time`)."""
@@ -252,6 +265,12 @@ class HandoffSpec(_Strict):
 class ToolCallSpec(_Strict):
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_arguments(cls, arguments: dict[str, Any]) -> Any:
+        # as the LLM would give them: a YAML date is its ISO string
+        return json_safe(arguments)
 
 
 class RuleSpec(_Strict):

@@ -7,6 +7,7 @@ the tool and the reason, so the agent can apologise or try something else, and t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import json
@@ -24,9 +25,11 @@ from yarl import URL
 from pipeline import ToolCall, ToolOutcome, ToolSpec
 
 from ._errors import ToolError, VariableError, WorkflowRuntimeError
+from ._json import capped, json_safe
 from ._model import (
     BUILTIN_TOOLS,
     FORM,
+    MAX_RESULT_BYTES,
     TEXT_BODY_MEDIA,
     TEXT_BODY_TEMPLATES,
     URL_ORIGIN,
@@ -279,7 +282,7 @@ class ToolBox:
         started = time.perf_counter()
         canned = call.name in self._canned and call.name in self._defined
         try:
-            outcome = await self._run(call)
+            outcome = self._json_result(call.name, await self._run(call))
         except _ToolFailedError as exc:
             log.warning(
                 "tool_failed",
@@ -293,6 +296,16 @@ class ToolBox:
             "tool_called", tool=call.name, duration_ms=duration_ms, **({"canned": True} if canned else {})
         )
         return outcome
+
+    def _json_result(self, name: str, outcome: ToolOutcome) -> ToolOutcome:
+        """The outcome with a result the LLM, the transcript and the report can carry: JSON data
+        (whatever a Python tool or a canned YAML value holds), cut to the tool's size limit."""
+        tool = self._defined.get(name)
+        limit = tool.http.max_response_bytes if tool is not None and tool.http else MAX_RESULT_BYTES
+        result, size = capped(json_safe(outcome.result, max_chars=limit), limit)
+        if size is not None:
+            log.warning("tool_result_truncated", tool=name, size_bytes=size, limit_bytes=limit)
+        return dataclasses.replace(outcome, result=result)
 
     async def _run(self, call: ToolCall) -> ToolOutcome:
         name = call.name

@@ -6,6 +6,7 @@ Every failure comes back as an error result naming the tool; run() itself never 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -238,6 +239,8 @@ WORKFLOW_DATA: dict[str, Any] = {
             "python": "tools_fixture:lookup_order_async",
         },
         "explode": {"description": "Raises.", "python": "tools_fixture:explode"},
+        "awkward": {"description": "Returns odd things.", "python": "tools_fixture:awkward"},
+        "awkward_async": {"description": "Returns odd things.", "python": "tools_fixture:awkward_async"},
         "huge": tool("/huge"),
         "small_limit": tool("/slots/2025-05-01", max_response_bytes=20),
         "stuck": {
@@ -722,3 +725,73 @@ agents:
 """
     )
     assert any("an HTTP tool's timeout is http.timeout_s" in str(p) for p in problems), problems
+
+
+# -- results: JSON data whatever a tool returns -------------------------------------------------
+
+AWKWARD = {
+    "datetime": "2025-05-01T19:30:00+00:00",
+    "set": ["a", "b", "c"],
+    "bytes": {"$bytes_base64": "AP9oaQ=="},
+    "dataclass": {"id": "B1", "at": "2025-05-01T19:30:00", "tags": ["window"]},
+    "floats": [None, None, None, 1.5],
+    "cycle": {"name": "loop", "self": "<cycle>"},
+    "object": "<Opaque thing>",
+    "keys": {"1": "one", "null": "none", "(1, 2)": "pair"},
+}
+
+
+@pytest.mark.parametrize("tool", ["awkward", "awkward_async"])
+@pytest.mark.parametrize(("kind", "expected"), list(AWKWARD.items()))
+async def test_a_python_tools_result_becomes_json_data(
+    box: ToolBox, tool: str, kind: str, expected: object
+) -> None:
+    outcome = await run(box, tool, kind=kind)
+    assert not outcome.is_error
+    assert outcome.result == expected
+    json.dumps(outcome.result, allow_nan=False)  # what the transcript and the report write
+
+
+async def test_a_huge_result_is_cut_to_the_limit_and_says_so(
+    box: ToolBox, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    outcome = await run(box, "awkward", kind="huge")
+    assert not outcome.is_error
+    assert "over the 262144-byte limit: this is its start" in outcome.result["truncated"]
+    assert outcome.result["excerpt"].startswith('"xxxx')
+    assert len(json.dumps(outcome.result)) <= 262144
+    (event,) = [e for e in captured_logs if e["event"] == "tool_result_truncated"]
+    assert event["tool"] == "awkward" and event["limit_bytes"] == 262144
+
+
+async def test_canned_results_and_rule_arguments_from_yaml_are_json_data(
+    session: aiohttp.ClientSession,
+) -> None:
+    from workflows import load_workflow_text
+
+    workflow = load_workflow_text(
+        """
+version: 1
+slug: dates
+start: a
+tools:
+  book: {description: B., http: {url: "http://127.0.0.1:9/book", method: POST, body: {on: 2025-05-01}}}
+agents:
+  a:
+    instructions: A.
+    tools: [book]
+    rules:
+      - {keywords: [book], tool: {name: book, arguments: {on: 2025-05-01, seats: !!set {a, b}}}}
+tests:
+  - name: t
+    tool_results: {book: {confirmed: 2025-05-01T19:30:00}}
+    steps: [{user: book, expect: {tool_calls: [{name: book, arguments: {on: "2025-05-01"}}]}}]
+"""
+    )
+    assert workflow.tools["book"].http is not None
+    assert workflow.tools["book"].http.body == {"on": "2025-05-01"}
+    assert workflow.agents["a"].rules[0].tool is not None
+    assert workflow.agents["a"].rules[0].tool.arguments == {"on": "2025-05-01", "seats": ["a", "b"]}
+    state = CallState.bind(workflow, {})
+    box = ToolBox(workflow, ["book"], state, http=session, canned=workflow.tests[0].tool_results)
+    assert (await run(box, "book")).result == {"confirmed": "2025-05-01T19:30:00"}

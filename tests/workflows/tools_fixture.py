@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import math
 import threading
 
 
@@ -37,3 +40,37 @@ def wait_forever(order_id: str) -> None:
 
 async def wait_forever_async(order_id: str) -> None:
     await asyncio.Event().wait()
+
+
+@dataclasses.dataclass
+class Booking:
+    id: str
+    at: datetime.datetime
+    tags: frozenset[str]
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque thing>"
+
+
+def awkward(kind: str) -> object:
+    """What a Python tool may return that JSON cannot carry as it is."""
+    cyclic: dict[str, object] = {"name": "loop"}
+    cyclic["self"] = cyclic
+    values: dict[str, object] = {
+        "datetime": datetime.datetime(2025, 5, 1, 19, 30, tzinfo=datetime.UTC),
+        "set": {"b", "a", "c"},
+        "bytes": b"\x00\xffhi",
+        "dataclass": Booking("B1", datetime.datetime(2025, 5, 1, 19, 30), frozenset({"window"})),
+        "floats": [math.nan, math.inf, -math.inf, 1.5],
+        "cycle": cyclic,
+        "object": Opaque(),
+        "keys": {1: "one", None: "none", (1, 2): "pair"},
+        "huge": "x" * (1024 * 1024),
+    }
+    return values[kind]
+
+
+async def awkward_async(kind: str) -> object:
+    return awkward(kind)
