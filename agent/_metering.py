@@ -44,10 +44,11 @@ async def open_ledger(
 ) -> Ledger:
     """The configured ledger (DATABASE_URL, else SQLite in the data dir), billing as configured.
 
-    writable=False (commands that only read): nothing is created or migrated, and a missing
-    embedded ledger is a LedgerMissingError. Raises LedgerConfigError for a configuration that
+    writable=True: migrated, and calls whose owner is provably gone are closed as abandoned
+    (Ledger.recover_orphans). writable=False (commands that only read): nothing is created,
+    migrated or closed, and a missing embedded ledger is a LedgerMissingError. Raises LedgerConfigError for a configuration that
     cannot work (a malformed URL, an unwritable data dir or ledger file)."""
-    return await Ledger.open(
+    ledger = await Ledger.open(
         database_url(settings.database_url, settings.data_dir),
         catalog=catalog,
         worker_id=settings.worker_id,
@@ -55,6 +56,15 @@ async def open_ledger(
         migrate=migrate and writable,
         writable=writable,
     )
+    if writable:
+        # Calls left open by processes that provably died (SIGKILL, a crash) are closed and
+        # billed now, by whoever opens the ledger next.
+        try:
+            await ledger.recover_orphans()
+        except BaseException:
+            await ledger.aclose()
+            raise
+    return ledger
 
 
 def usage_exporter(settings: Settings, ledger: Ledger, **options: Any) -> UsageExporter | None:

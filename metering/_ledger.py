@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -30,9 +30,10 @@ from . import _migrate
 from ._clock import Clock, utcnow
 from ._cost import UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError
+from ._owner import ProcessIdentity, is_gone
 from ._prices import PriceCatalog
 from ._records import CallClosed, CallOpened, Record, TurnReported, UsageReported
-from ._schema import Base, Call, DeadLetter, OutboxEvent, TurnMetric, UsageEvent
+from ._schema import Base, Call, DeadLetter, OutboxEvent, TurnMetric, UsageEvent, WorkerLease
 
 log = structlog.get_logger("voicerun.metering")
 
@@ -78,7 +79,9 @@ def database_url(url: str | None, data_dir: Path) -> str:
     elif driver == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     elif driver not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
-        raise LedgerConfigError(f"DATABASE_URL: unsupported database {driver!r}; use postgresql:// or sqlite://")
+        raise LedgerConfigError(
+            f"DATABASE_URL: unsupported database {driver!r}; use postgresql:// or sqlite://"
+        )
     return parsed.render_as_string(hide_password=False)
 
 
@@ -130,6 +133,8 @@ class Ledger:
     ) -> None:
         self.engine = engine
         self.clock = clock
+        self.process = ProcessIdentity.current()
+        """Recorded as the owner of every call this ledger opens."""
         """Every time the ledger stamps (outbox due times, claims, deliveries) comes from here,
         and the exporter reads the same clock, so the two always agree."""
         self.catalog = catalog
@@ -270,6 +275,10 @@ class Ledger:
                 customer_id=customer,
                 status="active",
                 started_at=r.started_at,
+                owner_host=self.process.host,
+                owner_machine=self.process.machine,
+                owner_pid=self.process.pid,
+                owner_started=self.process.started,
             )
             .returning(Call.id)
         )
@@ -402,30 +411,104 @@ class Ledger:
         )
 
     async def recover(self) -> list[str]:
-        """Close the calls this worker left open when it died, as `abandoned`, priced and queued
-        for billing with the usage recorded before the crash. Run once at worker start."""
+        """Close the calls this worker id left open when it died, as `abandoned`, priced and
+        queued for billing with the usage recorded before the crash. Run once at worker start."""
+        async with self._sessions() as s:
+            ids = (
+                await s.scalars(
+                    select(Call.id).where(Call.status == "active", Call.worker_id == self.worker_id)
+                )
+            ).all()
+        return await self._abandon(list(ids), reason="worker_lost")
+
+    async def recover_orphans(self) -> list[str]:
+        """Close as `abandoned` every open call whose owner is provably gone: a process on this
+        machine (same boot, same PID namespace) whose pid no longer runs or now names another
+        process (reason `process_lost`), or a worker whose lease expired (`worker_lost`). Calls
+        of live processes, and of processes elsewhere, are never touched. Returns their ids."""
         now = self.clock()
         async with self._sessions() as s:
             rows = (
                 await s.execute(
-                    select(Call.id, Call.started_at).where(
-                        Call.status == "active", Call.worker_id == self.worker_id
+                    select(
+                        Call.id,
+                        Call.owner_machine,
+                        Call.owner_pid,
+                        Call.owner_started,
+                        WorkerLease.lease_until,
                     )
+                    .outerjoin(WorkerLease, WorkerLease.worker_id == Call.worker_id)
+                    .where(Call.status == "active")
                 )
             ).all()
-        records = [
-            CallClosed(
-                call_id=call_id,
-                status="abandoned",
-                reason="worker_lost",
-                ended_at=now,
-                duration_s=max(0.0, (now - started).total_seconds()),
-            )
-            for call_id, started in rows
+        lost_workers = [
+            call_id for call_id, *_, lease_until in rows if lease_until is not None and lease_until < now
         ]
+        lost_processes = [
+            call_id
+            for call_id, machine, pid, started, lease_until in rows
+            if call_id not in lost_workers and is_gone(self.process, machine, pid, started)
+        ]
+        return [
+            *await self._abandon(lost_workers, reason="worker_lost"),
+            *await self._abandon(lost_processes, reason="process_lost"),
+        ]
+
+    async def renew_lease(self, lease_s: float) -> None:
+        """Claim this worker id for `lease_s` more seconds. A worker renews well before its lease
+        ends; once it has ended, its open calls may be closed by any process."""
+        lease = {
+            "worker_id": self.worker_id,
+            "lease_until": self.clock() + timedelta(seconds=lease_s),
+            "host": self.process.host,
+            "pid": self.process.pid,
+        }
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        insert = dialect_insert(WorkerLease).values(**lease)
+        async with self._writes.begin() as s:
+            await s.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[WorkerLease.worker_id],
+                    set_={k: v for k, v in lease.items() if k != "worker_id"},
+                )
+            )
+
+    async def _abandon(self, call_ids: list[str], *, reason: str) -> list[str]:
+        """Close the calls as `abandoned`, lasting until their last sign of life (the latest usage
+        or turn recorded), so a call found days later is not billed for the days."""
+        if not call_ids:
+            return []
+        async with self._sessions() as s:
+            rows = (
+                await s.execute(
+                    select(
+                        Call.id,
+                        Call.started_at,
+                        select(func.max(UsageEvent.recorded_at))
+                        .where(UsageEvent.call_id == Call.id)
+                        .scalar_subquery(),
+                        select(func.max(TurnMetric.recorded_at))
+                        .where(TurnMetric.call_id == Call.id)
+                        .scalar_subquery(),
+                    ).where(Call.id.in_(call_ids), Call.status == "active")
+                )
+            ).all()
+        records = []
+        for call_id, started, last_usage, last_turn in rows:
+            seen = [_aware(t) for t in (started, last_usage, last_turn) if t is not None]
+            last = max(seen)
+            records.append(
+                CallClosed(
+                    call_id=call_id,
+                    status="abandoned",
+                    reason=reason,
+                    ended_at=last,
+                    duration_s=(last - started).total_seconds(),
+                )
+            )
         if records:
             await self.write(records)
-            log.warning("calls_abandoned", calls=[r.call_id for r in records], worker_id=self.worker_id)
+            log.warning("calls_abandoned", calls=[r.call_id for r in records], reason=reason)
         return [r.call_id for r in records]
 
     # -- reading ---------------------------------------------------------------------------
@@ -634,6 +717,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _aware(at: datetime) -> datetime:
+    # A scalar subquery's value comes back without the column's type: naive on SQLite.
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _first_line(exc: BaseException) -> str:

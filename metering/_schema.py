@@ -77,7 +77,8 @@ class Call(Base):
     worker_id: Mapped[str] = mapped_column(String(200))
     customer_id: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
-    """active, completed, failed, or abandoned (its worker died; closed on the worker's restart)."""
+    """active, completed, failed, or abandoned (its process died; closed by the next process
+    that opened the ledger and could prove it)."""
     ended_reason: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -86,8 +87,27 @@ class Call(Base):
     cost_total: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
     currency: Mapped[str | None] = mapped_column(String(8))
     cost_breakdown: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    """The process that recorded the call: its host name (for people),"""
+    owner_machine: Mapped[str | None] = mapped_column(String(100))
+    """the boot and PID namespace its pid means something in (None: not known, never judged),"""
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    owner_started: Mapped[int | None] = mapped_column(BigInteger)
+    """and its start time in clock ticks since boot, so a reused pid is not taken for it."""
 
     __table_args__ = (Index(None, "status", "worker_id"), Index(None, "started_at"))
+
+
+class WorkerLease(Base):
+    """A worker's claim to be alive: renewed while it runs; once expired, its open calls are
+    closed as abandoned by the next process that opens the ledger."""
+
+    __tablename__ = "worker_leases"
+
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime())
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
 
 
 class UsageEvent(Base):
@@ -143,12 +163,16 @@ class OutboxEvent(Base):
     step: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="pending")
-    """pending, delivered, or dead (see usage_dead_letters)."""
+    """pending, delivered, dead (see usage_dead_letters), or doubt: a request was sent and its
+    answer never recorded, to an API that does not honour Idempotency-Key (an operator decides)."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sending_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """Set just before a request to an API without idempotency keys, cleared with its outcome:
+    still set once the claim expired means the sender died mid-request."""
 
     __table_args__ = (
         Index(None, "call_id", "seq", unique=True),

@@ -28,3 +28,21 @@ async def test_usage_that_never_reached_the_ledger_is_reported_after_exit(tmp_pa
     async with open_metering(settings, catalog=load_catalog()) as again:
         call = await again.ledger.call("kept")
     assert call is not None and again.lost == []
+
+
+async def test_opening_metering_closes_calls_whose_process_is_gone(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from metering._schema import Call
+
+    settings = Settings(data_dir=tmp_path)
+    async with open_metering(settings, catalog=load_catalog()) as metering:
+        metering.meter.report(CallOpened(call_id="crashed", workflow_slug="wf", started_at=T0))
+        await metering.meter.flush()
+        started = metering.ledger.process.started
+        assert started is not None
+        async with metering.ledger.engine.begin() as conn:  # as if its pid now named another process
+            await conn.execute(update(Call).values(owner_started=started - 1))
+    async with open_metering(settings, catalog=load_catalog()) as again:
+        call = await again.ledger.call("crashed")
+    assert call is not None and (call.status, call.ended_reason) == ("abandoned", "process_lost")
