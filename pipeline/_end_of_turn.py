@@ -104,6 +104,8 @@ class EndOfTurnConfig:
             )
 
 
+_TOLERANCE_MS = 1e-6
+
 DecisionReason = Literal["complete", "incomplete", "unfinished_text", "no_score", "max_wait"]
 
 
@@ -131,14 +133,17 @@ def decide_end_of_turn(
         raise ValueError(f"end-of-turn p_complete must be in [0, 1], got {p_complete}")
     if not silence_ms >= 0.0:
         raise ValueError(f"end-of-turn silence_ms must be >= 0, got {silence_ms}")
-    if silence_ms >= config.max_wait_ms:
+    # Within a nanosecond counts as reached, so that asking again after wait_ms always ends the
+    # turn even where float rounding makes silence + (limit - silence) fall short of the limit.
+    reached = silence_ms + _TOLERANCE_MS
+    if reached >= config.max_wait_ms:
         return TurnDecision("end", "max_wait", 0.0)
     until_max = config.max_wait_ms - silence_ms
     cue = unfinished_cue(transcript)
     if cue is not None:
         return TurnDecision("wait", "unfinished_text", until_max, cue)
     if p_complete is None:
-        if silence_ms >= config.no_score_silence_ms:
+        if reached >= config.no_score_silence_ms:
             return TurnDecision("end", "no_score", 0.0)
         return TurnDecision("wait", "no_score", config.no_score_silence_ms - silence_ms)
     if p_complete >= config.threshold:
