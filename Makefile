@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint lock bench clean
+.PHONY: demo test lint lock bench bench-conversation clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/embedded_call.py
 	$(BIN)/python bench/embedded_latency.py
+
+# Turn-taking on 48 synthetic calls (docs/benchmarks.md); its second caller voice is espeak-ng.
+bench-conversation: $(STAMP)
+	@command -v espeak-ng >/dev/null || { echo "bench-conversation needs espeak-ng: apt-get install espeak-ng" >&2; exit 2; }
+	$(BIN)/python -m bench.conversation $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
