@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import inspect
 import json
 import re
@@ -20,6 +19,7 @@ from urllib.parse import quote, quote_plus
 import aiohttp
 import structlog
 from jsonschema import Draft202012Validator, SchemaError, ValidationError
+from pebble import ProcessExpired
 from yarl import URL
 
 from pipeline import ToolCall, ToolOutcome, ToolSpec
@@ -38,6 +38,7 @@ from ._model import (
     Workflow,
 )
 from ._template import TemplateError, render
+from ._tool_processes import resolve, run_in_process
 from ._variables import CallState
 
 log = structlog.get_logger("voicerun.workflows")
@@ -61,9 +62,11 @@ PYTHON_TIMEOUT_S = 10.0
 class _ToolFailedError(WorkflowRuntimeError):
     """Internal: a tool did not succeed; the message is what the LLM and the log see."""
 
-    def __init__(self, message: str, *, traceback: bool = False) -> None:
+    def __init__(self, message: str, *, traceback: bool = False, child_traceback: str | None = None) -> None:
         super().__init__(message)
         self.traceback = traceback
+        self.child_traceback = child_traceback
+        """The traceback of a tool that raised in a worker process."""
 
 
 async def _read_capped(name: str, resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -154,14 +157,6 @@ def _render_text_body(name: str, text: str, media: str, scopes: Mapping[str, Map
     if media in TEXT_BODY_MEDIA:
         return _WHOLE.sub(lambda m: _text(_value(scopes, m)), text)
     raise _ToolFailedError(f"tool {name}: {TEXT_BODY_TEMPLATES}")
-
-
-def _resolve(target: str) -> Callable[..., object]:
-    module_name, _, attr = target.partition(":")
-    fn = getattr(importlib.import_module(module_name), attr, None)
-    if not callable(fn):
-        raise ToolError(f"python tool target {target!r}: module {module_name!r} has no function {attr!r}")
-    return fn  # type: ignore[no-any-return]
 
 
 def _builtin_specs(state: CallState) -> dict[str, ToolSpec]:
@@ -289,6 +284,7 @@ class ToolBox:
                 tool=call.name,
                 error=str(exc),
                 exc_info=exc.__cause__ if exc.traceback else None,
+                **({"tool_traceback": exc.child_traceback} if exc.child_traceback else {}),
             )
             return ToolOutcome({"error": str(exc)}, is_error=True)
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -446,7 +442,7 @@ class ToolBox:
         if fn is None:
             try:
                 # Importing runs the module's top-level code, which may block: keep it off the loop.
-                fn = await asyncio.to_thread(_resolve, target)
+                fn = await asyncio.to_thread(resolve, target)
             except ToolError as exc:
                 raise _ToolFailedError(f"tool {name}: {exc}") from exc
             except Exception as exc:
@@ -454,21 +450,40 @@ class ToolBox:
                     f"tool {name}: cannot import {target!r}: {type(exc).__name__}: {exc}", traceback=True
                 ) from exc
             self._functions[target] = fn
+        if not inspect.iscoroutinefunction(fn):
+            return await self._call_in_process(name, target, args, timeout_s)
         try:
+            # an async tool runs on the event loop, where cancelling it at the timeout stops it
             async with asyncio.timeout(timeout_s):
-                if inspect.iscoroutinefunction(fn):
-                    result = await fn(**args)
-                else:
-                    result = await asyncio.to_thread(fn, **args)
-                    if inspect.isawaitable(result):
-                        result = await result
+                return await fn(**args)
         except TimeoutError as exc:
-            # An async tool is cancelled; a thread cannot be, and finishes unobserved.
-            log.warning(
-                "tool_timed_out", tool=name, timeout_s=timeout_s, thread=not inspect.iscoroutinefunction(fn)
-            )
+            log.warning("tool_timed_out", tool=name, timeout_s=timeout_s, runs_in="event_loop")
             raise _ToolFailedError(f"tool {name}: no result within {timeout_s:g} s") from exc
         except Exception as exc:
             # The tool's own code: whatever it raises becomes an error result for the LLM.
             raise _ToolFailedError(f"tool {name}: {type(exc).__name__}: {exc}", traceback=True) from exc
-        return result
+
+    async def _call_in_process(
+        self, name: str, target: str, args: Mapping[str, Any], timeout_s: float
+    ) -> object:
+        try:
+            future = await run_in_process(target, args, timeout_s, MAX_RESULT_BYTES)
+        except Exception as exc:  # the pool could not start: no process, no forkserver
+            raise _ToolFailedError(
+                f"tool {name}: cannot start a process for python tools: {type(exc).__name__}: {exc}",
+                traceback=True,
+            ) from exc
+        try:
+            # pebble times the run and kills the worker; this also bounds the wait for a free one
+            async with asyncio.timeout(timeout_s):
+                child = await asyncio.wrap_future(future)
+        except TimeoutError as exc:
+            log.warning("tool_timed_out", tool=name, timeout_s=timeout_s, runs_in="process")
+            raise _ToolFailedError(f"tool {name}: no result within {timeout_s:g} s") from exc
+        except ProcessExpired as exc:
+            raise _ToolFailedError(f"tool {name}: its process died (exit code {exc.exitcode})") from exc
+        except Exception as exc:  # what pebble raises for a task it could not send or receive
+            raise _ToolFailedError(f"tool {name}: {type(exc).__name__}: {exc}", traceback=True) from exc
+        if child.error is not None:
+            raise _ToolFailedError(f"tool {name}: {child.error}", child_traceback=child.traceback)
+        return child.result

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -175,3 +178,76 @@ def test_an_unavailable_llm_provider_fails_the_test_clearly(tmp_path: Path) -> N
     assert (
         lines[0].startswith("FAIL ") and ":4:28: defaults.llm.provider: unknown provider 'nope'" in lines[0]
     )
+
+
+HUNG_TOOLS = """\
+import time
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def nap() -> None:
+    time.sleep(10**6)
+
+
+def ok() -> dict[str, bool]:
+    print("debugging output of a tool")
+    return {"ok": True}
+"""
+
+HUNG_WORKFLOW = """\
+version: 1
+slug: hung
+start: host
+tools:
+  spin: {description: Spins., python: "hung_tools:spin", timeout_s: 0.5}
+  nap: {description: Sleeps., python: "hung_tools:nap", timeout_s: 0.5}
+  ok: {description: Answers., python: "hung_tools:ok"}
+agents:
+  host:
+    instructions: Host.
+    tools: [spin, nap, ok]
+    rules:
+      - {keywords: [spin], tool: {name: spin}, say: Spinning.}
+      - {keywords: [nap], tool: {name: nap}, say: Napping.}
+      - {keywords: [ok], tool: {name: ok}, say: Fine.}
+tests:
+  - name: hung tools time out and the next one runs
+    steps:
+      - {user: spin, expect: {tool_calls: [{name: spin}], reply: spinning}}
+      - {user: nap, expect: {tool_calls: [{name: nap}], reply: napping}}
+      - {user: ok, expect: {tool_calls: [{name: ok}], reply: fine}}
+  - name: a later test still runs tools
+    steps:
+      - {user: ok, expect: {tool_calls: [{name: ok}]}}
+"""
+
+
+def test_sync_tools_that_never_return_let_voicerun_test_finish_and_exit(tmp_path: Path) -> None:
+    # Their threads used to keep the process alive after the summary was due: the hard timeout
+    # of the subprocess is the failure guard.
+    (tmp_path / "hung_tools.py").write_text(HUNG_TOOLS)
+    workflow = tmp_path / "hung.yaml"
+    workflow.write_text(HUNG_WORKFLOW)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "test", str(workflow)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.stdout.splitlines() == [
+        "PASS hung: hung tools time out and the next one runs",
+        "PASS hung: a later test still runs tools",
+        "2 passed, 0 failed",
+    ], proc.stderr
+    assert proc.returncode == 0
+    assert "tool spin: no result within 0.5 s" in proc.stderr
+    assert "tool nap: no result within 0.5 s" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "debugging output of a tool" in proc.stderr  # stdout holds the result lines only

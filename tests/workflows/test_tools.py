@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from structlog.testing import capture_logs
 
 from pipeline import ToolCall, ToolOutcome
 from workflows import CallState, ToolBox, ToolError, Workflow
+from workflows._tool_processes import WORKERS
 
 SLOTS = {"date": "2025-05-01", "slots": [{"time": "18:00"}, {"time": "20:30"}]}
 
@@ -245,9 +247,19 @@ WORKFLOW_DATA: dict[str, Any] = {
         "small_limit": tool("/slots/2025-05-01", max_response_bytes=20),
         "stuck": {
             "description": "Never returns.",
-            "python": "tools_fixture:wait_forever",
+            "python": "tools_fixture:spin_forever",
             "timeout_s": 0.2,
         },
+        "sleeping": {
+            "description": "Never returns either.",
+            "python": "tools_fixture:sleep_forever",
+            "timeout_s": 0.2,
+        },
+        "die": {"description": "Exits its process.", "python": "tools_fixture:die"},
+        "exit_tool": {"description": "Raises SystemExit.", "python": "tools_fixture:exit_tool"},
+        "unpicklable": {"description": "Returns a lock.", "python": "tools_fixture:unpicklable"},
+        "pid": {"description": "Its process id.", "python": "tools_fixture:pid"},
+        "parent_only": {"description": "Imports in the parent only.", "python": "tools_parent_only:run"},
         "stuck_async": {
             "description": "Never returns (async).",
             "python": "tools_fixture:wait_forever_async",
@@ -523,11 +535,11 @@ def test_a_url_must_name_an_http_origin(url: str, message: str) -> None:
 # -- Python tools -------------------------------------------------------------------------------
 
 
-async def test_a_sync_python_tool_runs_in_a_thread(box: ToolBox) -> None:
+async def test_a_sync_python_tool_runs_in_another_process(box: ToolBox) -> None:
     outcome = await run(box, "lookup", order_id="A1", verbose=True)
     assert not outcome.is_error
     assert outcome.result["order_id"] == "A1" and outcome.result["verbose"] is True
-    assert outcome.result["thread"] != "MainThread"
+    assert outcome.result["pid"] != os.getpid()
 
 
 async def test_an_async_python_tool_is_awaited(box: ToolBox) -> None:
@@ -539,11 +551,13 @@ async def test_an_async_python_tool_is_awaited(box: ToolBox) -> None:
 async def test_a_python_tool_that_raises_is_an_error_result(box: ToolBox) -> None:
     with capture_logs() as logs:
         message = error_of(await run(box, "explode"))
-    assert message == "tool explode: TypeError: explode() missing 1 required positional argument: 'order_id'"
-    message = error_of(await run(box, "explode", order_id="C3"))
-    assert message == "tool explode: ValueError: order C3 is corrupt"
+        assert (
+            message == "tool explode: TypeError: explode() missing 1 required positional argument: 'order_id'"
+        )
+        message = error_of(await run(box, "explode", order_id="C3"))
+        assert message == "tool explode: ValueError: order C3 is corrupt"
     failed = [e for e in logs if e["event"] == "tool_failed"]
-    assert failed and all(isinstance(e["exc_info"], TypeError) for e in failed[:1])
+    assert "ValueError: order C3 is corrupt" in failed[1]["tool_traceback"]  # from the worker
 
 
 async def test_python_targets_that_do_not_resolve(box: ToolBox) -> None:
@@ -691,20 +705,48 @@ async def test_a_response_over_the_size_limit_is_an_error_result(box: ToolBox) -
     )
 
 
-async def test_a_python_tool_that_never_returns_is_an_error_result_after_its_timeout(
+@pytest.mark.parametrize("tool", ["stuck", "sleeping"])
+async def test_a_sync_tool_that_never_returns_is_stopped_and_the_pool_keeps_serving(
+    box: ToolBox, tool: str, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    assert error_of(await run(box, tool, order_id="A1")) == f"tool {tool}: no result within 0.2 s"
+    (event,) = [e for e in captured_logs if e["event"] == "tool_timed_out"]
+    assert event["tool"] == tool and event["runs_in"] == "process"
+    # its worker was killed and replaced: every worker serves again, all at once
+    outcomes = await asyncio.gather(*(run(box, "pid") for _ in range(WORKERS + 1)))
+    assert all(not o.is_error for o in outcomes), outcomes
+    assert all(psutil_alive(o.result) for o in outcomes)
+
+
+def psutil_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_an_async_tool_that_never_returns_is_cancelled(
     box: ToolBox, captured_logs: list[MutableMapping[str, Any]]
 ) -> None:
-    import tools_fixture
-
-    try:
-        assert error_of(await run(box, "stuck", order_id="A1")) == "tool stuck: no result within 0.2 s"
-    finally:
-        tools_fixture.RELEASE.set()  # the thread cannot be stopped; let it finish
     assert (
         error_of(await run(box, "stuck_async", order_id="A1")) == "tool stuck_async: no result within 0.2 s"
     )
-    timed_out = [e for e in captured_logs if e["event"] == "tool_timed_out"]
-    assert [(e["tool"], e["thread"]) for e in timed_out] == [("stuck", True), ("stuck_async", False)]
+    (event,) = [e for e in captured_logs if e["event"] == "tool_timed_out"]
+    assert event["runs_in"] == "event_loop"
+
+
+async def test_what_a_worker_cannot_do_is_an_error_result(box: ToolBox) -> None:
+    assert error_of(await run(box, "die", order_id="A1")) == "tool die: its process died (exit code 3)"
+    assert error_of(await run(box, "exit_tool", order_id="A1")) == "tool exit_tool: SystemExit: no more"
+    assert error_of(await run(box, "parent_only")) == (
+        "tool parent_only: cannot import 'tools_parent_only:run': ImportError: only importable in the parent"
+    )
+    # a lock and a generator cannot cross to this process: their repr does
+    result = (await run(box, "unpicklable", order_id="A1")).result
+    assert result["lock"].startswith("<unlocked _thread.lock object")
+    assert result["gen"].startswith("<generator object")
+    assert not (await run(box, "lookup", order_id="A2")).is_error
 
 
 def test_an_http_tool_takes_its_timeout_from_http() -> None:

@@ -6,16 +6,14 @@ import asyncio
 import dataclasses
 import datetime
 import math
+import os
+import sys
 import threading
+import time
 
 
 def lookup_order(order_id: str, verbose: bool = False) -> dict[str, object]:
-    return {
-        "order_id": order_id,
-        "status": "shipped",
-        "verbose": verbose,
-        "thread": threading.current_thread().name,
-    }
+    return {"order_id": order_id, "status": "shipped", "verbose": verbose, "pid": os.getpid()}
 
 
 async def lookup_order_async(order_id: str) -> dict[str, object]:
@@ -30,12 +28,29 @@ def explode(order_id: str) -> None:
 NOT_A_FUNCTION = 42
 
 
-RELEASE = threading.Event()
-"""Set by the test that blocks `wait_forever`, once it has seen the timeout."""
+def spin_forever(order_id: str) -> None:
+    while True:
+        pass
 
 
-def wait_forever(order_id: str) -> None:
-    RELEASE.wait()
+def sleep_forever(order_id: str) -> None:
+    time.sleep(10**6)
+
+
+def die(order_id: str) -> None:
+    os._exit(3)
+
+
+def exit_tool(order_id: str) -> None:
+    sys.exit("no more")
+
+
+def unpicklable(order_id: str) -> object:
+    return {"lock": threading.Lock(), "gen": (i for i in range(3))}
+
+
+def pid() -> int:
+    return os.getpid()
 
 
 async def wait_forever_async(order_id: str) -> None:
