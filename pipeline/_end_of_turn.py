@@ -159,7 +159,8 @@ _CONJUNCTIONS = frozenset(
     "and or but nor because cause cuz if unless although whereas whether than plus".split()
 )
 _FILLERS = frozenset("um umm uh uhh uhm er erm hmm hm gonna wanna".split())
-# Prepositions end questions ("What is it for?", "Where are you from?"), not statements.
+# Prepositions end wh-questions ("What is it for?", "Where are you from?"), not statements, and
+# not yes/no questions either: Whisper writes "Can you send it to?" for a question cut short.
 _PREPOSITIONS = frozenset(
     "to for of with from at into onto about toward towards via per between among amongst during "
     "until till including except regarding concerning within upon as".split()
@@ -170,6 +171,7 @@ _AUXILIARIES = frozenset(
     "is are was were am will would can could should shall must might has have had".split()
 )
 _PRONOUNS = frozenset("i you we they he she it that this there here who what where which".split())
+_WH_WORDS = frozenset("what where who whom whose which how when why".split())
 # Marks: ellipsis (three dots or U+2026), comma, semicolon, colon, hyphen, en and em dash.
 _TRAILING_MARK = re.compile("(\\.\\.\\.|\u2026|,|;|:|-|\u2013|\u2014)$")
 _WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
@@ -180,8 +182,8 @@ def unfinished_cue(transcript: str) -> str | None:
 
     Marks: a trailing comma, semicolon, colon, dash or ellipsis. Words (case and final punctuation
     ignored): articles and possessives ("the", "my"), conjunctions ("and", "because"), fillers
-    ("um", "uh"), prepositions unless the text ends in "?", and auxiliaries ("is", "can") unless
-    after a pronoun or in a question."""
+    ("um", "uh"), prepositions and auxiliaries ("is", "can"), except in a wh-question (a "?" and a
+    wh-word: "What is it for?") and, for auxiliaries, after a pronoun ("Yes, it is.")."""
     text = transcript.strip()
     mark = _TRAILING_MARK.search(text)
     if mark is not None:
@@ -192,10 +194,10 @@ def unfinished_cue(transcript: str) -> str | None:
     last = words[-1]
     if last in _ARTICLES_AND_POSSESSIVES or last in _CONJUNCTIONS or last in _FILLERS:
         return last
-    question = text.endswith("?")
-    if last in _PREPOSITIONS and not question:
+    wh_question = text.endswith("?") and not _WH_WORDS.isdisjoint(words)
+    if last in _PREPOSITIONS and not wh_question:
         return last
-    if last in _AUXILIARIES and not question and (len(words) < 2 or words[-2] not in _PRONOUNS):
+    if last in _AUXILIARIES and not wh_question and (len(words) < 2 or words[-2] not in _PRONOUNS):
         return last
     return None
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from pipeline import (
     FRAME_BYTES,
+    FRAME_S,
     SAMPLE_RATE,
     AudioFormatError,
     EndOfTurnConfig,
@@ -25,6 +26,7 @@ from pipeline import (
     EndOfTurnPrediction,
     decide_end_of_turn,
     frames,
+    rms_dbfs,
     shared_end_of_turn_model,
     smart_turn_features,
     unfinished_cue,
@@ -275,6 +277,25 @@ async def test_complete_sentences_score_complete(speech_samples: tuple[SpeechSam
     assert all(p is not None and p > 0.5 for p in scores.values()), scores
 
 
+def before_first_pause(pcm: bytes) -> bytes:
+    """The speech up to the first pause of 100 ms or more inside it (a comma's, in Hibari)."""
+    quiet = [rms_dbfs(f) < -45.0 for f in frames(np.frombuffer(pcm, "<i2"))]
+    first_voiced = quiet.index(False)
+    run = 0
+    for k in range(first_voiced, len(quiet)):
+        run = run + 1 if quiet[k] else 0
+        if run * FRAME_S >= 0.1:
+            return pcm[: (k + 1 - run) * FRAME_BYTES]
+    raise AssertionError("no pause inside the speech")
+
+
+async def test_a_sentence_cut_at_a_mid_sentence_pause_scores_incomplete() -> None:
+    # Spoken whole with a pause after "is", then cut there: the prosody of a speaker who goes on.
+    speech = before_first_pause(await synthesize("My order number is, four five six."))
+    prediction = await (await shared_end_of_turn_model()).predict(utterance(speech))
+    assert prediction.p_complete is not None and prediction.p_complete < 0.5
+
+
 async def test_a_cut_sentence_the_model_calls_complete_is_held_open_by_its_transcript() -> None:
     speech = await synthesize("I would like to book a table for")
     p = (await (await shared_end_of_turn_model()).predict(utterance(speech))).p_complete
@@ -333,6 +354,14 @@ def test_a_turn_ending_in_a_word_that_cannot_end_a_sentence_is_unfinished(word: 
 @pytest.mark.parametrize("word", PREPOSITIONS + AUXILIARIES)
 def test_a_question_may_end_in_a_preposition_or_an_auxiliary(word: str) -> None:
     assert unfinished_cue(f"Who are you talking {word}?") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "cue"),
+    [("Can you send it to?", "to"), ("Could you tell me if my account is?", "is"), ("Is it for?", "for")],
+)
+def test_a_yes_no_question_ending_in_a_preposition_or_an_auxiliary_was_cut(text: str, cue: str) -> None:
+    assert unfinished_cue(text) == cue  # Whisper writes a "?" on a question cut short
 
 
 @pytest.mark.parametrize("word", AUXILIARIES)
