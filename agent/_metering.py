@@ -77,6 +77,7 @@ def usage_exporter(settings: Settings, ledger: Ledger, **options: Any) -> UsageE
         base_url=settings.usage_api_url,
         api_key=settings.usage_api_key.get_secret_value(),
         max_attempts=settings.usage_max_attempts,
+        api_idempotent=settings.usage_api_idempotent,
         **options,
     )
 

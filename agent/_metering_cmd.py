@@ -33,7 +33,7 @@ REQUEST_TIMEOUT_S = 10.0
 def add_metering_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     metering = sub.add_parser(
         "metering",
-        help="the billing outbox: status, dead letters, retry, export, migrate",
+        help="the ledger and its billing outbox: calls, status, dead letters, doubt, retry, export, migrate",
         description="Inspect and drive the usage ledger's outbox of requests to the usage-tracking "
         "API. See docs/metering.md.",
     )
@@ -51,6 +51,24 @@ def add_metering_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     dead = msub.add_parser("dead", help="list the dead letters: id, call, step, attempts, last error")
     dead.add_argument("--json", action="store_true", help="print a JSON array")
     dead.set_defaults(func=cmd_dead)
+
+    doubt = msub.add_parser(
+        "doubt",
+        help="list events in doubt; resolve them with --sent or --resend",
+        description="Events whose request went out without an answer (a timeout, a crash "
+        "mid-request) to a usage API that does not honour Idempotency-Key: they may or may not "
+        "have been applied, so they are neither resent nor counted delivered, and their call's "
+        "later steps wait. Check the usage API, then mark each --sent (it has it) or --resend.",
+    )
+    doubt.add_argument("--json", action="store_true", help="print a JSON array")
+    resolve = doubt.add_mutually_exclusive_group()
+    resolve.add_argument(
+        "--sent", type=int, nargs="+", metavar="ID", help="the API has these: mark them delivered"
+    )
+    resolve.add_argument(
+        "--resend", type=int, nargs="+", metavar="ID", help="the API lacks these: send them again"
+    )
+    doubt.set_defaults(func=cmd_doubt)
 
     retry = msub.add_parser(
         "retry",
@@ -70,7 +88,8 @@ def add_metering_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     export.add_argument(
         "--until-empty",
         action="store_true",
-        help="stop when every event is delivered, dead, or blocked; exit 1 if any is left pending or dead",
+        help="stop when every event is delivered, dead, in doubt, or blocked; exit 1 if any is left "
+        "pending, dead or in doubt",
     )
     export.add_argument(
         "--timeout", type=_seconds, metavar="S", help="stop after S seconds (default: no limit)"
@@ -132,6 +151,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "pending": status.pending,
                     "blocked": status.blocked,
                     "dead": status.dead,
+                    "in_doubt": status.in_doubt,
                     "delivered": status.delivered,
                     "oldest_pending_at": _iso(status.oldest_pending_at),
                     "oldest_pending_age_s": None if age_s is None else round(age_s, 3),
@@ -139,8 +159,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
-    print(f"pending    {status.pending}  ({status.blocked} blocked behind dead letters)")
+    print(f"pending    {status.pending}  ({status.blocked} blocked behind dead letters or events in doubt)")
     print(f"failed     {status.dead}  (dead letters: `voicerun metering dead` lists, `retry` re-sends)")
+    print(f"in doubt   {status.in_doubt}  (sent, answer lost: `voicerun metering doubt` lists and resolves)")
     print(f"delivered  {status.delivered}")
     print(f"oldest pending: {'-' if age_s is None else _duration(age_s) + ' ago'}")
     return EXIT_OK
@@ -169,6 +190,49 @@ def cmd_dead(args: argparse.Namespace) -> int:
     for d in letters:
         error = " ".join(str(d["last_error"]).split())
         print(f"{d['id']}\t{d['call_id']}\t{d['step']}\t{d['attempts']}\t{d['failed_at']}\t{error}")
+    return EXIT_OK
+
+
+def cmd_doubt(args: argparse.Namespace) -> int:
+    ids: list[int] | None = args.sent or args.resend
+    if ids is not None:
+        sent = args.sent is not None
+        changed = _run(
+            _with_ledger(args.settings, lambda ledger: ledger.resolve_doubt(ids, sent=sent), write=True)
+        )
+        print(
+            f"{'marked delivered' if sent else 're-queued'}: {len(changed)} event{'' if len(changed) == 1 else 's'}"
+        )
+        unknown = sorted(set(ids) - set(changed))
+        if unknown:
+            raise CommandError(
+                f"not in doubt (no such event, or already resolved): {' '.join(map(str, unknown))}"
+            )
+        return EXIT_OK
+    events = _run(_with_ledger(args.settings, lambda ledger: ledger.in_doubt(), write=False))
+    rows = [
+        {
+            "id": e.id,
+            "call_id": e.call_id,
+            "step": e.step,
+            "idempotency_key": e.idempotency_key,
+            "sent_at": _iso(e.sending_since),
+            "attempts": e.attempts,
+            "last_error": e.last_error,
+            "payload": e.payload,
+        }
+        for e in events
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no events in doubt")
+        return EXIT_OK
+    print("ID\tCALL\tSTEP\tSENT AT\tLAST ERROR")
+    for d in rows:
+        error = " ".join(str(d["last_error"]).split())
+        print(f"{d['id']}\t{d['call_id']}\t{d['step']}\t{d['sent_at'] or '-'}\t{error}")
     return EXIT_OK
 
 
@@ -255,9 +319,9 @@ async def _export(settings: Settings, *, until_empty: bool, timeout_s: float | N
     assert isinstance(result, OutboxStatus)
     print(
         f"outbox: {result.pending} pending ({result.blocked} blocked), {result.dead} dead, "
-        f"{result.delivered} delivered"
+        f"{result.in_doubt} in doubt, {result.delivered} delivered"
     )
-    return EXIT_OK if result.pending == 0 and result.dead == 0 else EXIT_FAILED
+    return EXIT_OK if result.pending == 0 and result.dead == 0 and result.in_doubt == 0 else EXIT_FAILED
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     usage_plan: str = "default"
     usage_max_attempts: int = Field(default=20, ge=1)
     """Failed deliveries of one event before it goes to the dead letters."""
+    usage_api_idempotent: bool = False
+    """The usage API applies a request once per Idempotency-Key: a request whose answer was lost
+    (a timeout, a crash mid-request) is sent again. Unset, such a request is held in doubt for
+    an operator (`voicerun metering doubt`), since resending could bill it twice."""
 
     @field_validator("usage_api_url")
     @classmethod
@@ -55,7 +59,9 @@ class Settings(BaseSettings):
         except ValueError:
             host = None
         if parts.scheme not in ("http", "https") or not host:
-            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://cp-api.withpaygent.com")
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, e.g. https://cp-api.withpaygent.com"
+            )
         return url
 
     @model_validator(mode="after")

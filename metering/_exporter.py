@@ -20,6 +20,12 @@ Answers:
   with the status and the start of the body in its `last_error`.
 
 A dead letter blocks the later steps of its call until `voicerun metering retry` re-queues it.
+
+A request that went out without an answer (the exporter timed out, the connection dropped, or
+the exporter died mid-request and its claim expired) may have been applied. When the API honours
+`Idempotency-Key` (api_idempotent) it is simply sent again. Otherwise it is held "in doubt": not
+resent, not counted delivered, blocking its call's later steps, until an operator says which
+(`voicerun metering doubt --sent/--resend`). Nothing is lost and nothing silently billed twice.
 """
 
 from __future__ import annotations
@@ -63,7 +69,9 @@ _DATABASE_ERRORS = (SQLAlchemyError, OSError)
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    kind: Literal["delivered", "already_applied", "retry", "permanent"]
+    kind: Literal["delivered", "already_applied", "retry", "unanswered", "permanent"]
+    """unanswered: the request went out and no answer came back (a timeout, a dropped
+    connection), so the API may have applied it."""
     status: int | None = None
     reason: str = ""
     """The failure's metric label: http_503, timeout, connection."""
@@ -95,7 +103,11 @@ class UsageExporter:
         batch: int = 50,
         concurrency: int = 4,
         idle_wait_s: float = 5.0,
+        api_idempotent: bool = False,
     ) -> None:
+        """api_idempotent: the API applies a request at most once per Idempotency-Key, so a
+        request whose answer was lost is simply sent again. Otherwise such a request is held
+        "in doubt" for an operator (`voicerun metering doubt`): resending could bill it twice."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
         if request_timeout_s <= 0 or lease_s < request_timeout_s:
@@ -120,6 +132,7 @@ class UsageExporter:
         self.batch = batch
         self.concurrency = concurrency
         self.idle_wait_s = idle_wait_s
+        self.api_idempotent = api_idempotent
         self._woken = asyncio.Event()
 
     def __repr__(self) -> str:  # the key stays out of every repr, traceback and log
@@ -219,7 +232,11 @@ class UsageExporter:
                 free = self.concurrency - len(running)
                 if free > 0 and not database_errors and not _over(stop, deadline, loop):
                     try:
-                        items = await self.ledger.claim_due(limit=min(self.batch, free), lease_s=self.lease_s)
+                        items = await self.ledger.claim_due(
+                            limit=min(self.batch, free),
+                            lease_s=self.lease_s,
+                            resend_unanswered=self.api_idempotent,
+                        )
                     except _DATABASE_ERRORS as exc:
                         database_errors.append(exc)
                         items = []
@@ -285,6 +302,8 @@ class UsageExporter:
         """Send one event and record the outcome in the ledger; True if it is delivered."""
         attempt = item.attempts + 1
         bound = log.bind(call_id=item.call_id, step=item.step, attempt=attempt)
+        if not self.api_idempotent:
+            await self.ledger.mark_sending(item.id)
         outcome = await self._send(item)
         if outcome.kind in ("delivered", "already_applied"):
             await self.ledger.mark_delivered(item.id)
@@ -295,7 +314,11 @@ class UsageExporter:
                 bound.debug("usage_delivered", status=outcome.status)
             return True
         m.EXPORT_FAILURES.labels(reason=outcome.reason).inc()
-        if outcome.kind == "retry" and attempt < self.max_attempts:
+        if outcome.kind == "unanswered" and not self.api_idempotent:
+            await self.ledger.mark_in_doubt(item.id, outcome.error)
+            bound.error("usage_in_doubt", reason=outcome.reason, error=outcome.error, outbox_id=item.id)
+            return False
+        if outcome.kind in ("retry", "unanswered") and attempt < self.max_attempts:
             delay_s = self._retry_delay_s(attempt, outcome.retry_after_s)
             retry_at = self.ledger.clock() + timedelta(seconds=delay_s)
             await self.ledger.mark_failed(item.id, outcome.error, retry_at=retry_at)
@@ -308,7 +331,7 @@ class UsageExporter:
             )
             return False
         error = outcome.error
-        if outcome.kind == "retry":
+        if outcome.kind in ("retry", "unanswered"):
             error = f"{error} (gave up after {attempt} attempts)"
         await self.ledger.mark_failed(item.id, error, retry_at=None)
         bound.error("usage_dead_letter", status=outcome.status, reason=outcome.reason, error=error)
@@ -343,8 +366,10 @@ class UsageExporter:
                 retry_after_s = _retry_after_s(resp.headers.get("Retry-After"), now=self.ledger.clock())
         except TimeoutError:
             return _Outcome(
-                "retry", reason="timeout", error=f"{path}: no answer within {self.request_timeout_s} s"
+                "unanswered", reason="timeout", error=f"{path}: no answer within {self.request_timeout_s} s"
             )
+        except aiohttp.ServerConnectionError as exc:  # connected, then dropped: it may have landed
+            return _Outcome("unanswered", reason="connection", error=f"{path}: {type(exc).__name__}: {exc}")
         except aiohttp.ClientConnectionError as exc:
             return _Outcome("retry", reason="connection", error=f"{path}: {type(exc).__name__}: {exc}")
         except aiohttp.ClientError as exc:
@@ -407,6 +432,7 @@ class UsageExporter:
     def _set_gauges(self, status: OutboxStatus) -> None:
         m.EXPORT_BACKLOG.set(status.pending)
         m.EXPORT_DEAD_LETTERS.set(status.dead)
+        m.EXPORT_IN_DOUBT.set(status.in_doubt)
         oldest = status.oldest_pending_at
         m.EXPORT_OLDEST_PENDING.set(
             0 if oldest is None else max(0.0, (self.ledger.clock() - oldest).total_seconds())

@@ -111,8 +111,12 @@ class OutboxStatus:
     pending: int
     """Not yet delivered and not dead, blocked ones included."""
     blocked: int
-    """Pending behind a dead letter of the same call (the API needs the earlier step first)."""
+    """Pending behind a dead letter or an event in doubt of the same call (the API needs the
+    earlier step first)."""
     dead: int
+    in_doubt: int
+    """Sent without an answer to an API that ignores Idempotency-Key: neither resent nor
+    counted delivered until an operator says which (`voicerun metering doubt`)."""
     delivered: int
     oldest_pending_at: datetime | None
 
@@ -533,14 +537,34 @@ class Ledger:
 
     # -- the outbox ------------------------------------------------------------------------
 
-    async def claim_due(self, *, limit: int, lease_s: float) -> list[OutboxItem]:
+    async def claim_due(
+        self, *, limit: int, lease_s: float, resend_unanswered: bool = True
+    ) -> list[OutboxItem]:
         """Pending events whose time has come and whose call's earlier steps are delivered.
 
         Claiming moves an event's next attempt `lease_s` ahead, so exporters sharing the
         database never send it at once, and one that dies mid-request leaves it to be retried
-        when the lease runs out.
+        when the lease runs out. With resend_unanswered=False (an API that ignores
+        Idempotency-Key), an event whose request was started (`mark_sending`) and whose lease ran
+        out without an outcome is moved to `doubt` instead: resending might bill it twice.
         """
         now = self.clock()
+        if not resend_unanswered:
+            async with self._writes.begin() as s:
+                unanswered = (
+                    await s.scalars(
+                        update(OutboxEvent)
+                        .where(
+                            OutboxEvent.state == "pending",
+                            OutboxEvent.sending_since.is_not(None),
+                            OutboxEvent.next_attempt_at <= now,
+                        )
+                        .values(state="doubt", last_error="the sender stopped before the answer was recorded")
+                        .returning(OutboxEvent.id)
+                    )
+                ).all()
+            if unanswered:
+                log.warning("usage_in_doubt", outbox_ids=list(unanswered), reason="sender_lost")
         query = (
             select(OutboxEvent)
             .where(
@@ -571,6 +595,7 @@ class Ledger:
                     delivered_at=self.clock(),
                     attempts=OutboxEvent.attempts + 1,
                     last_error=None,
+                    sending_since=None,
                 )
             )
 
@@ -584,6 +609,7 @@ class Ledger:
                 return False
             e.attempts += 1
             e.last_error = error[:2000]
+            e.sending_since = None
             if retry_at is not None:
                 e.next_attempt_at = retry_at
                 return False
@@ -592,6 +618,54 @@ class Ledger:
                 DeadLetter(outbox_id=e.id, failed_at=now, attempts=e.attempts, last_error=e.last_error)
             )
             return True
+
+    async def mark_sending(self, item_id: int) -> None:
+        """A request for the event is about to go out (recorded for APIs without idempotency
+        keys: if no outcome follows, the event is in doubt, not resent)."""
+        async with self._writes.begin() as s:
+            await s.execute(
+                update(OutboxEvent).where(OutboxEvent.id == item_id).values(sending_since=self.clock())
+            )
+
+    async def mark_in_doubt(self, item_id: int, error: str) -> None:
+        """The request went out and no answer came (a timeout, a dropped connection): it may
+        have been applied. Held for an operator (`resolve_doubt`)."""
+        async with self._writes.begin() as s:
+            await s.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id == item_id, OutboxEvent.state == "pending")
+                .values(state="doubt", attempts=OutboxEvent.attempts + 1, last_error=error[:2000])
+            )
+
+    async def in_doubt(self) -> list[OutboxEvent]:
+        async with self._sessions() as s:
+            return list(
+                (
+                    await s.scalars(
+                        select(OutboxEvent).where(OutboxEvent.state == "doubt").order_by(OutboxEvent.id)
+                    )
+                ).all()
+            )
+
+    async def resolve_doubt(self, item_ids: Sequence[int], *, sent: bool) -> list[int]:
+        """The operator's answer for events in doubt: `sent` (the API has them: delivered) or
+        not (back to pending, sent again at once). Returns the ids that were in doubt."""
+        now = self.clock()
+        values: dict[str, Any] = (
+            {"state": "delivered", "delivered_at": now, "last_error": None}
+            if sent
+            else {"state": "pending", "next_attempt_at": now}
+        )
+        async with self._writes.begin() as s:
+            changed = (
+                await s.scalars(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.id.in_(list(item_ids)), OutboxEvent.state == "doubt")
+                    .values(sending_since=None, **values)
+                    .returning(OutboxEvent.id)
+                )
+            ).all()
+        return sorted(changed)
 
     async def release(self, item_ids: Sequence[int]) -> None:
         """Give back claimed events that were not sent, so they need not wait out their lease."""
@@ -625,7 +699,10 @@ class Ledger:
             blocked = await s.scalar(
                 select(func.count())
                 .select_from(OutboxEvent)
-                .where(OutboxEvent.state == "pending", _has_earlier_step(lambda e: e.state == "dead"))
+                .where(
+                    OutboxEvent.state == "pending",
+                    _has_earlier_step(lambda e: e.state.in_(("dead", "doubt"))),
+                )
             )
             oldest = await s.scalar(
                 select(func.min(OutboxEvent.created_at)).where(OutboxEvent.state == "pending")
@@ -634,6 +711,7 @@ class Ledger:
             pending=counts.get("pending", 0),
             blocked=blocked or 0,
             dead=counts.get("dead", 0),
+            in_doubt=counts.get("doubt", 0),
             delivered=counts.get("delivered", 0),
             oldest_pending_at=oldest,
         )

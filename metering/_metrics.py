@@ -20,6 +20,7 @@ __all__ = [
     "EXPORT_DEAD_LETTERS",
     "EXPORT_DELIVERED",
     "EXPORT_FAILURES",
+    "EXPORT_IN_DOUBT",
     "LLM_TOKENS",
     "METERING_DROPPED",
     "METERING_QUEUE_DEPTH",
@@ -132,6 +133,11 @@ EXPORT_FAILURES = Counter(
 EXPORT_DEAD_LETTERS = Gauge(
     "voicerun_usage_export_dead_letters",
     "Outbox events given up on; each blocks its call's later events until re-queued.",
+)
+EXPORT_IN_DOUBT = Gauge(
+    "voicerun_usage_export_in_doubt",
+    "Outbox events sent without an answer to an API that ignores Idempotency-Key: an operator "
+    "decides (voicerun metering doubt); each blocks its call's later events.",
 )
 EXPORT_OLDEST_PENDING = Gauge(
     "voicerun_usage_export_oldest_pending_seconds",

@@ -116,6 +116,7 @@ async def exporter(ledger: Ledger, api: FakeUsageAPI) -> AsyncIterator[Callable[
             "backoff_max_s": 0.005,
             "lease_s": 10.0,
             "request_timeout_s": 5.0,
+            "api_idempotent": True,  # as the fake is; the policy for APIs that are not is tested below
         }
         made.append(UsageExporter(ledger, **(defaults | options)))
         return made[-1]
@@ -547,7 +548,7 @@ async def test_sigkill_mid_request_then_another_exporter_sends_each_event_once(
     ledger: Ledger, api: FakeUsageAPI, database_url: str, tmp_path: Path
 ) -> None:
     await ledger.write(a_call("call-1"))
-    env = export_env(database_url, api, tmp_path)
+    env = export_env(database_url, api, tmp_path) | {"VOICERUN_USAGE_API_IDEMPOTENT": "true"}
     hang = api.hang("stt")  # applied, but the answer never reaches the first exporter
     # (a 3 s lease: requests time out after 1.5 s, far beyond a slow machine's answer here)
     first = await voicerun(env, "metering", "export", "--lease", "3")
@@ -565,12 +566,81 @@ async def test_sigkill_mid_request_then_another_exporter_sends_each_event_once(
     async with asyncio.timeout(90):
         out, err = await second.communicate()
     assert second.returncode == 0, err.decode()
-    assert out.decode() == "outbox: 0 pending (0 blocked), 0 dead, 6 delivered\n"
+    assert out.decode() == "outbox: 0 pending (0 blocked), 0 dead, 0 in doubt, 6 delivered\n"
     assert_applied_once(api, "call-1")
     stt = api.requests_to("stt")
     assert len(stt) >= 2 and {r.idempotency_key for r in stt} == {"call-1/stt/deepgram/nova-3"}
     assert stt[-1].replayed and stt[-1].status == 200
     assert API_KEY not in err.decode()
+
+
+async def test_sigkill_mid_request_to_an_api_without_idempotency_holds_the_event_in_doubt(
+    ledger: Ledger, api: FakeUsageAPI, database_url: str, tmp_path: Path, cli: CLI
+) -> None:
+    # The default policy: the API may ignore Idempotency-Key (the seed API has none), so an
+    # event sent by an exporter that died before the answer is neither resent nor dropped.
+    await ledger.write(a_call("call-1"))
+    env = export_env(database_url, api, tmp_path)
+    hang = api.hang("stt")  # applied, but the answer never reaches the first exporter
+    first = await voicerun(env, "metering", "export", "--lease", "3")
+    try:
+        async with asyncio.timeout(30):
+            await hang.received.wait()
+    finally:
+        first.kill()
+        await first.communicate()
+
+    second = await voicerun(env, "metering", "export", "--lease", "3", "--until-empty", "--timeout", "60")
+    async with asyncio.timeout(90):
+        out, err = await second.communicate()
+    assert second.returncode == 1, err.decode()
+    assert out.decode() == "outbox: 3 pending (3 blocked), 0 dead, 1 in doubt, 2 delivered\n"
+    assert len(api.requests_to("stt")) == 1  # not sent again
+    assert api.requests_to("tts") == []  # the call's later steps wait behind it
+
+    code, listed, _ = await cli("metering", "doubt", "--json")
+    [held] = json.loads(listed)
+    assert (code, held["call_id"], held["step"]) == (0, "call-1", "stt")
+    assert held["idempotency_key"] == "call-1/stt/deepgram/nova-3" and held["sent_at"] is not None
+    code, status, _ = await cli("metering", "status", "--json")
+    assert (json.loads(status)["in_doubt"], json.loads(status)["blocked"]) == (1, 3)
+
+    # The operator finds the usage at the API: it was applied.
+    code, out_sent, _ = await cli("metering", "doubt", "--sent", str(held["id"]))
+    assert (code, out_sent) == (0, "marked delivered: 1 event\n")
+    third = await voicerun(env, "metering", "export", "--until-empty", "--timeout", "60")
+    async with asyncio.timeout(90):
+        out, err = await third.communicate()
+    assert third.returncode == 0, err.decode()
+    assert out.decode() == "outbox: 0 pending (0 blocked), 0 dead, 0 in doubt, 6 delivered\n"
+    assert_applied_once(api, "call-1")
+
+
+async def test_an_unanswered_request_is_in_doubt_until_the_operator_resends_it(
+    ledger: Ledger, api: FakeUsageAPI, exporter: Callable[..., UsageExporter], cli: CLI
+) -> None:
+    # A live exporter's request times out: to an API without idempotency keys it may have been
+    # applied, so it is held, counted in Prometheus, and sent again only when told to.
+    await ledger.write(a_call("call-1"))
+    hang = api.hang("llm")
+    e = exporter(api_idempotent=False, request_timeout_s=0.5)  # a timeout meant to expire
+
+    status = await e.drain(timeout_s=60)
+
+    hang.release()
+    assert (status.pending, status.blocked, status.in_doubt, status.delivered) == (2, 2, 1, 3)
+    assert REGISTRY.get_sample_value("voicerun_usage_export_in_doubt") == 1
+    [held] = await ledger.in_doubt()
+    assert held.step == "llm" and held.last_error is not None and "no answer within 0.5 s" in held.last_error
+    code, out, err = await cli("metering", "doubt", "--resend", str(held.id), "999")
+    assert (code, out) == (1, "re-queued: 1 event\n")
+    assert err == "voicerun: error: not in doubt (no such event, or already resolved): 999\n"
+
+    status = await exporter(api_idempotent=False).drain(timeout_s=60)
+
+    assert (status.pending, status.in_doubt, status.delivered) == (0, 0, 6)
+    assert [r.status for r in api.requests_to("llm")] == [200, 200]  # the operator chose to resend
+    assert REGISTRY.get_sample_value("voicerun_usage_export_in_doubt") == 0
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # signals, not SQL
@@ -675,15 +745,15 @@ async def test_status_json_on_a_known_ledger(
     status = json.loads(out)
     age = status.pop("oldest_pending_age_s")
     oldest = datetime.fromisoformat(status.pop("oldest_pending_at"))
-    assert status == {"pending": 4, "blocked": 4, "dead": 1, "delivered": 7}
+    assert status == {"pending": 4, "blocked": 4, "dead": 1, "in_doubt": 0, "delivered": 7}
     assert 0 <= age < 60 and oldest <= datetime.now(UTC)
 
     code, out, _ = await cli("metering", "status")
     assert code == 0
     assert out.splitlines()[:3] == [
-        "pending    4  (4 blocked behind dead letters)",
+        "pending    4  (4 blocked behind dead letters or events in doubt)",
         "failed     1  (dead letters: `voicerun metering dead` lists, `retry` re-sends)",
-        "delivered  7",
+        "in doubt   0  (sent, answer lost: `voicerun metering doubt` lists and resolves)",
     ]
 
     code, out, _ = await cli("metering", "dead", "--json")
