@@ -174,7 +174,8 @@ _PRONOUNS = frozenset("i you we they he she it that this there here who what whe
 _WH_WORDS = frozenset("what where who whom whose which how when why".split())
 # Marks: ellipsis (three dots or U+2026), comma, semicolon, colon, hyphen, en and em dash.
 _TRAILING_MARK = re.compile("(\\.\\.\\.|\u2026|,|;|:|-|\u2013|\u2014)$")
-_WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
+# Digits are words too: "My order number is 456." is over.
+_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
 
 def unfinished_cue(transcript: str) -> str | None:

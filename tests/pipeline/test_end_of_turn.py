@@ -277,21 +277,22 @@ async def test_complete_sentences_score_complete(speech_samples: tuple[SpeechSam
     assert all(p is not None and p > 0.5 for p in scores.values()), scores
 
 
-def before_first_pause(pcm: bytes) -> bytes:
-    """The speech up to the first pause of 100 ms or more inside it (a comma's, in Hibari)."""
+def before_longest_pause(pcm: bytes) -> bytes:
+    """The speech up to the longest pause inside it (a comma's, in Hibari)."""
     quiet = [rms_dbfs(f) < -45.0 for f in frames(np.frombuffer(pcm, "<i2"))]
-    first_voiced = quiet.index(False)
-    run = 0
-    for k in range(first_voiced, len(quiet)):
+    first, last = quiet.index(False), len(quiet) - quiet[::-1].index(False)
+    best_start, best_len, run = 0, 0, 0
+    for k in range(first, last):
         run = run + 1 if quiet[k] else 0
-        if run * FRAME_S >= 0.1:
-            return pcm[: (k + 1 - run) * FRAME_BYTES]
-    raise AssertionError("no pause inside the speech")
+        if run > best_len:
+            best_start, best_len = k + 1 - run, run
+    assert best_len * FRAME_S >= 0.1, "no pause inside the speech"
+    return pcm[: best_start * FRAME_BYTES]
 
 
 async def test_a_sentence_cut_at_a_mid_sentence_pause_scores_incomplete() -> None:
     # Spoken whole with a pause after "is", then cut there: the prosody of a speaker who goes on.
-    speech = before_first_pause(await synthesize("My order number is, four five six."))
+    speech = before_longest_pause(await synthesize("My order number is, four five six."))
     prediction = await (await shared_end_of_turn_model()).predict(utterance(speech))
     assert prediction.p_complete is not None and prediction.p_complete < 0.5
 
@@ -325,6 +326,9 @@ COMPLETE = [
     "Please send the invoice to my office by Friday.",
     "I would like to book a table for two people tonight",
     "My order number is four five six.",
+    "My order number is 456.",
+    "It costs $12.50",
+    "Call me at 5-5-5",
     "Yes, it is.",
     "I think we can.",
     "That's all I have.",
