@@ -235,7 +235,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except AudioFormatError as exc:
         raise UsageError(str(exc)) from None
     user = _user_data(args.user_data)
-    from metering import LedgerError, MeteringError
+    from metering import LedgerConfigError, LedgerError, MeteringError
 
     from ._report import price_catalog
 
@@ -248,6 +248,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(run.call(workflow, caller, user, catalog))
     except (TemplateError, VariableError, ProviderConfigError, ProviderError) as exc:
         raise UsageError(f"{args.workflow}: {exc}") from None
+    except LedgerConfigError as exc:  # found when the ledger opens, before the call
+        raise UsageError(str(exc).splitlines()[0]) from None
     except LedgerError as exc:
         raise CommandError(str(exc).splitlines()[0]) from None
     except asyncio.CancelledError:
@@ -304,6 +306,7 @@ class _Run:
                 )  # fmt: skip
                 # Results first: the export below may be stopped by a second signal.
                 self._keep(record, mix)
+            self._print_losses()
             self._print_export()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -348,7 +351,20 @@ class _Run:
         if final is not None:
             print(f"usage export: {final.delivered} delivered, {final.pending} pending, {final.dead} dead")
 
+    def _print_losses(self) -> None:
+        """Usage that never reached the ledger will be neither priced nor billed: say so, and
+        fail the command (a script running calls must not take this for success)."""
+        for loss in self.metering.lost if self.metering is not None else ():
+            calls = ", ".join(loss.call_ids)
+            print(
+                f"voicerun: error: usage lost: {loss.records} records of call {calls} never reached "
+                f"the ledger ({loss.reason})",
+                file=sys.stderr,
+            )
+
     def exit_code(self) -> int:
+        if self.metering is not None and self.metering.lost:
+            return EXIT_FAILED
         if self.signals:
             return EXIT_SIGINT if self.signals[0] == signal.SIGINT else EXIT_SIGTERM
         return EXIT_FAILED if self.write_failed else EXIT_OK

@@ -176,3 +176,25 @@ def test_result_commands_print_no_info_logs(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
     )  # fmt: skip
     assert '"event": "call_started"' in loud.stderr  # an explicit level still applies
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DATABASE_URL": "postgresql://u@db:port/x"}, "DATABASE_URL is not a database URL"),
+        ({"VOICERUN_DATA_DIR": "/proc/1/data"}, "/proc/1/data"),
+        ({"VOICERUN_USAGE_API_URL": "not-a-url"}, "VOICERUN_USAGE_API_URL"),
+    ],
+    ids=["malformed-database-url", "data-dir-that-cannot-exist", "usage-api-url"],
+)
+def test_a_ledger_configuration_that_cannot_work_stops_the_run_before_the_call(
+    tmp_path: Path, good_wav: Path, env: dict[str, str], expected: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--workflow", str(WORKFLOW), "--input", str(good_wav),
+         "--report", str(tmp_path / "r.json"), "--fast"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, **env},
+    )  # fmt: skip
+    line = one_line_error(proc)
+    assert expected in line and "postgresql://u@db" not in line  # a URL may hold a password
+    assert not (tmp_path / "r.json").exists()
