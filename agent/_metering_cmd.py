@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEFAULT_LEASE_S = 30.0
+CALL_STATUSES = ("active", "completed", "failed", "abandoned")
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -38,6 +39,20 @@ def add_metering_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "API. See docs/metering.md.",
     )
     msub = metering.add_subparsers(dest="metering_command", required=True, metavar="COMMAND")
+
+    calls = msub.add_parser(
+        "calls",
+        help="list recent calls: id, workflow, start, status, reason, duration, cost",
+        description="The calls recorded in the ledger, latest first. `active` calls are running, "
+        "or were left by a process that died and will be closed as abandoned by the next process "
+        "that opens the ledger to write (see docs/metering.md).",
+    )
+    calls.add_argument(
+        "--limit", type=_count, default=20, metavar="N", help="at most N calls (default: %(default)s)"
+    )
+    calls.add_argument("--status", choices=CALL_STATUSES, help="only calls with this status")
+    calls.add_argument("--json", action="store_true", help="print a JSON array")
+    calls.set_defaults(func=cmd_calls)
 
     status = msub.add_parser(
         "status",
@@ -118,6 +133,16 @@ def add_metering_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     prune.set_defaults(func=cmd_prune)
 
 
+def _count(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _days(raw: str) -> int:
     try:
         days = int(raw)
@@ -164,6 +189,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"in doubt   {status.in_doubt}  (sent, answer lost: `voicerun metering doubt` lists and resolves)")
     print(f"delivered  {status.delivered}")
     print(f"oldest pending: {'-' if age_s is None else _duration(age_s) + ' ago'}")
+    return EXIT_OK
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    rows = _run(
+        _with_ledger(
+            args.settings,
+            lambda ledger: ledger.recent_calls(limit=args.limit, status=args.status),
+            write=False,
+        )
+    )
+    calls = [
+        {
+            "id": c.id,
+            "workflow": c.workflow_slug,
+            "started_at": _iso(c.started_at),
+            "status": c.status,
+            "reason": c.ended_reason,
+            "duration_s": None if c.duration_seconds is None else float(c.duration_seconds),
+            "cost": None if c.cost_total is None else str(c.cost_total),
+            "currency": c.currency,
+        }
+        for c in rows
+    ]
+    if args.json:
+        print(json.dumps(calls, indent=2))
+        return EXIT_OK
+    if not calls:
+        print("no calls" + (f" with status {args.status}" if args.status else ""))
+        return EXIT_OK
+    print("CALL\tWORKFLOW\tSTARTED\tSTATUS\tREASON\tDURATION\tCOST")
+    for c in calls:
+        duration = "-" if c["duration_s"] is None else f"{c['duration_s']:.1f} s"
+        cost = "-" if c["cost"] is None else f"{c['cost']} {c['currency'] or ''}".strip()
+        print(
+            f"{c['id']}\t{c['workflow']}\t{c['started_at']}\t{c['status']}\t{c['reason'] or '-'}\t{duration}\t{cost}"
+        )
     return EXIT_OK
 
 

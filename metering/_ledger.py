@@ -521,6 +521,14 @@ class Ledger:
         async with self._sessions() as s:
             return await s.get(Call, call_id)
 
+    async def recent_calls(self, *, limit: int, status: str | None = None) -> list[Call]:
+        """The latest calls first (by start), optionally only those with `status`."""
+        query = select(Call).order_by(Call.started_at.desc(), Call.id).limit(limit)
+        if status is not None:
+            query = query.where(Call.status == status)
+        async with self._sessions() as s:
+            return list((await s.scalars(query)).all())
+
     async def usage_lines(self, call_id: str) -> list[UsageLine]:
         async with self._sessions() as s:
             return await self._lines(s, call_id)

@@ -136,3 +136,89 @@ def test_a_read_only_ledger_file_is_refused_by_commands_that_write(tmp_path: Pat
     assert one_line(proc, 2) == (
         f"voicerun: error: the ledger file {ledger} cannot be written: attempt to write a readonly database"
     )
+
+
+# -- commands that only read never create a ledger --------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["dead"], ["doubt"], ["calls"]])
+def test_reading_where_no_call_was_recorded_is_one_line_and_creates_nothing(
+    command: list[str], tmp_path: Path
+) -> None:
+    proc = voicerun("metering", *command, env={}, cwd=tmp_path)  # the default data dir: ./data
+    assert one_line(proc, 1) == (
+        f"voicerun: error: no ledger at {tmp_path.resolve()}/data/voicerun.db: no call has been recorded "
+        "here yet (set VOICERUN_DATA_DIR or DATABASE_URL)"
+    )
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+# -- metering calls ------------------------------------------------------------------------------
+
+
+async def test_calls_lists_recent_calls_with_status_duration_and_cost(tmp_path: Path) -> None:
+    import json
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from metering import CallClosed, CallOpened, Ledger, UsageLine, UsageReported, database_url, load_catalog
+
+    t0 = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
+    ledger = await Ledger.open(database_url(None, tmp_path), catalog=load_catalog())
+    try:
+        await ledger.write(
+            [
+                CallOpened(call_id="first", workflow_slug="front-desk", started_at=t0),
+                UsageReported(
+                    call_id="first",
+                    seq=0,
+                    agent=None,
+                    at=t0,
+                    line=UsageLine("stt", "deepgram", "nova-3", audio_seconds=Decimal("30")),
+                ),
+                CallClosed(
+                    call_id="first",
+                    status="completed",
+                    reason="agent_ended",
+                    ended_at=t0 + timedelta(seconds=61.5),
+                    duration_s=61.5,
+                ),
+                CallOpened(call_id="second", workflow_slug="billing", started_at=t0 + timedelta(minutes=5)),
+            ]
+        )
+        first = await ledger.call("first")
+        assert first is not None and first.cost_total is not None
+    finally:
+        await ledger.aclose()
+    env = {"VOICERUN_DATA_DIR": str(tmp_path)}
+
+    listed = json.loads(voicerun("metering", "calls", "--json", env=env).stdout)
+    assert [(c["id"], c["status"], c["duration_s"]) for c in listed] == [
+        ("second", "active", None),
+        ("first", "completed", 61.5),
+    ]
+    assert listed[1] | {"cost": None} == {
+        "id": "first",
+        "workflow": "front-desk",
+        "started_at": "2026-05-04T10:00:00Z",
+        "status": "completed",
+        "reason": "agent_ended",
+        "duration_s": 61.5,
+        "cost": None,
+        "currency": "USD",
+    }
+    assert Decimal(listed[1]["cost"]) == first.cost_total
+
+    proc = voicerun("metering", "calls", "--status", "completed", "--limit", "5", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "CALL\tWORKFLOW\tSTARTED\tSTATUS\tREASON\tDURATION\tCOST",
+        f"first\tfront-desk\t2026-05-04T10:00:00Z\tcompleted\tagent_ended\t61.5 s\t{first.cost_total} USD",
+    ]
+    assert (
+        voicerun("metering", "calls", "--limit", "1", env=env).stdout.splitlines()[1].startswith("second\t")
+    )
+    assert (
+        voicerun("metering", "calls", "--status", "failed", env=env).stdout == "no calls with status failed\n"
+    )
+    assert "must be at least 1" in voicerun("metering", "calls", "--limit", "0", env=env).stderr
