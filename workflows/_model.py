@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from yarl import URL
 
 from ._json import json_safe
+from ._provider_options import check_provider
 
 _SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -67,33 +68,65 @@ TTS_PROVIDERS = ("hibari", "polly", "openai", "deepgram")
 
 
 class _StageSpec(ProviderSpec):
-    """A ProviderSpec whose provider names are checked for one stage; `local` is its embedded engine."""
+    """A ProviderSpec whose provider names are checked for one stage; `local` is its embedded engine.
 
+    Its model and options are checked as the runtime builds the provider, so a file that
+    validates is a file whose providers start (API keys and hosts aside)."""
+
+    _stage: ClassVar[str] = ""
     _names: ClassVar[tuple[str, ...]] = ()
     _local: ClassVar[str] = ""
+    _refused: ClassVar[dict[str, str]] = {}
+    """Names the stage has but not here, and why."""
 
     @field_validator("provider")
     @classmethod
     def _known(cls, v: str) -> str:
         v = cls._local if v == "local" else v
+        if v in cls._refused:
+            raise ValueError(cls._refused[v])
         if v not in cls._names:
             raise ValueError(f"unknown provider {v!r} (available: {', '.join(cls._names)}, local)")
         return v
 
+    @model_validator(mode="after")
+    def _buildable(self) -> _StageSpec:
+        check_provider(self._stage, self.provider, self.model, self.options)
+        return self
+
 
 class STTSpec(_StageSpec):
+    _stage = "stt"
     _names = STT_PROVIDERS
     _local = "whisper"
     fallback: tuple[STTSpec, ...] = ()
 
 
-class LLMSpec(_StageSpec):
+class _LLMFallbackSpec(_StageSpec):
+    _stage = "llm"
     _names = LLM_PROVIDERS
     _local = "rules"
-    fallback: tuple[LLMSpec, ...] = ()
+    _refused = {
+        "rules": "llm fallback 'rules'/'local' is not supported: the agent's rules already run before any LLM"
+    }
+    fallback: tuple[_LLMFallbackSpec, ...] = ()
+
+
+class LLMSpec(_StageSpec):
+    _stage = "llm"
+    _names = LLM_PROVIDERS
+    _local = "rules"
+    fallback: tuple[_LLMFallbackSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _rules_alone(self) -> LLMSpec:
+        if self.provider == "rules" and self.fallback:
+            raise ValueError("llm 'rules' takes no fallback: it cannot fail")
+        return self
 
 
 class TTSSpec(_StageSpec):
+    _stage = "tts"
     _names = TTS_PROVIDERS
     _local = "hibari"
     fallback: tuple[TTSSpec, ...] = ()

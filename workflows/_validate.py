@@ -77,9 +77,16 @@ def position(root: Any, loc: Sequence[object], *, at_key: bool = False) -> tuple
     """
     line, col = 0, 0
     node = root
+    shift = 0
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
         try:
+            if isinstance(node, CommentedSeq) and part == "fallback":
+                # `tts: [polly, openai]`: a provider list; its fallback N is item N + 1
+                shift = 1
+                continue
+            if isinstance(part, int):
+                part, shift = part + shift, 0
             if isinstance(node, CommentedMap) and part in node:
                 kline, kcol = node.lc.key(part)
                 vline, vcol = node.lc.value(part)

@@ -251,3 +251,15 @@ def test_sync_tools_that_never_return_let_voicerun_test_finish_and_exit(tmp_path
     assert "tool nap: no result within 0.5 s" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "debugging output of a tool" in proc.stderr  # stdout holds the result lines only
+
+
+def test_a_provider_chain_the_runtime_refuses_fails_at_load_with_its_position(tmp_path: Path) -> None:
+    # it used to pass validation and fail only once a test (or a call) built the providers
+    text = RULES_WORKFLOW.replace("start: host\n", "start: host\ndefaults: {llm: [openai, rules]}\n")
+    code, lines = run(tmp_path, text)
+    assert code == 1
+    assert lines[0].startswith("FAIL ") and lines[0].endswith(
+        "wf0.yaml:4:26: defaults.llm.fallback.0.provider: llm fallback 'rules'/'local' is not supported: "
+        "the agent's rules already run before any LLM"
+    )
+    assert lines[-1] == "0 passed, 1 failed"

@@ -511,7 +511,7 @@ def test_a_template_in_a_urls_origin_is_reported_at_the_url(url: str) -> None:
 
 
 def test_a_text_body_with_templates_needs_a_form_or_plain_text_type() -> None:
-    json_text = edit("      save: {order: status}\n", "      body: '{\"id\": \"{{args.order_id}}\"}'\n")
+    json_text = edit("      save: {order: status}\n", '      body: \'{"id": "{{args.order_id}}"}\'\n')
     assert found(json_text) == [
         "wf.yaml:18:13: tools.lookup.http.body: a text body takes templates only with a Content-Type "
         "header of application/x-www-form-urlencoded (values are form-encoded) or text/plain; write a "
@@ -522,3 +522,104 @@ def test_a_text_body_with_templates_needs_a_form_or_plain_text_type() -> None:
         "      headers: {content-type: application/x-www-form-urlencoded}\n      body: 'id={{args.order_id}}'\n",
     )
     assert found(form) == []
+
+
+# -- providers: what a call would refuse at start ----------------------------------------------
+
+RULES_ONLY = "llm fallback 'rules'/'local' is not supported: the agent's rules already run before any LLM"
+
+
+@pytest.mark.parametrize(
+    ("stage", "spec", "col", "message"),
+    [
+        ("llm", "[openai, rules]", 17, f"defaults.llm.fallback.0.provider: {RULES_ONLY}"),
+        ("llm", "[openai, local]", 17, f"defaults.llm.fallback.0.provider: {RULES_ONLY}"),
+        (
+            "llm",
+            "{provider: openai, fallback: [rules]}",
+            38,
+            f"defaults.llm.fallback.0.provider: {RULES_ONLY}",
+        ),
+        ("llm", "[rules, openai]", 8, "defaults.llm: llm 'rules' takes no fallback: it cannot fail"),
+        (
+            "llm",
+            "{provider: rules, options: {temperature: 0}}",
+            8,
+            "defaults.llm: llm provider 'rules': takes no model or options: it answers with the agent's "
+            "rules and fallback",
+        ),
+        (
+            "llm",
+            "[openai, {provider: openai, options: {temprature: 0}}]",
+            17,
+            "defaults.llm.fallback.0: llm provider 'openai': openai llm: unknown option(s) 'temprature' "
+            "(known: api_key, base_url, max_tokens, retry, temperature, timeouts; the model is set by the "
+            "provider's `model`)",
+        ),
+        (
+            "tts",
+            "{provider: hibari, model: bella}",
+            8,
+            "defaults.tts: tts provider 'hibari': hibari voice 'bella' is not available offline; only "
+            "'heart' ships in the hibari-tts package",
+        ),
+        (
+            "tts",
+            "{provider: hibari, options: {speed: 3}}",
+            8,
+            "defaults.tts: tts provider 'hibari': hibari speed must be 0.5-2.0, got 3",
+        ),
+        (
+            "tts",
+            "[polly, {provider: polly, options: {voise: Joanna}}]",
+            16,
+            "defaults.tts.fallback.0: tts provider 'polly': polly: unknown option(s) 'voise' (known: "
+            "endpoint_url, engine, language_code, region, retry, ssml, timeouts, voice; the model is set "
+            "by the provider's `model`)",
+        ),
+        (
+            "stt",
+            "{provider: whisper, model: small}",
+            8,
+            "defaults.stt: stt provider 'whisper': model 'small': whisper runs the tiny.en model inside "
+            "the package; options.model_dir names another CTranslate2 Whisper model",
+        ),
+        (
+            "stt",
+            "{provider: whisper, options: {beam: 2}}",
+            8,
+            "defaults.stt: stt provider 'whisper': unknown option(s) 'beam' (known: beam_size, "
+            "cpu_threads, interim_interval_s, language, model_dir, speculate_after_ms)",
+        ),
+        (
+            "stt",
+            "{provider: whisper, options: {beam_size: five}}",
+            8,
+            "defaults.stt: stt provider 'whisper': option 'beam_size' must be an integer, got 'five'",
+        ),
+        (
+            "stt",
+            "[deepgram, {provider: deepgram, options: {endpointing: 300}}]",
+            19,
+            "defaults.stt.fallback.0: stt provider 'deepgram': deepgram stt: unknown option(s) "
+            "'endpointing' (known: api_key, base_url, endpointing_ms, keepalive_s, keyterms, keywords, "
+            "language, max_utterance_s, retry, send_queue_frames, timeouts; the model is set by the "
+            "provider's `model`)",
+        ),
+    ],
+)
+def test_a_provider_a_call_would_refuse_is_refused_at_its_node(
+    stage: str, spec: str, col: int, message: str
+) -> None:
+    text = BASE + f"defaults:\n  {stage}: {spec}\n"
+    assert found(text) == [f"wf.yaml:41:{col}: {message}"]
+
+
+def test_providers_a_call_starts_are_valid() -> None:
+    text = BASE + (
+        "defaults:\n"
+        "  stt: [{provider: deepgram, model: nova-3, options: {endpointing_ms: 300}}, local]\n"
+        "  llm: [{provider: openai, model: gpt-4o-mini, options: {temperature: 0.2}}, openai]\n"
+        "  tts: [polly, {provider: openai, options: {voice: alloy}}, {provider: hibari, options: {speed: 1}}]\n"
+    )
+    assert found(text) == []
