@@ -405,18 +405,17 @@ class EndOfTurnModel:
             raise AudioFormatError(
                 f"end-of-turn audio must be 16-bit PCM, got an odd {len(pcm_utterance)} bytes"
             )
-        with self._lock:
+        future: Future[EndOfTurnPrediction] | None = None
+        with self._lock:  # submitting under the lock: aclose() cannot shut the executor in between
             if self._closed:
                 raise EndOfTurnError("end-of-turn model is closed")
-            if self._in_flight > self._max_pending:  # one running, max_pending waiting
-                busy = True
-            else:
-                busy = False
+            if self._in_flight <= self._max_pending:  # one running, max_pending waiting
                 self._in_flight += 1
-        if busy:
+                future = self._executor.submit(self._score, pcm_utterance, self._monotonic())
+        if future is None:
             log.warning("end_of_turn_model_busy", waiting=self._max_pending)
             return EndOfTurnPrediction(None, "busy")
-        future = self._executor.submit(self._score, pcm_utterance, self._monotonic())
+        # Outside the lock: a future already done runs _release here, and _release takes the lock.
         future.add_done_callback(self._release)
         prediction = await asyncio.wrap_future(future)
         if prediction.outcome == "late":
