@@ -8,6 +8,7 @@ through the same runtime a call uses; what the agents said and did is checked ag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -79,25 +80,26 @@ def _tool_calls_match(expected: Sequence[ToolCallSpec], got: Sequence[tuple[str,
 
 
 def _check(expect: ExpectSpec, step: _Step, agent: str) -> str | None:
-    """What does not match, or None."""
+    """Every expectation the step missed, each as expected-vs-got; None if it met them all."""
+    missed = []
     if expect.agent is not None and agent != expect.agent:
-        return f"expected agent {expect.agent}, got {agent}"
+        missed.append(f"expected agent {expect.agent}, got {agent}")
     if expect.reply is not None and not re.search(expect.reply, step.reply, re.IGNORECASE):
-        return f"expected reply /{expect.reply}/, got '{_shown(step.reply)}'"
+        missed.append(f"expected reply /{expect.reply}/, got '{_shown(step.reply)}'")
     if expect.tool_calls is not None and not _tool_calls_match(expect.tool_calls, step.tool_calls):
         want = ", ".join(_call_text(e.name, e.arguments) for e in expect.tool_calls) or "none"
         got = ", ".join(_call_text(n, a) for n, a in step.tool_calls) or "none"
-        return f"expected tool calls [{want}], got [{got}]"
+        missed.append(f"expected tool calls [{want}], got [{got}]")
     if expect.handoff is not None and expect.handoff not in step.handoffs:
         got = ", ".join(step.handoffs) or "none"
-        return f"expected handoff to {expect.handoff}, got {got}"
+        missed.append(f"expected handoff to {expect.handoff}, got {got}")
     if expect.end_call is not None and expect.end_call != step.end_call:
-        return (
-            "expected end_call, the call went on"
+        missed.append(
+            "expected end_call: true, got false (the call went on)"
             if expect.end_call
-            else "expected no end_call, the call ended"
+            else "expected end_call: false, got true (the call ended)"
         )
-    return None
+    return "; ".join(missed) or None
 
 
 async def _run_one(
@@ -188,6 +190,9 @@ def run_workflow_tests(
     configured providers, so `rules` agents answer with their rules and fallback).
     """
     stream = out if out is not None else sys.stdout
-    passed, failed = asyncio.run(_run_all(paths, llms or _default_llms(), stream))
+    # stdout holds the result lines only: whatever else prints there while tests run (a tool's
+    # debugging print, a library's notice) goes to stderr with the logs
+    with contextlib.redirect_stdout(sys.stderr):
+        passed, failed = asyncio.run(_run_all(paths, llms or _default_llms(), stream))
     print(f"{passed} passed, {failed} failed", file=stream)
     return 1 if failed else 0

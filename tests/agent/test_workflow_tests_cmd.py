@@ -9,6 +9,8 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import pytest
+
 from agent._workflow_tests import run_workflow_tests
 from pipeline import LLM, LLMEvent, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
 from workflows import Workflow
@@ -119,7 +121,9 @@ def test_wrong_agent_handoff_and_end_call_are_reported(tmp_path: Path) -> None:
     ).replace("expect: {reply: goodbye, end_call: true}", "expect: {end_call: false}")
     code, lines = run(tmp_path, text)
     assert code == 1
-    assert lines[0] == "FAIL desk: hours and goodbye — step 2: expected no end_call, the call ended"
+    assert lines[0] == (
+        "FAIL desk: hours and goodbye — step 2: expected end_call: false, got true (the call ended)"
+    )
     assert lines[2] == "FAIL desk: payment hands off — step 1: expected agent host, got payments"
     assert lines[-1] == "1 passed, 2 failed"
 
@@ -263,3 +267,65 @@ def test_a_provider_chain_the_runtime_refuses_fails_at_load_with_its_position(tm
         "the agent's rules already run before any LLM"
     )
     assert lines[-1] == "0 passed, 1 failed"
+
+
+def test_every_missed_expectation_of_a_step_is_named(tmp_path: Path) -> None:
+    text = RULES_WORKFLOW.replace(
+        'expect: {reply: "open at five", agent: host, end_call: false}',
+        'expect: {reply: "open at six", agent: payments, handoff: payments, end_call: true}',
+    )
+    code, lines = run(tmp_path, text)
+    assert code == 1
+    assert lines[0] == (
+        "FAIL desk: hours and goodbye — step 1: expected agent payments, got host; "
+        "expected reply /open at six/, got 'We open at five.'; expected handoff to payments, got none; "
+        "expected end_call: true, got false (the call went on)"
+    )
+
+
+PRINTING_TOOLS = """def chatty() -> dict[str, bool]:
+    print("a sync tool's print")
+    return {"ok": True}
+
+
+async def chatty_async() -> dict[str, bool]:
+    print("an async tool's print")
+    return {"ok": True}
+"""
+
+PRINTING_WORKFLOW = """version: 1
+slug: chatty
+start: host
+tools:
+  chatty: {description: Prints., python: "printing_tools:chatty"}
+  chatty_async: {description: Prints., python: "printing_tools:chatty_async"}
+agents:
+  host:
+    instructions: Host.
+    tools: [chatty, chatty_async]
+    rules:
+      - {keywords: [sync], tool: {name: chatty}, say: Done.}
+      - {keywords: [async], tool: {name: chatty_async}, say: Done.}
+tests:
+  - name: prints
+    steps:
+      - {user: sync, expect: {tool_calls: [{name: chatty}]}}
+      - {user: async, expect: {tool_calls: [{name: chatty_async}], reply: nope}}
+"""
+
+
+def test_stdout_holds_only_the_result_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "printing_tools.py").write_text(PRINTING_TOOLS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    workflow = tmp_path / "chatty.yaml"
+    workflow.write_text(PRINTING_WORKFLOW)
+    assert run_workflow_tests([workflow]) == 1
+    out, err = capfd.readouterr()
+    assert out.splitlines() == [
+        "FAIL chatty: prints — step 2: expected reply /nope/, got 'Done.'",
+        "0 passed, 1 failed",
+    ]
+    # (a sync tool's worker writes to the stderr it was started with: see the subprocess test above)
+    assert "an async tool's print" in err
