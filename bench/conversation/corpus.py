@@ -142,7 +142,8 @@ def _noise(n: int, dbfs: float, color: str, rng: np.random.Generator) -> npt.NDA
         spectrum[1:] /= np.sqrt(np.arange(1, spectrum.size))
         spectrum[0] = 0
         w = np.fft.irfft(spectrum, n)
-    return w / np.sqrt(np.mean(w**2)) * 32768 * 10 ** (dbfs / 20)
+    scaled: npt.NDArray[np.float64] = w / np.sqrt(np.mean(w**2)) * 32768 * 10 ** (dbfs / 20)
+    return scaled
 
 
 def telephone(x: Int16Array) -> Int16Array:
@@ -281,15 +282,15 @@ def build_call(index: int, voice: Voice, condition: str, seed: int, workflow: Wo
     bc = iter(BACKCHANNELS[(index + k) % len(BACKCHANNELS)] for k in range(100))
 
     greeting = tl.reply("greeting", GREETING_START_S, None)
+    after_greeting = greeting.end_s + rng.uniform(1.5, 2.5)
     if index % 2:
         tl.say(voice, "backchannel", next(bc), greeting.start_s + rng.uniform(3.0, 9.0), over=0)
+        after_greeting += 3.0  # room for the agent to pause over the backchannel and resume
 
     # Episode 1: a question, backchannels over the long answer.
     fast = index % 3 == 0
     q = FAST_FINISHES[index % len(FAST_FINISHES)] if fast else QUESTIONS[index % len(QUESTIONS)]
-    seg = tl.say(
-        voice, "fast_finish" if fast else "question", q, greeting.end_s + rng.uniform(0.8, 1.5), fast=fast
-    )
+    seg = tl.say(voice, "fast_finish" if fast else "question", q, after_greeting, fast=fast)
     a1 = tl.answer(seg)
     at = a1.start_s + rng.uniform(2.0, 4.0)
     for _ in range(2):
