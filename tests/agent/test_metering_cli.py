@@ -16,7 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def voicerun(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("VOICERUN_") and k != "DATABASE_URL"}
+    # (without asyncio debug mode, whose slow-callback lines on a loaded machine are not the
+    # command's output)
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("VOICERUN_") and k not in ("DATABASE_URL", "PYTHONASYNCIODEBUG")
+    }
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
         capture_output=True,

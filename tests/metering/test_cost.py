@@ -234,7 +234,9 @@ def test_report_has_the_cost_breakdown(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("VOICERUN_PRICES", str(prices))
     _report.price_catalog.cache_clear()
     try:
-        record = CallRecord("c1", "demo", datetime.now(UTC), ["host"], usage_lines=lines(USAGE, **PAID))
+        record = CallRecord(
+            "c1", "demo", datetime(2026, 2, 3, 9, 0, tzinfo=UTC), ["host"], usage_lines=lines(USAGE, **PAID)
+        )
         record.summary = CallSummary("agent_ended", 300.0, USAGE, ())
         report = json.loads(json.dumps(_report.report_dict(record)))
     finally:

@@ -623,7 +623,7 @@ async def test_an_unanswered_request_is_in_doubt_until_the_operator_resends_it(
     # applied, so it is held, counted in Prometheus, and sent again only when told to.
     await ledger.write(a_call("call-1"))
     hang = api.hang("llm")
-    e = exporter(api_idempotent=False, request_timeout_s=0.5)  # a timeout meant to expire
+    e = exporter(api_idempotent=False, request_timeout_s=3.0)  # a timeout meant to expire
 
     status = await e.drain(timeout_s=60)
 
@@ -631,7 +631,7 @@ async def test_an_unanswered_request_is_in_doubt_until_the_operator_resends_it(
     assert (status.pending, status.blocked, status.in_doubt, status.delivered) == (2, 2, 1, 3)
     assert REGISTRY.get_sample_value("voicerun_usage_export_in_doubt") == 1
     [held] = await ledger.in_doubt()
-    assert held.step == "llm" and held.last_error is not None and "no answer within 0.5 s" in held.last_error
+    assert held.step == "llm" and held.last_error is not None and "no answer within 3.0 s" in held.last_error
     code, out, err = await cli("metering", "doubt", "--resend", str(held.id), "999")
     assert (code, out) == (1, "re-queued: 1 event\n")
     assert err == "voicerun: error: not in doubt (no such event, or already resolved): 999\n"
