@@ -112,11 +112,18 @@ class _Pool:
             pool = self.running()
             if pool is not None:
                 return pool
+            if self._pool is not None:  # broken (every worker died at once): free its threads
+                _stop(self._pool)
+                self._pool = None
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])
             pool = ProcessPool(max_workers=WORKERS, context=context)
-            # the first task starts the workers; waiting for it keeps that out of a tool's timeout
-            pool.schedule(_ready).result(timeout=START_TIMEOUT_S)
+            try:
+                # the first task starts the workers; waiting for it keeps that out of a tool's timeout
+                pool.schedule(_ready).result(timeout=START_TIMEOUT_S)
+            except BaseException:
+                _stop(pool)
+                raise
             if not self._exit_hook:
                 atexit.register(self.stop)
                 self._exit_hook = True
@@ -126,9 +133,13 @@ class _Pool:
     def stop(self) -> None:
         with self._lock:
             if self._pool is not None:
-                self._pool.stop()  # type: ignore[no-untyped-call]  # not annotated in pebble
-                self._pool.join(timeout=STOP_TIMEOUT_S)
+                _stop(self._pool)
                 self._pool = None
+
+
+def _stop(pool: ProcessPool) -> None:
+    pool.stop()  # type: ignore[no-untyped-call]  # not annotated in pebble
+    pool.join(timeout=STOP_TIMEOUT_S)
 
 
 _POOL = _Pool()
