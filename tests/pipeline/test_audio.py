@@ -1,23 +1,28 @@
-"""WAV input of any common PCM shape becomes 16 kHz mono int16, or fails with a clear error."""
+"""Audio input of any common shape becomes 16 kHz mono int16, or fails with one line naming the file."""
 
 from __future__ import annotations
 
-import wave
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+from structlog.testing import capture_logs
 
-from pipeline import FRAME_BYTES, SAMPLE_RATE, AudioFormatError, frames, read_wav
+import pipeline._audio
+from pipeline import FRAME_BYTES, SAMPLE_RATE, AudioFormatError, frames, read_wav, write_wav
 
 
-def write(path: Path, data: np.ndarray, rate: int, width: int, channels: int = 1) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(data.tobytes())
-    return path
+def signal(rate: int, seconds: float = 1.0) -> np.ndarray:
+    """A known signal, evaluated at any rate: two tones below 4 kHz, so every rate carries them."""
+    t = np.arange(int(rate * seconds)) / rate
+    return 0.5 * np.sin(2 * np.pi * 440.0 * t) + 0.25 * np.sin(2 * np.pi * 1234.0 * t)
+
+
+def expected(seconds: float = 1.0) -> np.ndarray:
+    return signal(SAMPLE_RATE, seconds) * 32768.0
 
 
 def tone(freq: float, rate: int, seconds: float = 1.0) -> np.ndarray:
@@ -25,46 +30,101 @@ def tone(freq: float, rate: int, seconds: float = 1.0) -> np.ndarray:
     return 0.5 * np.sin(2 * np.pi * freq * t)
 
 
-def encode(x: np.ndarray, width: int) -> np.ndarray:
-    if width == 1:
-        return np.round(x * 127 + 128).astype(np.uint8)
-    if width == 2:
-        return np.round(x * 32767).astype("<i2")
-    if width == 3:
-        v = np.round(x * 8388607).astype(np.int32)
-        b = np.stack([v & 0xFF, (v >> 8) & 0xFF, (v >> 16) & 0xFF], axis=1).astype(np.uint8)
-        return b.reshape(-1)
-    return np.round(x * 2147483647).astype("<i4")
-
-
 def peak_hz(x: np.ndarray) -> float:
     spectrum = np.abs(np.fft.rfft(x.astype(np.float64)))
     return float(np.argmax(spectrum) * SAMPLE_RATE / len(x))
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 4])
-@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
-def test_pcm_wav_is_converted_keeping_pitch_and_duration(tmp_path: Path, width: int, rate: int) -> None:
-    x = tone(440.0, rate)
-    out = read_wav(write(tmp_path / "in.wav", encode(x, width), rate, width))
-    assert out.dtype == np.int16
+# Tolerance in int16 steps: the quantisation of the stored sample type.
+LOSSLESS = [
+    ("WAV", "PCM_U8", 256),
+    ("WAV", "PCM_16", 1),
+    ("WAV", "PCM_24", 1),
+    ("WAV", "PCM_32", 1),
+    ("WAV", "FLOAT", 1),
+    ("WAV", "DOUBLE", 1),
+    ("WAVEX", "PCM_16", 1),
+    ("WAVEX", "PCM_24", 1),
+    ("WAVEX", "PCM_32", 1),
+    ("WAVEX", "FLOAT", 1),
+    ("FLAC", "PCM_16", 1),
+    ("FLAC", "PCM_24", 1),
+]
+
+
+@pytest.mark.parametrize(("fmt", "subtype", "steps"), LOSSLESS, ids=[f"{f}-{s}" for f, s, _ in LOSSLESS])
+def test_each_lossless_format_decodes_to_the_samples_written(
+    tmp_path: Path, fmt: str, subtype: str, steps: int
+) -> None:
+    p = tmp_path / f"in.{'flac' if fmt == 'FLAC' else 'wav'}"
+    sf.write(p, signal(SAMPLE_RATE), SAMPLE_RATE, subtype=subtype, format=fmt)
+    if fmt == "WAVEX":  # what sox writes for 24/32-bit, and what the stdlib wave module refused
+        assert p.read_bytes()[20:22] == b"\xfe\xff"
+    out = read_wav(p)
+    assert out.dtype == np.int16 and len(out) == SAMPLE_RATE
+    assert np.abs(out - expected()).max() <= steps
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "suffix"), [("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3")]
+)
+def test_lossy_formats_keep_the_signal(tmp_path: Path, fmt: str, subtype: str, suffix: str) -> None:
+    p = tmp_path / f"in.{suffix}"
+    sf.write(p, signal(SAMPLE_RATE, 2.0), SAMPLE_RATE, subtype=subtype, format=fmt)
+    out = read_wav(p).astype(np.float64)
+    assert len(out) == pytest.approx(2 * SAMPLE_RATE, abs=2000)  # MP3 adds encoder padding
+    ref = expected(2.0)
+    # Compare the middle second at the alignment the codec's delay gives.
+    mid = ref[8000:24000]
+    best = max(
+        float(np.dot(out[8000 + lag : 24000 + lag], mid))
+        / float(np.linalg.norm(out[8000 + lag : 24000 + lag]) * np.linalg.norm(mid))
+        for lag in range(-1200, 1200)
+    )
+    assert best > 0.99
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000, 96000, 192000])
+def test_any_rate_in_range_is_resampled_to_the_same_signal(tmp_path: Path, rate: int) -> None:
+    p = tmp_path / "in.wav"
+    sf.write(p, signal(rate), rate, subtype="PCM_24")
+    out = read_wav(p).astype(np.float64)
     assert len(out) == pytest.approx(SAMPLE_RATE, abs=2)
-    assert peak_hz(out) == pytest.approx(440.0, abs=2)
-    assert np.abs(out).max() / 32767 == pytest.approx(0.5, abs=0.03)
+    # The resampler's filter rings at the cut ends; in between the samples match the signal.
+    assert np.abs(out[400:-400] - expected()[400:-400]).max() < 0.002 * 32768
 
 
 def test_stereo_is_mixed_to_mono(tmp_path: Path) -> None:
-    left, right = tone(300.0, 16000), np.zeros(16000)
-    data = encode(np.stack([left, right], axis=1).reshape(-1), 2)
-    out = read_wav(write(tmp_path / "st.wav", data, 16000, 2, channels=2))
-    assert len(out) == 16000
-    assert np.abs(out).max() / 32767 == pytest.approx(0.25, abs=0.02)
+    p = tmp_path / "st.wav"
+    sf.write(p, np.stack([signal(SAMPLE_RATE), np.zeros(SAMPLE_RATE)], axis=1), SAMPLE_RATE, subtype="PCM_16")
+    out = read_wav(p)
+    assert np.abs(out - expected() / 2).max() <= 1
+
+
+def test_multichannel_is_mixed_to_mono(tmp_path: Path) -> None:
+    p = tmp_path / "surround.wav"
+    x = signal(SAMPLE_RATE)
+    sf.write(
+        p, np.stack([x, x, np.zeros_like(x), -x, x, x], axis=1), SAMPLE_RATE, subtype="FLOAT", format="WAVEX"
+    )
+    out = read_wav(p)
+    assert np.abs(out - expected() * 3 / 6).max() <= 1
+
+
+def test_long_input_is_read_in_blocks_without_seams(tmp_path: Path) -> None:
+    # Several read blocks at 48 kHz: a seam between blocks would show as a jump off the signal.
+    p = tmp_path / "long.wav"
+    sf.write(p, signal(48000, 20.0), 48000, subtype="PCM_16")
+    out = read_wav(p).astype(np.float64)
+    assert len(out) == pytest.approx(20 * SAMPLE_RATE, abs=2)
+    assert np.abs(out[400:-400] - expected(20.0)[400:-400]).max() < 0.002 * 32768
 
 
 def test_resampling_is_band_limited_not_nearest_sample(tmp_path: Path) -> None:
-    # A 7 kHz tone at 48 kHz sits below the 8 kHz Nyquist limit; a 12 kHz one must vanish, not alias.
-    x = tone(12000.0, 48000)
-    out = read_wav(write(tmp_path / "hi.wav", encode(x, 2), 48000, 2))
+    # A 12 kHz tone at 48 kHz is above the 8 kHz Nyquist limit of the output: it must vanish, not alias.
+    p = tmp_path / "hi.wav"
+    sf.write(p, tone(12000.0, 48000), 48000, subtype="PCM_16")
+    out = read_wav(p)
     assert np.abs(out[1000:-1000]).max() < 0.01 * 32767
 
 
@@ -75,34 +135,149 @@ def test_frames_are_20ms_and_the_last_is_padded() -> None:
     assert np.frombuffer(chunks[-1], "<i2")[100:].max() == 0
 
 
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        (None, "no such file"),
-        (b"", "not a readable PCM WAV"),
-        (b"this is not audio at all", "not a readable PCM WAV"),
-        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "not a readable PCM WAV"),
-    ],
-)
-def test_unreadable_input_names_the_file_and_the_problem(
-    tmp_path: Path, content: bytes | None, expected: str
+def test_a_truncated_wav_keeps_what_is_there_and_warns(tmp_path: Path) -> None:
+    p = tmp_path / "t.wav"
+    sf.write(p, signal(SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
+    p.write_bytes(p.read_bytes()[:-8001])  # cut mid-sample: the header still declares a full second
+    with capture_logs() as logs:
+        out = read_wav(p)
+    assert len(out) == 11999
+    assert np.abs(out - expected()[:11999]).max() <= 1
+    assert logs == [
+        {
+            "event": "audio_truncated",
+            "log_level": "warning",
+            "path": str(p),
+            "declared_s": 1.0,
+            "found_s": 0.75,
+        }
+    ]
+
+
+def test_a_truncated_flac_keeps_what_decodes_and_warns(tmp_path: Path) -> None:
+    p = tmp_path / "t.flac"
+    sf.write(p, signal(SAMPLE_RATE, 2.0), SAMPLE_RATE, subtype="PCM_16")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with capture_logs() as logs:
+        out = read_wav(p)
+    assert 0 < len(out) < 2 * SAMPLE_RATE
+    assert np.abs(out - expected(2.0)[: len(out)]).max() <= 1
+    [warning] = logs
+    assert warning["event"] == "audio_truncated" and warning["path"] == str(p)
+    assert warning["declared_s"] == 2.0 and warning["found_s"] == round(len(out) / SAMPLE_RATE, 3)
+
+
+def test_a_complete_file_does_not_warn(tmp_path: Path) -> None:
+    p = tmp_path / "ok.wav"
+    sf.write(p, signal(SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_24", format="WAVEX")
+    with capture_logs() as logs:
+        read_wav(p)
+    assert logs == []
+
+
+def with_rate(p: Path, rate: int) -> Path:
+    data = bytearray(p.read_bytes())
+    data[24:28] = rate.to_bytes(4, "little")
+    data[28:32] = (rate * 2).to_bytes(4, "little")
+    p.write_bytes(bytes(data))
+    return p
+
+
+@pytest.mark.parametrize("rate", [1, 7999, 192001, 4_000_000])
+def test_a_rate_outside_8_to_192_khz_is_refused_before_decoding(tmp_path: Path, rate: int) -> None:
+    # A header declaring 1 Hz used to ask the resampler for gigabytes.
+    p = tmp_path / "odd.wav"
+    sf.write(p, np.zeros(16000), SAMPLE_RATE, subtype="PCM_16")
+    with pytest.raises(AudioFormatError) as err:
+        read_wav(with_rate(p, rate))
+    assert str(err.value) == f"{p}: sample rate {rate} Hz is outside the supported 8000-192000 Hz"
+
+
+def test_a_recording_longer_than_the_limit_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    p = tmp_path / "caller.wav"
-    if content is not None:
-        p.write_bytes(content)
+    monkeypatch.setattr(pipeline._audio, "MAX_INPUT_S", 2)
+    p = sound(tmp_path / "long.wav", signal(SAMPLE_RATE, 3.0))
     with pytest.raises(AudioFormatError) as err:
         read_wav(p)
-    assert str(p) in str(err.value) and expected in str(err.value)
+    assert str(err.value) == f"{p}: 0:00:03 of audio; the limit is 0:00:02"
 
 
-def test_wav_with_no_samples_is_an_error(tmp_path: Path) -> None:
-    p = write(tmp_path / "empty.wav", np.zeros(0, np.int16), 16000, 2)
-    with pytest.raises(AudioFormatError, match="contains no audio samples"):
+def unreadable_file(tmp_path: Path) -> Path:
+    p = tmp_path / "locked.wav"
+    sf.write(p, np.zeros(1600), SAMPLE_RATE)
+    p.chmod(0)
+    if os.geteuid() != 0:
+        return p
+    # root reads any mode; sysfs refuses reads of a write-only attribute even to root.
+    sysfs = Path("/sys/bus/pci/rescan")
+    try:
+        sysfs.open("rb").close()
+    except PermissionError:
+        return sysfs
+    except OSError:
+        pass
+    pytest.skip("running as root with no file root cannot read")
+
+
+BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "missing": (lambda d: d / "missing.wav", "no such file"),
+    "directory": (lambda d: d, "is a directory, not an audio file"),
+    "empty": (lambda d: write(d / "empty.wav", b""), "empty file (0 bytes)"),
+    "text": (lambda d: write(d / "notes.wav", b"this is not audio at all\n"), "not a readable audio file"),
+    "png": (
+        lambda d: write(d / "picture.wav", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(17)),
+        "not a readable audio file",
+    ),
+    "cut-header": (
+        lambda d: write(d / "cut.wav", b"RIFF\x24\x00\x00\x00WAVEfmt "),
+        "not a readable audio file",
+    ),
+    "no-samples": (lambda d: sound(d / "silent.wav", np.zeros(0)), "contains no audio samples"),
+    "fifo": (lambda d: fifo(d / "pipe.wav"), "not a regular file"),
+    "raw": (lambda d: write(d / "pcm.raw", bytes(3200)), "headerless audio has no sample rate"),
+    "unreadable": (unreadable_file, "cannot read (Permission denied)"),
+}
+
+
+def write(p: Path, content: bytes) -> Path:
+    p.write_bytes(content)
+    return p
+
+
+def sound(p: Path, x: np.ndarray) -> Path:
+    sf.write(p, x, SAMPLE_RATE, subtype="PCM_16")
+    return p
+
+
+def fifo(p: Path) -> Path:
+    os.mkfifo(p)
+    return p
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_naming_the_file_and_the_problem(tmp_path: Path, case: str) -> None:
+    make, problem = BAD[case]
+    p = make(tmp_path)
+    with pytest.raises(AudioFormatError) as err:
         read_wav(p)
+    message = str(err.value)
+    assert message.startswith(f"{p}: ") and problem in message and "\n" not in message
 
 
-def test_truncated_wav_keeps_what_is_there(tmp_path: Path) -> None:
-    p = write(tmp_path / "t.wav", encode(tone(440.0, 16000), 2), 16000, 2)
-    p.write_bytes(p.read_bytes()[:-8001])  # cut mid-sample: the header still claims a full second
-    out = read_wav(p)
-    assert 11000 < len(out) < 12100
+def test_write_wav_writes_16_bit_pcm_that_reads_back(tmp_path: Path) -> None:
+    left = np.arange(-800, 800, dtype=np.int16) * 40
+    right = -left
+    p = tmp_path / "sub" / "call.wav"
+    write_wav(p, [left, right])
+    info = sf.info(p)
+    assert (info.format, info.subtype, info.channels, info.samplerate) == ("WAV", "PCM_16", 2, SAMPLE_RATE)
+    back, _ = sf.read(p, dtype="int16")
+    assert np.array_equal(back, np.stack([left, right], axis=1))
+    write_wav(p, [left])
+    assert np.array_equal(read_wav(p), left)
+
+
+def test_write_wav_to_a_directory_raises_the_os_error(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError):
+        write_wav(tmp_path, [np.zeros(10, np.int16)])
