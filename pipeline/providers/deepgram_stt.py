@@ -62,6 +62,10 @@ class DeepgramSTTConfig:
     """Keyword boosting of older models, `word:intensifier` (query `keywords`)."""
     endpointing_ms: int = 300
     """Silence after which Deepgram marks a result speech_final; our VAD still decides the turn."""
+    smart_format: bool = True
+    """Deepgram's formatting: capitals, punctuation, numerals, dates (query `smart_format`)."""
+    punctuate: bool = True
+    """Punctuation and capitals alone (query `punctuate`); without either the text is lower-case."""
     api_key: str | None = None
     """None reads DEEPGRAM_API_KEY."""
     base_url: str | None = None
@@ -80,6 +84,9 @@ class DeepgramSTTConfig:
     session gives up."""
 
     def __post_init__(self) -> None:
+        for name in ("smart_format", "punctuate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"deepgram {name} must be true or false, got {getattr(self, name)!r}")
         if self.endpointing_ms < 10:
             raise ValueError(f"deepgram endpointing_ms must be >= 10, got {self.endpointing_ms}")
         if self.keepalive_s <= 0:
@@ -99,6 +106,10 @@ class DeepgramSTTConfig:
         if model:
             opts["model"] = model
         return cls(**opts)
+
+
+def _flag(on: bool) -> str:
+    return "true" if on else "false"
 
 
 def resolve_api_key(api_key: str | None) -> str:
@@ -413,6 +424,8 @@ class DeepgramSTTSession(STTSession):
                 interim_results="true",
                 endpointing=cfg.endpointing_ms,
                 vad_events="true",
+                smart_format=_flag(cfg.smart_format),
+                punctuate=_flag(cfg.punctuate),
                 keyterm=list(cfg.keyterms) or None,
                 keywords=list(cfg.keywords) or None,
             ) as sock:

@@ -223,9 +223,26 @@ async def test_connect_opens_the_socket_with_the_options_and_the_key(fake: FakeD
         assert q["encoding"] == "linear16" and q["sample_rate"] == "16000" and q["channels"] == "1"
         assert q["interim_results"] == "true" and q["endpointing"] == "250"
         assert q["keyterm"] == ["voicerun", "Aura"] and "keywords" not in q
+        # Without these Deepgram returns lower-case text with no punctuation.
+        assert q["smart_format"] == "true" and q["punctuate"] == "true"
         assert conn.headers["Authorization"] == f"Token {API_KEY}"
     finally:
         await session.aclose()
+
+
+async def test_formatting_can_be_turned_off(fake: FakeDeepgram) -> None:
+    session = await open_session(fake, smart_format=False, punctuate=False)
+    try:
+        [conn] = fake.listens()
+        assert conn.query["smart_format"] == ["false"] and conn.query["punctuate"] == ["false"]
+    finally:
+        await session.aclose()
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_formatting_options_must_be_booleans(value: object) -> None:
+    with pytest.raises(ValueError, match=f"deepgram smart_format must be true or false, got {value!r}"):
+        DeepgramSTTConfig.from_options(None, {"api_key": "k", "smart_format": value})
 
 
 async def test_interims_then_the_final_transcript(fake: FakeDeepgram) -> None:
