@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import inspect
 import multiprocessing
+import signal
 import sys
 import threading
 import traceback
@@ -63,6 +64,12 @@ def resolve(target: str) -> Callable[..., object]:
 
 def _ready() -> bool:
     return True
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C in a terminal signals the whole process group: the calling process decides what a
+    # SIGINT means (end the call gracefully), so a tool running then must not die of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 async def _awaited(awaitable: Awaitable[object]) -> object:
@@ -117,7 +124,7 @@ class _Pool:
                 self._pool = None
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])
-            pool = ProcessPool(max_workers=WORKERS, context=context)
+            pool = ProcessPool(max_workers=WORKERS, context=context, initializer=_ignore_interrupts)
             try:
                 # the first task starts the workers; waiting for it keeps that out of a tool's timeout
                 pool.schedule(_ready).result(timeout=START_TIMEOUT_S)

@@ -48,11 +48,11 @@ def good_wav(tmp_path: Path) -> Path:
         (lambda d: d / "missing.wav", "missing.wav: no such file"),
         (
             lambda d: (d / "notes.wav").write_text("hello") and d / "notes.wav",
-            "notes.wav: not a readable PCM WAV",
+            "notes.wav: not a readable audio file (Format not recognised)",
         ),
         (
             lambda d: (d / "empty.wav").write_bytes(b"") or d / "empty.wav",
-            "empty.wav: not a readable PCM WAV",
+            "empty.wav: empty file (0 bytes)",
         ),
     ],
     ids=["missing", "not-a-wav", "empty"],
@@ -65,7 +65,7 @@ def test_bad_recording(tmp_path: Path, make, expected: str) -> None:  # type: ig
 def test_truncated_wav_header(tmp_path: Path, good_wav: Path) -> None:
     bad = tmp_path / "cut.wav"
     bad.write_bytes(good_wav.read_bytes()[:30])
-    assert "cut.wav: not a readable PCM WAV" in one_line_error(
+    assert "cut.wav: not a readable audio file" in one_line_error(
         voicerun("run", "--workflow", WORKFLOW, "--input", bad, "--fast")
     )
 

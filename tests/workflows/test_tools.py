@@ -259,6 +259,7 @@ WORKFLOW_DATA: dict[str, Any] = {
         "exit_tool": {"description": "Raises SystemExit.", "python": "tools_fixture:exit_tool"},
         "unpicklable": {"description": "Returns a lock.", "python": "tools_fixture:unpicklable"},
         "pid": {"description": "Its process id.", "python": "tools_fixture:pid"},
+        "ctrl_c": {"description": "Gets a Ctrl-C.", "python": "tools_fixture:interrupted"},
         "parent_only": {"description": "Imports in the parent only.", "python": "tools_parent_only:run"},
         "stuck_async": {
             "description": "Never returns (async).",
@@ -734,6 +735,11 @@ async def test_an_async_tool_that_never_returns_is_cancelled(
     )
     (event,) = [e for e in captured_logs if e["event"] == "tool_timed_out"]
     assert event["runs_in"] == "event_loop"
+
+
+async def test_a_ctrl_c_in_the_terminal_does_not_kill_a_running_tool(box: ToolBox) -> None:
+    # The terminal signals the whole process group; the caller, not the tool, decides what it means.
+    assert await run(box, "ctrl_c") == ToolOutcome("still running")
 
 
 async def test_what_a_worker_cannot_do_is_an_error_result(box: ToolBox) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -51,6 +52,11 @@ def unpicklable(order_id: str) -> object:
 
 def pid() -> int:
     return os.getpid()
+
+
+def interrupted() -> str:
+    os.kill(os.getpid(), signal.SIGINT)
+    return "still running"
 
 
 async def wait_forever_async(order_id: str) -> None:
