@@ -557,8 +557,20 @@ class Ledger:
         out without an outcome is moved to `doubt` instead: resending might bill it twice.
         """
         now = self.clock()
-        if not resend_unanswered:
-            async with self._writes.begin() as s:
+        query = (
+            select(OutboxEvent)
+            .where(
+                OutboxEvent.state == "pending", OutboxEvent.next_attempt_at <= now, ~_waiting_for_earlier()
+            )
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=OutboxEvent)
+        lease_until = now + timedelta(seconds=lease_s)
+        unanswered: Sequence[int] = ()
+        async with self._writes.begin() as s:
+            if not resend_unanswered:  # in the claim's transaction: one write lock per pass
                 unanswered = (
                     await s.scalars(
                         update(OutboxEvent)
@@ -571,27 +583,16 @@ class Ledger:
                         .returning(OutboxEvent.id)
                     )
                 ).all()
-            if unanswered:
-                log.warning("usage_in_doubt", outbox_ids=list(unanswered), reason="sender_lost")
-        query = (
-            select(OutboxEvent)
-            .where(
-                OutboxEvent.state == "pending", OutboxEvent.next_attempt_at <= now, ~_waiting_for_earlier()
-            )
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-        )
-        if self._dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=OutboxEvent)
-        lease_until = now + timedelta(seconds=lease_s)
-        async with self._writes.begin() as s:
             events = list((await s.scalars(query)).all())
             for e in events:
                 e.next_attempt_at = lease_until
-            return [
+            items = [
                 OutboxItem(e.id, e.call_id, e.step, dict(e.payload), e.idempotency_key, e.attempts)
                 for e in events
             ]
+        if unanswered:
+            log.warning("usage_in_doubt", outbox_ids=list(unanswered), reason="sender_lost")
+        return items
 
     async def mark_delivered(self, item_id: int) -> None:
         async with self._writes.begin() as s:
