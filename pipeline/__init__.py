@@ -3,6 +3,18 @@
 Imports nothing else of voicerun's; transports and workflows plug in from above.
 """
 
+import os
+import sys
+
+# onnxruntime's telemetry (1DS, on Linux and macOS) creates a device id and an event database
+# under ~/.cache/Microsoft the moment onnxruntime is imported, and queues them for upload: a write
+# outside the paths a user gave. Only this variable, set before that import, stops it;
+# disable_telemetry_events() comes too late. Every engine that loads onnxruntime (Hibari, the
+# end-of-turn model) is reached through this package, so setting it here, first, covers them all.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+if "onnxruntime" in sys.modules:  # imported before us: stop what can still be stopped
+    sys.modules["onnxruntime"].disable_telemetry_events()
+
 from ._audio import (
     FRAME_BYTES,
     FRAME_MS,
