@@ -112,6 +112,7 @@ class OpenAILLM(LLM):
         ttft_ms: int | None = None
         usage: LLMUsage | None = None
         partial: dict[int, _PartialCall] = {}
+        finished = False
         # stream_with_retries is an async generator (typed as an iterator): close it explicitly.
         chunks = cast(
             "AsyncGenerator[ChatCompletionChunk, None]",
@@ -127,15 +128,25 @@ class OpenAILLM(LLM):
             async for chunk in chunks:
                 if chunk.usage is not None:
                     usage = _usage(chunk.usage)
+                    finished = True
                 for choice in chunk.choices:
                     if choice.index != 0:
                         continue
+                    finished = finished or choice.finish_reason is not None
                     for delta in choice.delta.tool_calls or ():
                         partial.setdefault(delta.index, _PartialCall()).add(delta)
                     if choice.delta.content:
                         if ttft_ms is None:
                             ttft_ms = _ms_since(started)
                         yield TextDelta(text=choice.delta.content)
+        if not finished:
+            # The SDK ends a stream that closes without [DONE] as if it were complete; a finish
+            # reason or the usage chunk (requested, and sent last) is what says the reply is whole.
+            raise ProviderError(
+                "openai: the stream ended before the reply finished (no finish reason, no usage)",
+                provider=PROVIDER,
+                retryable=True,
+            )
         calls = [partial[index].complete() for index in sorted(partial)]  # all valid before any runs
         for call in calls:
             if ttft_ms is None:

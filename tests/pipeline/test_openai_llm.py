@@ -381,6 +381,34 @@ async def test_a_connection_dropped_mid_reply_fails_without_repeating_words(serv
     assert len(server.bodies) == 1
 
 
+async def test_a_stream_that_ends_before_its_finish_is_an_error_not_a_complete_reply(
+    server: FakeOpenAI,
+) -> None:
+    # The response ends cleanly, but without a finish reason, usage or [DONE]: a proxy or server that
+    # gave up mid-reply. Taken as complete, the rest of the reply would vanish without a trace.
+    server.script(sse(*text_chunks("We open at ", "five")[:-1], done=False))
+    got: list[LLMEvent] = []
+    llm = make_llm(server)
+
+    with pytest.raises(ProviderError, match="openai: the stream ended before the reply finished") as err:
+        async for event in llm.chat(HELLO):
+            got.append(event)
+    await llm.aclose()
+
+    assert got == [TextDelta(text="We open at "), TextDelta(text="five")]
+    assert err.value.retryable
+
+
+async def test_a_reply_without_a_finish_reason_but_with_usage_is_complete(server: FakeOpenAI) -> None:
+    # Some compatible servers omit finish_reason; the usage chunk still marks the end.
+    server.script(sse(*text_chunks("Ok.")[:-1], usage_chunk(3, 1)))
+
+    assert await collect(make_llm(server)) == [
+        TextDelta(text="Ok."),
+        LLMUsage(prompt_tokens=3, completion_tokens=1, cached_tokens=0),
+    ]
+
+
 async def test_a_malformed_frame_fails_with_a_clear_message(server: FakeOpenAI) -> None:
     server.script(sse(chunk({"role": "assistant", "content": ""}), '{"choices": [{"delta": {"content": "x"'))
 
@@ -504,5 +532,5 @@ def test_idle_connections_outlive_a_callers_turn() -> None:
     from pipeline.providers.openai_llm import KEEPALIVE_S, openai_client
 
     client = openai_client("http://127.0.0.1:1/v1", "sk-test", SHORT)
-    pool = client._client._transport._pool  # (private: the setting as httpx applies it)
+    pool = client._client._transport._pool  # type: ignore[attr-defined]  # private: the setting as httpx applies it
     assert pool._keepalive_expiry == KEEPALIVE_S >= 60
