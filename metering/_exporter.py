@@ -302,8 +302,6 @@ class UsageExporter:
         """Send one event and record the outcome in the ledger; True if it is delivered."""
         attempt = item.attempts + 1
         bound = log.bind(call_id=item.call_id, step=item.step, attempt=attempt)
-        if not self.api_idempotent:
-            await self.ledger.mark_sending(item.id)
         outcome = await self._send(item)
         if outcome.kind in ("delivered", "already_applied"):
             await self.ledger.mark_delivered(item.id)

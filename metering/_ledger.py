@@ -553,8 +553,9 @@ class Ledger:
         Claiming moves an event's next attempt `lease_s` ahead, so exporters sharing the
         database never send it at once, and one that dies mid-request leaves it to be retried
         when the lease runs out. With resend_unanswered=False (an API that ignores
-        Idempotency-Key), an event whose request was started (`mark_sending`) and whose lease ran
-        out without an outcome is moved to `doubt` instead: resending might bill it twice.
+        Idempotency-Key), claiming also marks the event as being sent (`sending_since`), and an
+        event whose lease ran out with that mark and no outcome recorded (its sender died) is
+        moved to `doubt` instead: resending might bill it twice.
         """
         now = self.clock()
         query = (
@@ -586,6 +587,10 @@ class Ledger:
             events = list((await s.scalars(query)).all())
             for e in events:
                 e.next_attempt_at = lease_until
+                if not resend_unanswered:
+                    # A call has one claimable step at a time, and the exporter sends what it
+                    # claims at once (or releases it): claimed is as good as in flight.
+                    e.sending_since = now
             items = [
                 OutboxItem(e.id, e.call_id, e.step, dict(e.payload), e.idempotency_key, e.attempts)
                 for e in events
@@ -627,14 +632,6 @@ class Ledger:
                 DeadLetter(outbox_id=e.id, failed_at=now, attempts=e.attempts, last_error=e.last_error)
             )
             return True
-
-    async def mark_sending(self, item_id: int) -> None:
-        """A request for the event is about to go out (recorded for APIs without idempotency
-        keys: if no outcome follows, the event is in doubt, not resent)."""
-        async with self._writes.begin() as s:
-            await s.execute(
-                update(OutboxEvent).where(OutboxEvent.id == item_id).values(sending_since=self.clock())
-            )
 
     async def mark_in_doubt(self, item_id: int, error: str) -> None:
         """The request went out and no answer came (a timeout, a dropped connection): it may
@@ -684,7 +681,7 @@ class Ledger:
             await s.execute(
                 update(OutboxEvent)
                 .where(OutboxEvent.id.in_(item_ids), OutboxEvent.state == "pending")
-                .values(next_attempt_at=self.clock())
+                .values(next_attempt_at=self.clock(), sending_since=None)
             )
 
     async def prune_delivered(self, before: datetime) -> int:

@@ -171,8 +171,9 @@ class OutboxEvent(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sending_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    """Set just before a request to an API without idempotency keys, cleared with its outcome:
-    still set once the claim expired means the sender died mid-request."""
+    """Set when an exporter claims the event to send it to an API without idempotency keys,
+    cleared with its outcome or when it is released unsent: still set once the claim expired
+    means the sender died with the request in flight."""
 
     __table_args__ = (
         Index(None, "call_id", "seq", unique=True),
