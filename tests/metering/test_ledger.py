@@ -387,3 +387,25 @@ async def test_prune_deletes_only_delivered_events_older_than_the_cutoff(
     call = await ledger.call("call-1")
     assert call is not None and call.cost_total is not None
     assert len(await ledger.usage_lines("call-1")) == 4
+
+
+async def test_an_event_claimed_and_never_answered_is_in_doubt_and_a_released_one_is_not(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # For an API that ignores Idempotency-Key: a claim whose sender died cannot be resent.
+    await ledger.write([*known_call("a"), *known_call("b")])
+    a, b = await ledger.claim_due(limit=10, lease_s=30, resend_unanswered=False)
+    await ledger.release([b.id])  # handed back unsent (shutdown, a deadline): not in doubt
+    clock.advance(seconds=31)  # a's sender died: its claim ran out with no outcome
+    (again,) = await ledger.claim_due(limit=10, lease_s=30, resend_unanswered=False)
+    assert again.id == b.id
+    [held] = await ledger.in_doubt()
+    assert (held.id, held.call_id, held.step) == (a.id, "a", "customer")
+    status = await ledger.outbox_status()
+    assert (status.in_doubt, status.blocked) == (1, 6)  # a's later steps wait behind it
+    assert await ledger.resolve_doubt([a.id, 12345], sent=False) == [a.id]
+    clock.advance(seconds=1)
+    assert [i.id for i in await ledger.claim_due(limit=10, lease_s=30)] == [a.id]
+    # With an idempotent API an expired claim is simply claimed again.
+    clock.advance(seconds=31)
+    assert {i.id for i in await ledger.claim_due(limit=10, lease_s=30)} == {a.id, b.id}
