@@ -24,3 +24,11 @@ class TTS(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+def expected_audio(text: str) -> str | None:
+    """For a cloud TTS request: what an empty response lacks, when the text has something to say
+    (a letter or a digit); None for text such as "..." that a provider may rightly leave silent."""
+    if not any(ch.isalnum() for ch in text):
+        return None
+    return f"no audio for {len(text)} characters of text"

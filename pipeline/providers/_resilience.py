@@ -64,11 +64,13 @@ async def stream_with_retries(
     provider: str,
     timeouts: Timeouts,
     retry: RetryPolicy,
+    empty: str | None = None,
 ) -> AsyncIterator[T]:
     """Yield open_stream()'s items; retry transient failures that happen before the first item.
 
-    Errors come out as ProviderError naming the provider; a stream that ends without any item is
-    simply empty.
+    Errors come out as ProviderError naming the provider. A stream that ends without any item is
+    simply empty, unless `empty` says what is missing then ("no audio for 12 characters"): a
+    response with nothing in it where something was due is a retryable fault, not a silent gap.
     """
     loop = asyncio.get_running_loop()
     for attempt in range(1, retry.attempts + 1):
@@ -79,7 +81,11 @@ async def stream_with_retries(
                 async with asyncio.timeout(timeouts.first_byte_s):
                     first = await anext(stream)
             except StopAsyncIteration:
-                return
+                if empty is None:
+                    return
+                raise ProviderError(
+                    f"{provider}: the response had {empty}", provider=provider, retryable=True
+                ) from None
             except TimeoutError as exc:
                 raise ProviderError(
                     f"{provider}: no response within {timeouts.first_byte_s:g} s",

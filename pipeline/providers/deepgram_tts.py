@@ -10,17 +10,17 @@ stream_with_retries retries a failed request until the first audio arrives, neve
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import structlog
 
 from .._audio import SAMPLE_RATE
 from .._errors import ProviderError
-from .._tts import TTS
+from .._tts import TTS, expected_audio
 from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 from .deepgram_stt import make_client, map_connect_error, resolve_api_key
@@ -79,6 +79,7 @@ class DeepgramTTS(TTS):
             provider=PROVIDER,
             timeouts=self.config.timeouts,
             retry=self.config.retry,
+            empty=expected_audio(text),
         )
         odd = b""  # a sample split across two chunks
         async for chunk in stream:
@@ -94,20 +95,34 @@ class DeepgramTTS(TTS):
         started = time.perf_counter()
         received = 0
         try:
-            audio = self._client.speak.v1.audio.generate(
+            async with self._client.speak.v1.audio.with_raw_response.generate(
                 text=text, model=self.model, encoding="linear16", sample_rate=SAMPLE_RATE, container="none"
-            )
-            async with aclosing(audio):
-                async for chunk in audio:
-                    if chunk:
-                        if not received:
-                            log.debug(
-                                "tts_first_audio",
-                                provider=PROVIDER,
-                                ms=round((time.perf_counter() - started) * 1000),
-                            )
-                        received += len(chunk)
-                        yield chunk
+            ) as response:
+                data = cast("AsyncGenerator[bytes, None]", response.data)
+                # A proxy or a wrong base_url can answer 200 with a page or JSON: played as
+                # linear16, that is loud noise.
+                content_type = response.headers.get("content-type", "")
+                if content_type.startswith(("application/json", "text/")):
+                    head = b""
+                    async for chunk in data:
+                        head += chunk
+                        if len(head) >= 200:
+                            break
+                    raise ProviderError(
+                        f"deepgram speak returned {content_type!r}, not audio: {head[:200]!r}",
+                        provider=PROVIDER,
+                    )
+                async with aclosing(data):
+                    async for chunk in data:
+                        if chunk:
+                            if not received:
+                                log.debug(
+                                    "tts_first_audio",
+                                    provider=PROVIDER,
+                                    ms=round((time.perf_counter() - started) * 1000),
+                                )
+                            received += len(chunk)
+                            yield chunk
         except ApiError as exc:
             raise _api_error(exc) from exc
         except httpx.HTTPError as exc:

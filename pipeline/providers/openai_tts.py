@@ -20,7 +20,7 @@ import structlog
 
 from .._audio import SAMPLE_RATE
 from .._errors import ProviderError
-from .._tts import TTS
+from .._tts import TTS, expected_audio
 from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 from .openai_llm import PROVIDER, map_openai_error, openai_client, warm_connection
@@ -94,6 +94,7 @@ class OpenAITTS(TTS):
                 provider=PROVIDER,
                 timeouts=self.config.timeouts,
                 retry=self.config.retry,
+                empty=expected_audio(text),
             ),
         )
         # aclosing: an interrupted segment (barge-in) closes the HTTP response now, not at GC.

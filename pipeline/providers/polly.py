@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 import structlog
 
 from .._errors import ProviderError
-from .._tts import TTS
+from .._tts import TTS, expected_audio
 from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 
@@ -366,7 +366,11 @@ class PollyTTS(TTS):
         stream = cast(
             AsyncGenerator[bytes, None],
             stream_with_retries(
-                attempt, provider=PROVIDER, timeouts=self.config.timeouts, retry=self.config.retry
+                attempt,
+                provider=PROVIDER,
+                timeouts=self.config.timeouts,
+                retry=self.config.retry,
+                empty=expected_audio(text),
             ),
         )
         try:

@@ -3,6 +3,7 @@ linear16 audio as a chunked body, answers errors as Deepgram does, and records c
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ class FakeSpeak:
     drop_before_audio: int = 0
     """Requests whose connection is closed before any audio."""
     drop_after_audio: bool = False
+    content_type: str = "audio/l16"
     attempts: int = 0
     queries: list[dict[str, str]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -58,7 +60,7 @@ class FakeSpeak:
             self.drop_before_audio -= 1
             request.transport.close()
             return web.Response()
-        resp = web.StreamResponse(headers={"Content-Type": "audio/l16"})
+        resp = web.StreamResponse(headers={"Content-Type": self.content_type})
         await resp.prepare(request)
         for i, chunk in enumerate(self.audio):
             await resp.write(chunk)
@@ -178,3 +180,26 @@ def test_from_options_rejects_unknown_keys() -> None:
     assert made.model == "aura-2-andromeda-en"
     with pytest.raises(ValueError, match=r"deepgram tts: unknown option\(s\)"):
         DeepgramTTSConfig.from_options(None, {"api_key": "k", "voice": "x"})
+
+
+async def test_an_empty_body_for_words_is_a_retryable_error_not_silence(fake: FakeSpeak) -> None:
+    fake.audio = []
+    engine = tts(fake)
+    with pytest.raises(ProviderError, match="deepgram: the response had no audio for 12 characters") as err:
+        await collect(engine, "Hello there.")
+    assert err.value.retryable and fake.attempts == 3
+    assert await collect(engine, "...") == []  # nothing to say: silence is the right answer
+    await engine.aclose()
+
+
+async def test_a_json_body_with_status_200_is_an_error_not_noise(fake: FakeSpeak) -> None:
+    fake.content_type = "application/json"
+    fake.audio = [b'{"message": "this is not the speak endpoint"}']
+    engine = tts(fake)
+    with pytest.raises(
+        ProviderError,
+        match=re.escape("""deepgram speak returned 'application/json', not audio: b'{"message"""),
+    ):
+        await collect(engine)
+    await engine.aclose()
+    assert fake.attempts == 1

@@ -188,6 +188,15 @@ async def test_a_json_body_instead_of_audio_is_an_error(server: FakeOpenAI) -> N
         await synthesize(make_tts(server))
 
 
+async def test_an_empty_body_for_words_is_a_retryable_error_not_silence(server: FakeOpenAI) -> None:
+    server.script(pcm(b""), pcm(b""), pcm(b""))
+
+    with pytest.raises(ProviderError, match="openai: the response had no audio for 12 characters") as err:
+        await synthesize(make_tts(server), "Hello there.")
+
+    assert err.value.retryable and len(server.bodies) == 3
+
+
 # -- configuration -----------------------------------------------------------------------------
 
 

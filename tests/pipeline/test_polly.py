@@ -393,6 +393,15 @@ async def test_missing_credentials_fail_before_any_request(
     assert polly.bodies == []
 
 
+async def test_an_empty_body_for_words_is_a_retryable_error_not_silence(polly: FakePolly) -> None:
+    polly.script = [audio(b"")] * 3
+
+    with pytest.raises(ProviderError, match="polly: the response had no audio for 21 characters") as err:
+        await collect(make_tts(polly), "Your table is booked.")
+
+    assert err.value.retryable and len(polly.bodies) == 3
+
+
 async def test_blank_text_sends_no_request(polly: FakePolly) -> None:
     assert await collect(make_tts(polly), "  \n") == []
     assert polly.bodies == []

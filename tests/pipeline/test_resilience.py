@@ -86,3 +86,46 @@ async def test_retries_give_up_with_the_last_error() -> None:
 
     with pytest.raises(ProviderError, match="connection refused"):
         await collect(stream_with_retries(always_down, provider="p", timeouts=Timeouts(), retry=FAST))
+
+
+async def test_an_empty_response_where_something_was_due_is_retried_then_a_retryable_error() -> None:
+    # A 200 with an empty body for words to speak: the caller would hear a silent gap, and no fault
+    # would be reported or fall back.
+    attempts = 0
+
+    async def nothing() -> AsyncIterator[str]:
+        nonlocal attempts
+        attempts += 1
+        return
+        yield "never"
+
+    with pytest.raises(ProviderError, match=r"^p: the response had no audio for 6 characters$") as err:
+        await collect(
+            stream_with_retries(
+                nothing, provider="p", timeouts=Timeouts(), retry=FAST, empty="no audio for 6 characters"
+            )
+        )
+    assert err.value.retryable and attempts == 3
+
+
+async def test_an_empty_response_then_a_full_one_is_the_full_one() -> None:
+    attempts = 0
+
+    async def empty_once() -> AsyncIterator[str]:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:
+            yield "a"
+
+    out = await collect(
+        stream_with_retries(empty_once, provider="p", timeouts=Timeouts(), retry=FAST, empty="x")
+    )
+    assert out == ["a"] and attempts == 2
+
+
+async def test_an_empty_response_is_just_empty_when_nothing_was_due() -> None:
+    async def nothing() -> AsyncIterator[str]:
+        return
+        yield "never"
+
+    assert await collect(stream_with_retries(nothing, provider="p", timeouts=Timeouts(), retry=FAST)) == []
