@@ -509,7 +509,7 @@ class DeepgramSTTSession(STTSession):
                 try:
                     message = await conn.sock.recv()
                 except json.JSONDecodeError as exc:
-                    self._on_malformed(conn, exc)
+                    self._on_malformed(conn, f"not JSON: {exc.doc[:60]!r}")
                     continue
                 if isinstance(message, ListenV1Results):
                     progressed = True
@@ -526,14 +526,13 @@ class DeepgramSTTSession(STTSession):
         finally:
             conn.ended.set()
 
-    def _on_malformed(self, conn: _Conn, exc: json.JSONDecodeError) -> None:
+    def _on_malformed(self, conn: _Conn, problem: str) -> None:
         # A frame we cannot read may have been a transcript: the utterances whose audio is on this
         # socket cannot be trusted complete, so they fail loudly rather than lose words quietly.
         # The call goes on; the next utterance starts clean.
         self.stats.malformed_frames += 1
-        snippet = exc.doc[:60]
-        log.warning("deepgram_malformed_frame", frame=snippet)
-        error = ProviderError(f"deepgram sent a frame that is not JSON: {snippet!r}", provider=PROVIDER)
+        log.warning("deepgram_malformed_frame", problem=problem)
+        error = ProviderError(f"deepgram sent a frame it cannot read ({problem})", provider=PROVIDER)
         for utterance in [u for u in self._open if u.gen == conn.gen and u.stream_start_s is not None]:
             utterance.fail(error)
             self._open.remove(utterance)
@@ -543,8 +542,8 @@ class DeepgramSTTSession(STTSession):
             alternatives = result.channel.alternatives
             text = alternatives[0].transcript.strip() if alternatives else ""
             start, duration = float(result.start), float(result.duration)
-        except (AttributeError, TypeError, ValueError) as exc:
-            log.warning("deepgram_result_unreadable", error=str(exc))
+        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+            self._on_malformed(conn, f"a result without a readable transcript and time: {exc}")
             return
         is_final = bool(result.is_final)
         end = start + duration

@@ -61,7 +61,8 @@ class Script:
     drop_all_after_frames: int | None = None
     """Every listen connection: close with 1011 after this many audio frames."""
     garbage_after_frames: int | None = None
-    """First listen connection: send a non-JSON text frame after this many audio frames."""
+    """First listen connection: send the `garbage` text frame after this many audio frames."""
+    garbage: str = "{not json"
     answer_finalize: bool = True
 
 
@@ -150,7 +151,7 @@ class FakeDeepgram:
                     await result(False)
                 n = len(conn.frames)
                 if first and self.script.garbage_after_frames == n:
-                    await ws.send_str("{not json")
+                    await ws.send_str(self.script.garbage)
                 drop_at = self.script.drop_all_after_frames or (
                     self.script.drop_after_frames if first else None
                 )
@@ -376,12 +377,57 @@ async def test_a_malformed_frame_fails_the_utterance_and_the_call_goes_on(fake: 
     try:
         broken = session.begin()
         push_words(broken, "lost")
-        with pytest.raises(ProviderError, match=r"not JSON: '\{not json'"):
+        with pytest.raises(ProviderError, match=r"cannot read \(not JSON: '\{not json'\)"):
             await broken.finalize()
         assert session.stats.malformed_frames == 1
         next_one = session.begin()
         push_words(next_one, "fine")
         assert (await next_one.finalize()).text == "fine"
+    finally:
+        await session.aclose()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "Results"}',
+        '{"type": "Results", "channel": {"alternatives": "none"}, "start": "x", "duration": 1}',
+        '{"type": "Results", "channel": null, "start": 0, "duration": 0.02, "is_final": true}',
+        '{"type": "Results", "channel": {"alternatives": [{}]}, "start": 0, "duration": 0.02}',
+    ],
+    ids=["no-fields", "wrong-types", "null-channel", "alternative-without-transcript"],
+)
+async def test_a_result_of_the_wrong_shape_fails_the_utterance_and_the_call_goes_on(
+    fake: FakeDeepgram, frame: str
+) -> None:
+    # A result we cannot read may have carried words: it used to be skipped with a log line, so
+    # the utterance could complete without them.
+    fake.script.garbage_after_frames = 1
+    fake.script.garbage = frame
+    session = await open_session(fake)
+    try:
+        broken = session.begin()
+        push_words(broken, "lost")
+        with pytest.raises(ProviderError, match=r"deepgram sent a frame it cannot read \(a result without"):
+            await broken.finalize()
+        assert session.stats.malformed_frames == 1
+        next_one = session.begin()
+        push_words(next_one, "fine")
+        assert (await next_one.finalize()).text == "fine"
+    finally:
+        await session.aclose()
+
+
+@pytest.mark.parametrize("frame", ["[1, 2, 3]", "null", '{"type": "SomethingNew", "x": 1}'])
+async def test_json_that_is_not_a_result_is_ignored(fake: FakeDeepgram, frame: str) -> None:
+    fake.script.garbage_after_frames = 1
+    fake.script.garbage = frame
+    session = await open_session(fake)
+    try:
+        utterance = session.begin()
+        push_words(utterance, "kept")
+        assert (await utterance.finalize()).text == "kept"
+        assert session.stats.malformed_frames == 0
     finally:
         await session.aclose()
 
