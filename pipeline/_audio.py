@@ -44,7 +44,9 @@ def to_internal(samples: npt.NDArray[np.floating] | Int16Array, rate: int) -> In
 
 def _to_int16(x: npt.NDArray[np.float32]) -> Int16Array:
     # 32768 (not 32767) makes int16 -> float -> int16 exact, which is what libsndfile's float view of
-    # integer PCM is; a full-scale float sample clips by one step instead.
+    # integer PCM is; a full-scale float sample clips by one step instead. NaN and infinities (a
+    # corrupt float file, a broken synthesizer) become silence and full scale, not cast garbage.
+    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
 
 
@@ -91,7 +93,9 @@ def read_wav(path: str | Path) -> Int16Array:
                 f"{p}: {_hms(header_frames / rate)} of audio; the limit is {_hms(MAX_INPUT_S)}"
             )
         declared = _declared_wav_frames(p, f) or header_frames
-        samples, found, error = _decode(f, p, max_frames)
+        samples, found, error, non_finite = _decode(f, p, max_frames)
+    if non_finite:
+        log.warning("audio_non_finite_samples", path=str(p), samples=non_finite)
     if found == 0:
         raise AudioFormatError(
             f"{p}: {f'cannot be decoded ({error})' if error else 'contains no audio samples'}"
@@ -136,8 +140,9 @@ def _sndfile_reason(exc: sf.LibsndfileError) -> str:
     return exc.error_string.strip().removeprefix("Error : ").rstrip(".") or f"libsndfile error {exc.code}"
 
 
-def _decode(f: sf.SoundFile, p: Path, max_frames: int) -> tuple[Int16Array, int, str | None]:
-    """Samples, frames decoded, and the decoder's error if it stopped early.
+def _decode(f: sf.SoundFile, p: Path, max_frames: int) -> tuple[Int16Array, int, str | None, int]:
+    """Samples, frames decoded, the decoder's error if it stopped early, and how many samples were
+    NaN or infinite (made silence or full scale before resampling, which would smear them).
 
     Reads block by block, mixing to mono and resampling as it goes, so memory holds the output and
     one block, never the whole file at its own rate and width.
@@ -150,7 +155,7 @@ def _decode(f: sf.SoundFile, p: Path, max_frames: int) -> tuple[Int16Array, int,
         else None
     )
     out = np.empty(int(f.frames * SAMPLE_RATE / rate) + 64, np.int16)
-    filled = found = 0
+    filled = found = non_finite = 0
     error: str | None = None
     while True:
         try:
@@ -167,6 +172,9 @@ def _decode(f: sf.SoundFile, p: Path, max_frames: int) -> tuple[Int16Array, int,
         if found > max_frames:  # a header can understate what a decoder then finds
             raise AudioFormatError(f"{p}: more than {_hms(MAX_INPUT_S)} of audio; that is the limit")
         last = len(chunk) < len(buf)
+        if not np.isfinite(chunk).all():
+            non_finite += int(np.count_nonzero(~np.isfinite(chunk)))
+            chunk = np.nan_to_num(chunk, nan=0.0, posinf=1.0, neginf=-1.0)
         mono = chunk[:, 0] if channels == 1 else chunk.mean(axis=1, dtype=np.float32)
         if resampler is not None:
             mono = resampler.resample_chunk(mono, last=last)
@@ -176,7 +184,7 @@ def _decode(f: sf.SoundFile, p: Path, max_frames: int) -> tuple[Int16Array, int,
         out[filled : filled + len(pcm)] = pcm
         filled += len(pcm)
         if last:
-            return out[:filled].copy(), found, error
+            return out[:filled].copy(), found, error, non_finite
 
 
 def _declared_wav_frames(p: Path, f: sf.SoundFile) -> int | None:

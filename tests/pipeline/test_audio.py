@@ -12,7 +12,7 @@ import soundfile as sf
 from structlog.testing import capture_logs
 
 import pipeline._audio
-from pipeline import FRAME_BYTES, SAMPLE_RATE, AudioFormatError, frames, read_wav, write_wav
+from pipeline import FRAME_BYTES, SAMPLE_RATE, AudioFormatError, frames, read_wav, to_internal, write_wav
 
 
 def signal(rate: int, seconds: float = 1.0) -> np.ndarray:
@@ -173,6 +173,35 @@ def test_a_complete_file_does_not_warn(tmp_path: Path) -> None:
     with capture_logs() as logs:
         read_wav(p)
     assert logs == []
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_nan_and_infinite_float_samples_become_silence_and_full_scale_with_a_warning(
+    tmp_path: Path, rate: int
+) -> None:
+    x = signal(rate).astype(np.float32)
+    x[rate // 4], x[rate // 2], x[3 * rate // 4] = np.nan, np.inf, -np.inf
+    p = tmp_path / "broken.wav"
+    sf.write(p, x, rate, subtype="FLOAT")
+    with capture_logs() as logs:
+        out = read_wav(p)
+    assert logs == [
+        {"event": "audio_non_finite_samples", "log_level": "warning", "path": str(p), "samples": 3}
+    ]
+    assert len(out) == SAMPLE_RATE
+    # Away from the three bad samples (and, resampled, the filter's reach) the signal is intact.
+    far = np.ones(SAMPLE_RATE, bool)
+    for k in (4000, 8000, 12000):
+        far[k - 200 : k + 200] = False
+    far[:400] = far[-400:] = False
+    assert np.abs(out[far] - expected()[far]).max() < 0.002 * 32768
+    if rate == SAMPLE_RATE:  # not resampled: the infinities are exactly full scale
+        assert (out[4000], out[8000], out[12000]) == (0, 32767, -32768)
+
+
+def test_to_internal_turns_nan_into_silence() -> None:
+    out = to_internal(np.array([0.5, np.nan, -np.inf, np.inf], np.float32), SAMPLE_RATE)
+    assert out.tolist() == [16384, 0, -32768, 32767]
 
 
 def with_rate(p: Path, rate: int) -> Path:
