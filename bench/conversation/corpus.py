@@ -199,9 +199,9 @@ def expected_answer(workflow: Workflow, text: str) -> str:
     return "fallback"
 
 
-async def _answer_durations(workflow: Workflow, texts: dict[str, str]) -> dict[str, float]:
-    """Seconds from first to last audible sample of each answer, spoken as the pipeline speaks it:
-    the same TTS and seed, the same sentence split, the segments back to back."""
+async def render_answers(workflow: Workflow, texts: dict[str, str]) -> dict[str, Int16Array]:
+    """Each answer spoken as the pipeline speaks it: the same TTS and seed, the same sentence
+    split, the segments back to back, trimmed to the audible span (as the first segment is)."""
     from pipeline.providers import HibariConfig, HibariTTS
 
     spec = workflow.defaults.tts
@@ -215,7 +215,7 @@ async def _answer_durations(workflow: Workflow, texts: dict[str, str]) -> dict[s
         pcm = b""
         for segment in [*splitter.push(text), *splitter.flush()]:
             pcm += b"".join([chunk async for chunk in tts.synthesize(segment)])
-        out[answer] = trim(np.frombuffer(pcm, "<i2"), -40.0).size / SAMPLE_RATE
+        out[answer] = trim(np.frombuffer(pcm, "<i2"), -40.0)
     return out
 
 
@@ -272,24 +272,28 @@ class _Timeline:
         return np.clip(out, -32768, 32767).astype(np.int16)
 
 
-def build_call(index: int, voice: Voice, condition: str, seed: int, workflow: Workflow,
+def build_call(index: int, story: int, voice: Voice, condition: str, seed: int, workflow: Workflow,
                durations: dict[str, float], texts: dict[str, str]) -> tuple[Script, Int16Array]:  # fmt: skip
     """Greeting (maybe a backchannel over it), then three episodes: a question answered with
     backchannels over the answer; a sentence with a pause in the middle (maybe a backchannel over
-    its answer); a question whose answer the caller cuts off ~1.2 s in."""
-    rng = np.random.default_rng(seed)
+    its answer); a question whose answer the caller cuts off ~1.2 s in.
+
+    `story` alone picks the words and the timing plan, so every voice and condition plays the
+    same stories and a difference between conditions is the condition's; `seed` draws the noise.
+    """
+    rng = np.random.default_rng(seed - seed % 1000 + story)
     tl = _Timeline(durations, workflow)
-    bc = iter(BACKCHANNELS[(index + k) % len(BACKCHANNELS)] for k in range(100))
+    bc = iter(BACKCHANNELS[(4 * story + k) % len(BACKCHANNELS)] for k in range(100))
 
     greeting = tl.reply("greeting", GREETING_START_S, None)
     after_greeting = greeting.end_s + rng.uniform(1.5, 2.5)
-    if index % 2:
+    if story % 2:
         tl.say(voice, "backchannel", next(bc), greeting.start_s + rng.uniform(3.0, 9.0), over=0)
         after_greeting += 3.0  # room for the agent to pause over the backchannel and resume
 
     # Episode 1: a question, backchannels over the long answer.
-    fast = index % 3 == 0
-    q = FAST_FINISHES[index % len(FAST_FINISHES)] if fast else QUESTIONS[index % len(QUESTIONS)]
+    fast = story % 3 == 0
+    q = FAST_FINISHES[story % len(FAST_FINISHES)] if fast else QUESTIONS[story % len(QUESTIONS)]
     seg = tl.say(voice, "fast_finish" if fast else "question", q, after_greeting, fast=fast)
     a1 = tl.answer(seg)
     at = a1.start_s + rng.uniform(2.0, 4.0)
@@ -298,18 +302,18 @@ def build_call(index: int, voice: Voice, condition: str, seed: int, workflow: Wo
         at += rng.uniform(3.0, 5.0)
 
     # Episode 2: a pause in the middle of a sentence.
-    first, second = PAUSED_SENTENCES[index % len(PAUSED_SENTENCES)]
+    first, second = PAUSED_SENTENCES[story % len(PAUSED_SENTENCES)]
     seg = tl.say_paused(voice, first, second, a1.end_s + EPISODE_MARGIN_S, rng.uniform(0.4, 1.0))
     a2 = tl.answer(seg)
-    if index % 2 == 0:
+    if story % 2 == 0:
         tl.say(voice, "backchannel", next(bc), a2.start_s + rng.uniform(3.0, 8.0), over=len(tl.replies) - 1)
 
     # Episode 3: a real barge-in about 1.2 s into a long answer.
-    fast = index % 3 == 1
-    q = FAST_FINISHES[(index + 1) % len(FAST_FINISHES)] if fast else QUESTIONS[(index + 2) % len(QUESTIONS)]
+    fast = story % 3 == 1
+    q = FAST_FINISHES[(story + 1) % len(FAST_FINISHES)] if fast else QUESTIONS[(story + 2) % len(QUESTIONS)]
     seg = tl.say(voice, "fast_finish" if fast else "question", q, a2.end_s + EPISODE_MARGIN_S, fast=fast)
     a3 = tl.answer(seg)
-    barge = tl.say(voice, "barge_in", BARGE_INS[index % len(BARGE_INS)], a3.start_s + rng.uniform(1.1, 1.3),
+    barge = tl.say(voice, "barge_in", BARGE_INS[story % len(BARGE_INS)], a3.start_s + rng.uniform(1.1, 1.3),
                    over=len(tl.replies) - 1)  # fmt: skip
     tl.answer(barge)
 
@@ -325,6 +329,7 @@ def build_call(index: int, voice: Voice, condition: str, seed: int, workflow: Wo
         segments=tuple(tl.segments),
         replies=tuple(tl.replies),
         reply_latency_s=REPLY_LATENCY_S,
+        notes={"story": story},
     )
     return script, audio
 
@@ -341,10 +346,11 @@ def _cache_key(seed: int, calls: int) -> str:
     return h.hexdigest()
 
 
-def plan(calls: int) -> list[tuple[int, str, str]]:
-    """(index, voice, condition) of each call: voices and conditions in equal shares."""
+def plan(calls: int) -> list[tuple[int, int, str, str]]:
+    """(index, story, voice, condition) of each call: story k in every voice and condition, then
+    story k + 1, so the first N calls of the corpus are as balanced as N allows."""
     groups = [(v, c) for c in CONDITIONS for v in VOICES]
-    return [(i, *groups[i % len(groups)]) for i in range(calls)]
+    return [(i, i // len(groups), *groups[i % len(groups)]) for i in range(calls)]
 
 
 def generate(
@@ -360,17 +366,17 @@ def generate(
             return dirs
     workflow = load_workflow(WORKFLOW)
     texts = answers(workflow)
-    durations = asyncio.run(_answer_durations(workflow, texts))
+    renders = asyncio.run(render_answers(workflow, texts))
+    durations = {answer: pcm.size / SAMPLE_RATE for answer, pcm in renders.items()}
     dirs = []
     voices: dict[tuple[str, int], Voice] = {}
-    for index, voice_name, condition in plan(calls):
-        call_seed = seed * 1000 + index
-        vkey = (voice_name, call_seed % 6)
+    for index, story, voice_name, condition in plan(calls):
+        vkey = (voice_name, story)
         if vkey not in voices:
-            voices[vkey] = (
-                hibari_voice(call_seed % 6) if voice_name == "hibari" else espeak_voice(call_seed % 6)
-            )
-        script, audio = build_call(index, voices[vkey], condition, call_seed, workflow, durations, texts)
+            voices[vkey] = hibari_voice(story) if voice_name == "hibari" else espeak_voice(story)
+        script, audio = build_call(
+            index, story, voices[vkey], condition, seed * 1000 + index, workflow, durations, texts
+        )
         d = out / script.call
         d.mkdir(parents=True, exist_ok=True)
         write_wav(d / "caller.wav", [audio])

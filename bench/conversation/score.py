@@ -469,6 +469,10 @@ def summarize(scores: Sequence[CallScore]) -> dict[str, Any]:
         "missed": sum(1 for b in barge if b["missed"]),
         "stale_events": sum(1 for b in barge if b["stale_s"] > 0),
         "stale_s": round(sum(b["stale_s"] for b in barge), 2),
+        "unlabelled_after_stop_s": round(sum(b["unlabelled_after_stop_s"] for b in barge), 2),
+        "barge_in_offset_p50_s": statistics.median([b["offset_into_answer_s"] for b in barge])
+        if barge
+        else None,
         "backchannels": len(bc),
         "backchannels_off_target": sum(1 for s in scores for b in s.backchannels if not b["on_target"]),
         "false_interruptions": sum(1 for b in bc if b["false_interruption"]),
