@@ -252,6 +252,11 @@ class _Request:
         except (BotoCoreError, ClientError) as exc:
             raise _map_error(exc, self._params) from exc
         self._stream = cast(_AudioStream, response["AudioStream"])
+        content_type = response.get("ContentType")
+        if isinstance(content_type, str) and content_type.startswith(("application/json", "text/")):
+            # A proxy or a wrong endpoint_url answering 200: played as PCM, its page is loud noise.
+            head = self._stream.read(200)
+            raise ProviderError(f"polly returned {content_type!r}, not audio: {head!r}", provider=PROVIDER)
         characters = response.get("RequestCharacters")
         self.billed_characters = characters if isinstance(characters, int) else None
         return True

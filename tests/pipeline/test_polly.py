@@ -63,14 +63,14 @@ class FakePolly:
             raise
 
 
-def audio(pcm: bytes = PCM, sizes: tuple[int, ...] = ODD_SIZES) -> Handler:
+def audio(pcm: bytes = PCM, sizes: tuple[int, ...] = ODD_SIZES, content_type: str = "audio/pcm") -> Handler:
     """A successful response, the PCM written in pieces of `sizes` (cycled), chunked like Polly's."""
 
     async def handler(request: web.Request, fake: FakePolly) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"x-amzn-RequestCharacters": str(len(fake.bodies[-1]["Text"])), "x-amzn-RequestId": "r-1"}
         )
-        response.content_type = "audio/pcm"
+        response.content_type = content_type
         response.enable_chunked_encoding()
         await response.prepare(request)
         offset, piece = 0, 0
@@ -400,6 +400,15 @@ async def test_an_empty_body_for_words_is_a_retryable_error_not_silence(polly: F
         await collect(make_tts(polly), "Your table is booked.")
 
     assert err.value.retryable and len(polly.bodies) == 3
+
+
+async def test_a_page_with_status_200_is_an_error_not_noise(polly: FakePolly) -> None:
+    polly.script = [audio(b"<html>captive portal</html>", content_type="text/html")]
+
+    with pytest.raises(ProviderError, match="polly returned 'text/html', not audio: b'<html>captive"):
+        await collect(make_tts(polly), "Your table is booked.")
+
+    assert len(polly.bodies) == 1
 
 
 async def test_blank_text_sends_no_request(polly: FakePolly) -> None:
