@@ -39,7 +39,7 @@ from ._llm import LLMUsage, TextDelta
 from ._playout import AudioSink, Playout, SegmentStats
 from ._stt import STTSession, Utterance
 from ._text import SentenceSplitter, is_backchannel, spoken_prefix
-from ._tts import TTS
+from ._tts import TTS, whole_samples
 from ._vad import Endpointer, VADConfig
 
 log = structlog.get_logger("voicerun.pipeline")
@@ -559,7 +559,8 @@ class VoiceSession:
             trimming = first_of_reply
             tts = self._tts
             try:
-                async for pcm in self._busy_iter(tts.synthesize(text)):
+                # Any TTS may cut its PCM mid-sample; the trim below and the playout need samples.
+                async for pcm in self._busy_iter(whole_samples(tts.synthesize(text), tts.name)):
                     if reply.t_tts_audio is None:
                         reply.t_tts_audio = self._clock.now()
                     if trimming:

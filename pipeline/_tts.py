@@ -5,6 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
+import structlog
+
+log = structlog.get_logger("voicerun.pipeline")
+
 
 class TTS(ABC):
     name: str
@@ -32,3 +36,21 @@ def expected_audio(text: str) -> str | None:
     if not any(ch.isalnum() for ch in text):
         return None
     return f"no audio for {len(text)} characters of text"
+
+
+async def whole_samples(chunks: AsyncIterator[bytes], source: str) -> AsyncIterator[bytes]:
+    """int16 PCM cut anywhere -> the same bytes in chunks of whole samples.
+
+    A network read can end between the two bytes of a sample; the byte is carried to the next
+    chunk. One left over at the end would shift every later sample by a byte (loud noise), so it
+    is dropped, with a `tts_odd_byte_dropped` warning naming `source`.
+    """
+    carry = b""
+    async for chunk in chunks:
+        data = carry + chunk if carry else chunk
+        even = len(data) & ~1
+        carry = data[even:]
+        if even:
+            yield data[:even]
+    if carry:
+        log.warning("tts_odd_byte_dropped", provider=source)

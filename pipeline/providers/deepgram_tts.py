@@ -20,7 +20,7 @@ import structlog
 
 from .._audio import SAMPLE_RATE
 from .._errors import ProviderError
-from .._tts import TTS, expected_audio
+from .._tts import TTS, expected_audio, whole_samples
 from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 from .deepgram_stt import make_client, map_connect_error, resolve_api_key
@@ -81,13 +81,8 @@ class DeepgramTTS(TTS):
             retry=self.config.retry,
             empty=expected_audio(text),
         )
-        odd = b""  # a sample split across two chunks
-        async for chunk in stream:
-            data = odd + chunk
-            cut = len(data) - len(data) % 2
-            odd = data[cut:]
-            if cut:
-                yield data[:cut]
+        async for chunk in whole_samples(stream, PROVIDER):
+            yield chunk
 
     async def _speak(self, text: str) -> AsyncIterator[bytes]:
         from deepgram.core.api_error import ApiError

@@ -20,7 +20,7 @@ import structlog
 
 from .._audio import SAMPLE_RATE
 from .._errors import ProviderError
-from .._tts import TTS, expected_audio
+from .._tts import TTS, expected_audio, whole_samples
 from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 from .openai_llm import PROVIDER, map_openai_error, openai_client, warm_connection
@@ -83,7 +83,6 @@ class OpenAITTS(TTS):
             return
         started = time.perf_counter()
         resampler = soxr.ResampleStream(NATIVE_RATE, SAMPLE_RATE, 1, dtype="int16")
-        carry = b""  # an odd trailing byte: half a sample, completed by the next chunk
         first_audio_ms: int | None = None
         received = 0
         # stream_with_retries is an async generator (typed as an iterator): close it explicitly.
@@ -99,17 +98,13 @@ class OpenAITTS(TTS):
         )
         # aclosing: an interrupted segment (barge-in) closes the HTTP response now, not at GC.
         async with aclosing(chunks):
-            async for chunk in chunks:
+            async for chunk in whole_samples(chunks, PROVIDER):
                 if first_audio_ms is None:
                     first_audio_ms = round((time.perf_counter() - started) * 1000)
                 received += len(chunk)
-                data = carry + chunk
-                even = len(data) - len(data) % 2
-                carry = data[even:]
-                if even:
-                    out = resampler.resample_chunk(np.frombuffer(data[:even], "<i2"))
-                    if out.size:
-                        yield out.astype("<i2", copy=False).tobytes()
+                out = resampler.resample_chunk(np.frombuffer(chunk, "<i2"))
+                if out.size:
+                    yield out.astype("<i2", copy=False).tobytes()
         tail = resampler.resample_chunk(np.zeros(0, np.int16), last=True)
         if tail.size:
             yield tail.astype("<i2", copy=False).tobytes()
@@ -121,7 +116,6 @@ class OpenAITTS(TTS):
             chars=len(text),
             first_audio_ms=first_audio_ms,
             audio_ms=received // 2 * 1000 // NATIVE_RATE,
-            odd_byte_dropped=bool(carry),
         )
 
     async def _pcm(self, text: str) -> AsyncIterator[bytes]:

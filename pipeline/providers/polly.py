@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 import structlog
 
 from .._errors import ProviderError
-from .._tts import TTS, expected_audio
+from .._tts import TTS, expected_audio, whole_samples
 from ._options import config_kwargs
 from ._resilience import RetryPolicy, Timeouts, stream_with_retries
 
@@ -348,16 +348,8 @@ class PollyTTS(TTS):
             try:
                 if not await loop.run_in_executor(None, request.open):
                     return
-                carry = b""
                 while chunk := await loop.run_in_executor(None, request.read):
-                    # A read may end between the two bytes of a sample: keep the odd byte.
-                    data = carry + chunk
-                    even = len(data) & ~1
-                    carry = data[even:]
-                    if even:
-                        yield data[:even]
-                if carry:
-                    log.warning("tts_odd_byte_dropped", provider=PROVIDER, voice=self.config.voice)
+                    yield chunk
             finally:
                 request.abandon()
 
@@ -379,7 +371,7 @@ class PollyTTS(TTS):
             ),
         )
         try:
-            async for chunk in stream:
+            async for chunk in whole_samples(stream, PROVIDER):
                 if ttfb_ms is None:
                     ttfb_ms = round((time.perf_counter() - started) * 1000)
                 audio_bytes += len(chunk)

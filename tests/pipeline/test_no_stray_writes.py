@@ -51,6 +51,6 @@ def test_the_embedded_engines_leave_home_and_the_cwd_untouched(tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stderr
     assert "transcript: thank you very much" in proc.stdout.lower()  # the engines really ran
-    assert "end of turn: scored" in proc.stdout
+    assert "end of turn: " in proc.stdout  # scored, or late on a loaded machine: loaded either way
     written = sorted(str(p.relative_to(tmp_path)) for d in (home, cwd, tmp) for p in d.rglob("*"))
     assert written == []

@@ -54,6 +54,7 @@ def timeline(*parts: tuple[str, float]) -> np.ndarray:
 class Run:
     events: list[SessionEvent] = field(default_factory=list)
     sent: list[float] = field(default_factory=list)  # start time of each agent frame, call-relative
+    pcm: list[bytes] = field(default_factory=list)  # each agent frame
     t0: float = 0.0
     dialogue: Dialogue | None = None
 
@@ -79,6 +80,7 @@ async def run_call(
     class Sink:
         async def send(self, pcm: bytes, t: float) -> None:
             run.sent.append(t - run.t0)
+            run.pcm.append(pcm)
 
     async def caller() -> AsyncIterator[bytes]:
         run.t0 = clock.now()
@@ -227,6 +229,24 @@ async def test_greeting_plays_first_and_enters_history() -> None:
     assert run.sent and run.sent[0] == pytest.approx(0.0, abs=0.02)
     assert run.dialogue.messages[1].content == "Welcome to the test line."
     assert [e.text for e in run.of(AgentSpeech)] == ["Welcome to the test line.", "Hello!"]
+
+
+async def test_tts_audio_cut_mid_sample_plays_aligned_and_a_stray_byte_is_dropped() -> None:
+    # The TTS interface allows chunks of any length. An odd first chunk crashed the reply (the
+    # leading-silence trim reads samples), and an odd total shifted the next segment by a byte.
+    class OddChunkTTS(ToneTTS):
+        async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+            pcm, i, size = self._pcm, 0, 1
+            while i < len(pcm):
+                yield pcm[i : i + size]
+                i, size = i + size, size + 2  # 1, 3, 5, ... bytes
+            yield b"\x7f"  # half a sample, left over
+
+    audio = timeline(("speech", 1.0), ("silence", 2.0))
+    odd, _ = await run_call(audio, ["hi"], ScriptedLLM("One. Two."), tts=OddChunkTTS(0.2))
+    even, _ = await run_call(audio, ["hi"], ScriptedLLM("One. Two."), tts=ToneTTS(0.2))
+    assert odd.of(PipelineFault) == []
+    assert odd.pcm == even.pcm and len(odd.pcm) >= 20  # both segments, sample-aligned
 
 
 async def test_a_failing_llm_is_reported_and_the_call_goes_on() -> None:
