@@ -21,9 +21,9 @@ demo: $(STAMP)
 		--input workflows/examples/audio/front-desk-caller.wav \
 		--output out/front-desk-call.wav --report out/front-desk-report.json
 
-# asyncio debug mode reports any callback that blocks the loop for more than 100 ms.
+# The tests run in asyncio debug mode (pyproject.toml: asyncio_debug).
 test: $(STAMP)
-	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
