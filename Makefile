@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/embedded_call.py
 	$(BIN)/python bench/embedded_latency.py
+	$(BIN)/python bench/end_of_turn.py
 
 # Turn-taking on 48 synthetic calls (docs/benchmarks.md); its second caller voice is espeak-ng.
 bench-conversation: $(STAMP)
