@@ -1,4 +1,10 @@
-"""Agent audio out: paced 20 ms frames, with pause, resume and flush that act before the next frame."""
+"""Agent audio out: paced 20 ms frames, with pause, resume and cancel that act before the next frame.
+
+Each reply writes through its own Playback. Every queued chunk and marker belongs to one, so
+cancelling a reply removes exactly its audio and refuses whatever it writes afterwards: a writer
+that was waiting for room, a TTS request still in flight and a marker queued behind a pause all
+end the same way, with nothing of the cancelled reply played.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +34,35 @@ class SegmentStats:
         self.played = 0
 
 
+class Playback:
+    """One reply's audio in the playout, from open() until it has played or is cancelled."""
+
+    __slots__ = ("_playout", "cancelled")
+
+    def __init__(self, playout: Playout) -> None:
+        self._playout = playout
+        self.cancelled = False
+
+    async def write(
+        self, pcm: bytes, stats: SegmentStats, on_start: Callable[[float], None] | None = None
+    ) -> None:
+        """Queue pcm behind what is already queued; waits while the buffer is full. After cancel()
+        (also while waiting for room) the audio is refused: nothing is queued or counted."""
+        await self._playout._write(self, pcm, stats, on_start)
+
+    async def drained(self) -> float:
+        """Wait until everything this playback wrote has played; returns when its last frame ended.
+        Never returns once the playback is cancelled."""
+        return await self._playout._drained(self)
+
+    def cancel(self) -> None:
+        """Drop this playback's queued audio and markers before the next frame; refuse later writes."""
+        self._playout._cancel(self)
+
+
 @dataclass(slots=True)
 class _Chunk:
+    owner: Playback | None
     data: bytes
     stats: SegmentStats
     on_start: Callable[[float], None] | None
@@ -38,6 +71,7 @@ class _Chunk:
 
 @dataclass(slots=True)
 class _Marker:
+    owner: Playback | None
     fire: Callable[[float], None]
 
 
@@ -68,34 +102,61 @@ class Playout:
     def buffered_s(self) -> float:
         return self._bytes / FRAME_BYTES * FRAME_S
 
-    async def write(
-        self, pcm: bytes, stats: SegmentStats, on_start: Callable[[float], None] | None = None
+    def open(self) -> Playback:
+        """A new playback (one per reply); its audio queues behind everything already written."""
+        return Playback(self)
+
+    async def _write(
+        self,
+        owner: Playback,
+        pcm: bytes,
+        stats: SegmentStats,
+        on_start: Callable[[float], None] | None,
     ) -> None:
-        while self._bytes >= self._max_bytes:
+        while self._bytes >= self._max_bytes and not owner.cancelled:
             self._space.clear()
             await self._space.wait()
+        # Checked after the wait: cancel() wakes the waiters so that they see it here.
+        if owner.cancelled:
+            return
         stats.written += len(pcm)
-        self._items.append(_Chunk(pcm, stats, on_start))
+        self._items.append(_Chunk(owner, pcm, stats, on_start))
         self._bytes += len(pcm)
         self._wakeup.set()
 
-    def mark(self, fire: Callable[[float], None]) -> None:
-        """Call fire(t) when everything written so far has finished playing."""
+    def _cancel(self, owner: Playback) -> None:
+        if owner.cancelled:
+            return
+        owner.cancelled = True
+        kept: deque[_Chunk | _Marker] = deque()
+        for item in self._items:
+            if item.owner is owner:
+                if isinstance(item, _Chunk):
+                    self._bytes -= len(item.data) - item.offset
+            else:
+                kept.append(item)
+        self._items = kept
+        self._space.set()
+
+    def _mark(self, owner: Playback | None, fire: Callable[[float], None]) -> None:
         if not self._items:
             fire(max(self._last_end, self._clock.now()))
         else:
-            self._items.append(_Marker(fire))
+            self._items.append(_Marker(owner, fire))
 
-    async def drained(self) -> float:
-        """Wait until everything written so far has played; returns when the last frame ended."""
+    async def _drained(self, owner: Playback | None) -> float:
         done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
         def fire(t: float) -> None:
             if not done.done():
                 done.set_result(t)
 
-        self.mark(fire)
+        self._mark(owner, fire)
         return await done
+
+    async def drained(self) -> float:
+        """Wait until everything written so far has played; returns when the last frame ended."""
+        return await self._drained(None)
 
     def pause(self) -> None:
         self._paused = True
@@ -103,13 +164,6 @@ class Playout:
     def resume(self) -> None:
         self._paused = False
         self._wakeup.set()
-
-    def flush(self) -> None:
-        """Drop everything queued (the reply was interrupted); pending markers never fire."""
-        self._items.clear()
-        self._bytes = 0
-        self._paused = False
-        self._space.set()
 
     async def run(self) -> None:
         while True:

@@ -36,7 +36,7 @@ from ._events import (
     UserTranscript,
 )
 from ._llm import LLMUsage, TextDelta
-from ._playout import AudioSink, Playout, SegmentStats
+from ._playout import AudioSink, Playback, Playout, SegmentStats
 from ._stt import STTSession, Utterance
 from ._text import SentenceSplitter, is_backchannel, spoken_prefix
 from ._tts import TTS, whole_samples
@@ -110,6 +110,8 @@ class _Reply:
     paused: bool = False
     end_call: bool = False
     task: asyncio.Task[None] | None = None
+    playback: Playback | None = None
+    """Its audio in the playout: cancelling it is what guarantees nothing more of it is heard."""
 
     def heard(self) -> str:
         return " ".join(p for _, p in self._heard_segments() if p)
@@ -369,9 +371,10 @@ class VoiceSession:
     def _interrupt(self, reply: _Reply) -> None:
         """Silence the reply now (before the next frame) and cancel its work."""
         self._reply = None
-        self._playout.flush()
+        assert reply.task is not None and reply.playback is not None
+        reply.playback.cancel()
+        self._playout.resume()
         heard = reply.heard()
-        assert reply.task is not None
         reply.task.cancel()
         self._interrupting = self._spawn(self._after_interrupt(reply, heard), "interrupt")
 
@@ -424,6 +427,7 @@ class VoiceSession:
         self._reply = reply
         if self._agent is not None:  # a reply cut off before its handoff point left the old voice
             self._switch_speaking(self._agent)
+        reply.playback = self._playout.open()
         reply.task = self._spawn(self._run_reply(reply), "reply")
 
     async def _run_reply(self, reply: _Reply) -> None:
@@ -432,7 +436,8 @@ class VoiceSession:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._generate(reply, segments), name="reply-llm")
                 tg.create_task(self._speak(reply, segments), name="reply-tts")
-            await self._playout.drained()
+            assert reply.playback is not None
+            await reply.playback.drained()
         except ExceptionGroup as group:
             for exc in group.exceptions:
                 stage: Literal["llm", "tts"] = (
@@ -544,6 +549,8 @@ class VoiceSession:
         await out.put(None)
 
     async def _speak(self, reply: _Reply, segments: asyncio.Queue[str | _AgentMark | None]) -> None:
+        playback = reply.playback
+        assert playback is not None
         while (text := await segments.get()) is not None:
             if isinstance(text, _AgentMark):
                 reply.marks.append((len(reply.segments), text))
@@ -576,7 +583,7 @@ class VoiceSession:
                     if on_start is None and stats.written == 0 and reply.marks:
                         if reply.marks[-1][0] == len(reply.segments) - 1:
                             on_start = self._on_mark_start(reply, len(reply.marks) - 1)
-                    await self._playout.write(pcm, stats, on_start)
+                    await playback.write(pcm, stats, on_start)
             finally:
                 # Sent is billed, even when a barge-in cuts the segment short; after the segment,
                 # a fallback chain names the provider that spoke it.

@@ -201,3 +201,59 @@ async def test_provider_fallbacks_are_counted_for_prometheus() -> None:
     before = count()
     audio = b"".join([c async for c in tts.synthesize("Hello there.")])
     assert audio and count() - before == 1
+
+
+LONG_ANSWER = (
+    "Our menu changes every week, and tonight it is a long one. We have fresh pasta with tomatoes "
+    "and basil, and a wood fired pizza with mushrooms and thyme. There is a lemon tart that people "
+    "drive across town for, and a chocolate cake with cherries and cream. We also offer delivery "
+    "within five miles of the restaurant, every evening from six until ten, for a small fee. On "
+    "Sundays we serve a roast with potatoes and greens, and the children eat for free. Our wine "
+    "list has twenty bottles from small vineyards, and the staff will gladly help you choose."
+)
+ANSWERING = f"""
+version: 1
+slug: long-answers
+start: host
+agents:
+  host:
+    instructions: Test host.
+    rules:
+      - keywords: [menu]
+        say: "{LONG_ANSWER}"
+      - keywords: [human, person]
+        say: Of course, connecting you now.
+    fallback: Sorry?
+"""
+
+
+def runs(x: np.ndarray, min_gap_s: float = 0.25) -> list[tuple[int, int]]:
+    """(start, end) sample of each audible run separated by at least min_gap_s of quiet."""
+    idx = active(x)
+    if not idx.size:
+        return []
+    cuts = np.flatnonzero(np.diff(idx) > min_gap_s * SAMPLE_RATE)
+    starts = [int(idx[0])] + [int(idx[c + 1]) for c in cuts]
+    ends = [int(idx[c]) + 1 for c in cuts] + [int(idx[-1]) + 1]
+    return list(zip(starts, ends, strict=True))
+
+
+async def test_no_audio_of_a_cancelled_answer_after_a_barge_in(voice: Any) -> None:
+    """The answer is longer than the playout buffer, so its TTS is waiting for room when the caller
+    cuts in: not one frame of it may play after the cut, and the report says what was heard."""
+    audio = caller(
+        ("say", voice("What is on the menu tonight?")), ("wait", 4.0),
+        ("say", voice("Please let me speak to a human.")), ("wait", 5.0),
+    )  # fmt: skip
+    record, caller_ch, agent_ch = await simulate(ANSWERING, audio)
+    _, (onset, barge_end) = runs(caller_ch, 0.6)[:2]
+    after = [(s, e) for s, e in runs(agent_ch) if e > onset + SAMPLE_RATE // 10]
+    # Nothing between the cut (within 100 ms of the onset) and the answer to the barge-in, and the
+    # answer is the new one: a short line, not a sentence of the cancelled menu.
+    assert after, "no answer after the barge-in"
+    assert after[0][0] >= barge_end, f"agent audio at {after[0][0] / SAMPLE_RATE:.2f} s, caller spoke until {barge_end / SAMPLE_RATE:.2f} s"
+    assert (after[0][1] - after[0][0]) / SAMPLE_RATE < 3.0
+    said = [e for e in record.transcript if e["role"] == "assistant"]
+    assert said[-1]["content"] == "Of course, connecting you now."
+    assert said[0].get("interrupted") is True and LONG_ANSWER.startswith(said[0]["content"])
+    assert record.summary is not None and [t.interrupted for t in record.summary.turns] == [True, False]
