@@ -33,6 +33,12 @@ from pipeline.providers._resilience import RetryPolicy, Timeouts
 HELLO = [Message(role="user", content="Hi")]
 
 
+# An answer is due well inside PATIENT even on a machine slowed tenfold; only the tests of a
+# server that never answers wait for STALLED's timeout (1 s, against a local answer of ~10 ms).
+PATIENT = Timeouts(connect_s=10.0, first_byte_s=10.0, total_s=30.0)
+STALLED = Timeouts(connect_s=10.0, first_byte_s=1.0, total_s=30.0)
+
+
 @pytest_asyncio.fixture
 async def server() -> AsyncIterator[FakeOpenAI]:
     async with serve_openai("/v1/chat/completions") as srv:
@@ -144,7 +150,7 @@ def hold(srv: FakeOpenAI, *frames: dict[str, Any]) -> Reply:
 
 def make_llm(srv: FakeOpenAI, **config: Any) -> OpenAILLM:
     config.setdefault("retry", FAST_RETRY)
-    config.setdefault("timeouts", SHORT)
+    config.setdefault("timeouts", PATIENT)
     return OpenAILLM(OpenAILLMConfig(base_url=srv.url, api_key="sk-test", **config))
 
 
@@ -346,7 +352,7 @@ async def test_status_codes_map_to_retryable_or_not(server: FakeOpenAI, code: in
 async def test_a_slow_first_byte_times_out_and_the_retry_succeeds(server: FakeOpenAI) -> None:
     server.script(stall(server), sse(*text_chunks("Here.")))
 
-    events = await collect(make_llm(server))
+    events = await collect(make_llm(server, timeouts=STALLED))
 
     assert events == [TextDelta(text="Here.")]
     assert len(server.bodies) == 2
@@ -356,8 +362,8 @@ async def test_a_server_that_never_answers_fails_after_the_attempts(server: Fake
     server.script(stall(server), stall(server))
 
     # first_byte_s bounds it (the SDK's read timeout, also first_byte_s, starts later).
-    with pytest.raises(ProviderError, match=r"openai: (no response within 0\.1 s|request timed out)") as err:
-        await collect(make_llm(server, retry=RetryPolicy(attempts=2, backoff_s=0.001)))
+    with pytest.raises(ProviderError, match=r"openai: (no response within 1 s|request timed out)") as err:
+        await collect(make_llm(server, retry=RetryPolicy(attempts=2, backoff_s=0.001), timeouts=STALLED))
 
     assert err.value.retryable  # the next provider of a fallback chain may do better
     assert len(server.bodies) == 2
@@ -461,7 +467,7 @@ async def test_the_key_comes_from_the_environment(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     server.script(sse(*text_chunks("Hi.")))
 
-    await collect(OpenAILLM(OpenAILLMConfig(base_url=server.url, timeouts=SHORT)))
+    await collect(OpenAILLM(OpenAILLMConfig(base_url=server.url, timeouts=PATIENT)))
 
     assert server.auth == ["Bearer sk-from-env"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from fakes.openai_api import FAST_RETRY, SHORT, FakeOpenAI, Reply, serve_openai, stall, status
+from fakes.openai_api import FAST_RETRY, FakeOpenAI, Reply, serve_openai, stall, status
 
 from pipeline import SAMPLE_RATE, ProviderError
 from pipeline.providers import OpenAITTS, OpenAITTSConfig
@@ -19,6 +19,12 @@ from pipeline.providers._resilience import RetryPolicy, Timeouts
 NATIVE_RATE = 24_000
 AMPLITUDE = 0.5
 ODD_SIZES = (1, 777, 4097, 333, 2, 1001, 9)
+
+
+# An answer is due well inside PATIENT even on a machine slowed tenfold; only the tests of a
+# server that never answers wait for STALLED's timeout (1 s, against a local answer of ~10 ms).
+PATIENT = Timeouts(connect_s=10.0, first_byte_s=10.0, total_s=30.0)
+STALLED = Timeouts(connect_s=10.0, first_byte_s=1.0, total_s=30.0)
 
 
 @pytest_asyncio.fixture
@@ -62,7 +68,7 @@ def pcm(data: bytes, *, drop: bool = False) -> Reply:
 
 def make_tts(srv: FakeOpenAI, **config: Any) -> OpenAITTS:
     config.setdefault("retry", FAST_RETRY)
-    config.setdefault("timeouts", SHORT)
+    config.setdefault("timeouts", PATIENT)
     return OpenAITTS(OpenAITTSConfig(base_url=srv.url, api_key="sk-test", **config))
 
 
@@ -155,7 +161,7 @@ async def test_a_rejected_key_is_not_retried_and_says_why(server: FakeOpenAI) ->
 async def test_a_slow_first_byte_times_out_and_the_retry_succeeds(server: FakeOpenAI) -> None:
     server.script(stall(server), pcm(tone(440, 0.2)))
 
-    out = await synthesize(make_tts(server))
+    out = await synthesize(make_tts(server, timeouts=STALLED))
 
     assert abs(len(out) // 2 - 0.2 * SAMPLE_RATE) <= 2
     assert len(server.bodies) == 2
