@@ -70,7 +70,7 @@ from ._events import (
     UserTranscript,
 )
 from ._llm import LLM, LLMEvent, LLMUsage, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
-from ._playout import AudioSink, Playout
+from ._playout import AudioSink, Playback, Playout
 from ._session import (
     DEFAULT_BACKCHANNELS,
     AgentVoice,
@@ -81,7 +81,7 @@ from ._session import (
     turn_summary,
 )
 from ._stt import STT, InterimCallback, STTSession, Transcript, Utterance
-from ._text import SentenceSplitter, is_backchannel
+from ._text import OverlapDecision, SentenceSplitter, classify_overlap, is_backchannel
 from ._tts import TTS
 from ._vad import Endpointer, VADConfig, VADResult
 
@@ -120,8 +120,10 @@ __all__ = [
     "LLMEvent",
     "LLMUsage",
     "Message",
+    "OverlapDecision",
     "PipelineError",
     "PipelineFault",
+    "Playback",
     "Playout",
     "ProviderError",
     "RealClock",
@@ -152,6 +154,7 @@ __all__ = [
     "VADResult",
     "VirtualClock",
     "VoiceSession",
+    "classify_overlap",
     "decide_end_of_turn",
     "frames",
     "is_backchannel",

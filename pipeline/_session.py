@@ -38,7 +38,7 @@ from ._events import (
 from ._llm import LLMUsage, TextDelta
 from ._playout import AudioSink, Playback, Playout, SegmentStats
 from ._stt import STTSession, Utterance
-from ._text import SentenceSplitter, is_backchannel, spoken_prefix
+from ._text import SentenceSplitter, classify_overlap, spoken_prefix
 from ._tts import TTS, whole_samples
 from ._vad import Endpointer, VADConfig
 
@@ -46,7 +46,10 @@ log = structlog.get_logger("voicerun.pipeline")
 
 DEFAULT_BACKCHANNELS = (
     "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "aha", "yeah", "yep", "okay", "ok",
-    "right", "sure", "i see", "got it",
+    "right", "all right", "sure", "i see", "got it", "oh", "oh okay", "oh i see", "i know",
+    "of course", "great", "cool", "thanks", "thank you",
+    # what Whisper tiny.en writes for a mumbled "uh-huh" over the agent
+    "i thought",
 )  # fmt: skip
 
 T = TypeVar("T")
@@ -305,8 +308,10 @@ class VoiceSession:
             reply.paused = True
             self._playout.pause()
             log.debug("agent_paused_for_caller", onset_s=round(self._utt_onset, 3))
-        elif reply.paused and (now - self._utt_onset) * 1000 >= self._turn.backchannel_max_ms:
-            self._interrupt(reply)
+        elif reply.paused and r.voiced and (now - self._utt_onset) * 1000 >= self._turn.backchannel_max_ms:
+            # Still voiced this long after the onset: no backchannel is that long, whatever its
+            # words (the silence before the endpoint does not count).
+            self._interrupt(reply, "too_long", duration_ms=(now - self._utt_onset) * 1000)
 
     def _on_interim(self, text: str) -> None:
         self._emit(UserTranscript(text=text, final=False, t=self._clock.now()))
@@ -314,11 +319,15 @@ class VoiceSession:
     def _end_utterance(self, last_voiced_s: float) -> None:
         utt, self._utt = self._utt, None
         assert utt is not None
-        self._spawn(self._finish_utterance(utt, last_voiced_s, self._utt_agent), "stt-final")
+        self._spawn(
+            self._finish_utterance(utt, self._utt_onset, last_voiced_s, self._utt_agent), "stt-final"
+        )
 
     # -- turn decisions -------------------------------------------------------------------
 
-    async def _finish_utterance(self, utt: Utterance, last_voiced_s: float, agent: str | None) -> None:
+    async def _finish_utterance(
+        self, utt: Utterance, onset_s: float, last_voiced_s: float, agent: str | None
+    ) -> None:
         try:
             async with self._clock.busy():
                 transcript = await utt.finalize()
@@ -340,17 +349,23 @@ class VoiceSession:
                 )
             )
         text = transcript.text.strip()
-        if text:
-            self._emit(UserTranscript(text=text, final=True, t=t_final))
         reply = self._reply
         if reply is not None:
-            if not text or is_backchannel(text, self._turn.backchannels):
+            duration_ms = (last_voiced_s - onset_s) * 1000
+            decision = classify_overlap(
+                text, duration_ms, self._turn.backchannels, max_ms=self._turn.backchannel_max_ms
+            )
+            if decision.action == "backchannel":
+                # The reply goes on from the frame where it paused: nothing is regenerated.
+                log.info("backchannel_ignored", reason=decision.reason, text=text,
+                         words=list(decision.words), duration_ms=round(duration_ms))  # fmt: skip
                 if text:
-                    log.info("backchannel_ignored", text=text)
                     self._emit(Backchannel(text=text, t=t_final))
                 self._resume_if_paused()
                 return
-            self._interrupt(reply)
+            self._interrupt(reply, decision.reason, duration_ms=duration_ms, words=decision.words)
+        if text:  # a backchannel is reported as one, above; this is a turn
+            self._emit(UserTranscript(text=text, final=True, t=t_final))
         if self._interrupting is not None:
             await self._interrupting
             self._interrupting = None
@@ -368,17 +383,21 @@ class VoiceSession:
             reply.paused = False
             self._playout.resume()
 
-    def _interrupt(self, reply: _Reply) -> None:
-        """Silence the reply now (before the next frame) and cancel its work."""
+    def _interrupt(
+        self, reply: _Reply, reason: str, *, duration_ms: float, words: Sequence[str] = ()
+    ) -> None:
+        """Silence the reply now (before the next frame) and cancel its work. reason, duration_ms
+        and words say why (for the log)."""
         self._reply = None
         assert reply.task is not None and reply.playback is not None
         reply.playback.cancel()
         self._playout.resume()
         heard = reply.heard()
         reply.task.cancel()
-        self._interrupting = self._spawn(self._after_interrupt(reply, heard), "interrupt")
+        why = {"reason": reason, "duration_ms": round(duration_ms), "words": list(words)}
+        self._interrupting = self._spawn(self._after_interrupt(reply, heard, why), "interrupt")
 
-    async def _after_interrupt(self, reply: _Reply, heard: str) -> None:
+    async def _after_interrupt(self, reply: _Reply, heard: str, why: dict[str, object]) -> None:
         assert reply.task is not None
         await asyncio.wait([reply.task])
         # History changes only after the reply task has unwound (it records what it generated).
@@ -389,7 +408,7 @@ class VoiceSession:
             self.dialogue.trim_last_reply(heard)
         else:
             self._carry_text = self.dialogue.retract_turn()
-        log.info("agent_interrupted", heard=heard)
+        log.info("agent_interrupted", heard=heard, **why)
         self._finish_turn(reply, heard, interrupted=True)
 
     def _finish_turn(self, reply: _Reply, heard: str, *, interrupted: bool) -> None:

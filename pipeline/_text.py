@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s")
 _CLAUSE_END = re.compile(r"[,;:—]\s")
@@ -48,13 +51,94 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
-def is_backchannel(text: str, phrases: Iterable[str]) -> bool:
-    """True when every word of text belongs to one of the backchannel phrases ("uh-huh, yeah")."""
-    said = words(text)
+# Longest backchannel phrase, in words ("oh i see"), and how close a run of words must sound to
+# one: small STT models write "uh-huh" as "Aha", "mm-hmm" as "Mhm", "alright" as "All right".
+_PHRASE_MAX_WORDS = 3
+_FUZZY_RATIO = 0.8
+_FUZZY_MIN_CHARS = 4  # shorter keys ("no", "mm", "ok") must match exactly: one letter is a new word
+
+
+# A word of only m, h and open vowels is a hum, not a word: what a small STT writes for a mumbled
+# "mm-hmm" ("Mama", "Ahem", "Uhm", "Hmhm"). Two letters at least: "a" is a word.
+_VOCABLE = re.compile(r"[mhaou'-]{2,}")
+
+
+def _key(ws: Sequence[str]) -> str:
+    return "".join(ws).replace("-", "").replace("'", "")
+
+
+def _collapse_repeats(ws: list[str]) -> list[str]:
+    """"okay okay" -> "okay", "yeah yeah yeah" -> "yeah", "uh huh uh huh" -> "uh huh"."""
+    out: list[str] = []
+    for w in ws:
+        out.append(w)
+        for n in (1, 2):
+            if len(out) >= 2 * n and out[-n:] == out[-2 * n : -n]:
+                del out[-n:]
+                break
+    return out
+
+
+def _phrase_units(said: Sequence[str], keys: frozenset[str]) -> int | None:
+    """The fewest backchannel phrases that cover `said` word for word (fuzzily), or None."""
+
+    def matches(key: str) -> bool:
+        if key in keys or _VOCABLE.fullmatch(key):
+            return True
+        if len(key) < _FUZZY_MIN_CHARS:
+            return False
+        return any(
+            len(k) >= _FUZZY_MIN_CHARS and difflib.SequenceMatcher(None, key, k).ratio() >= _FUZZY_RATIO
+            for k in keys
+        )
+
+    best: list[int | None] = [0] + [None] * len(said)
+    for end in range(1, len(said) + 1):
+        for n in range(1, min(_PHRASE_MAX_WORDS, end) + 1):
+            before = best[end - n]
+            if before is not None and matches(_key(said[end - n : end])):
+                best[end] = before + 1 if best[end] is None else min(best[end] or 0, before + 1)
+    return best[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class OverlapDecision:
+    """What the caller's speech over the agent was, and why."""
+
+    action: Literal["backchannel", "interrupt"]
+    reason: Literal["no_words", "backchannel_words", "too_long", "too_many_words", "not_a_backchannel"]
+    words: tuple[str, ...]
+    """The words the decision read (repetitions collapsed)."""
+
+
+def classify_overlap(
+    text: str, voiced_ms: float, phrases: Iterable[str], *, max_ms: float, max_phrases: int = 2
+) -> OverlapDecision:
+    """Decide whether speech over the agent interrupts it, from the audio and the words.
+
+    A backchannel is a short burst (voiced for at most `max_ms`) of at most `max_phrases` phrases
+    that each sound like one of `phrases` once repetitions and punctuation are dropped ("Okay.
+    Okay." is one "okay"; "Aha" is "uh-huh"; "All right" is "alright"). Anything longer, or any
+    other word, interrupts: "Stop." and "Wait." are as short as "Yeah." No words at all (a cough,
+    noise) is not an interruption either."""
+    said = _collapse_repeats(words(text))
     if not said:
-        return False
-    allowed = {w for p in phrases for w in words(p)}
-    return all(w in allowed for w in said)
+        return OverlapDecision("backchannel", "no_words", ())
+    if voiced_ms > max_ms:
+        return OverlapDecision("interrupt", "too_long", tuple(said))
+    keys = frozenset(_key(words(p)) for p in phrases if words(p))
+    units = _phrase_units(said, keys)
+    if units is None:
+        return OverlapDecision("interrupt", "not_a_backchannel", tuple(said))
+    if units > max_phrases:
+        return OverlapDecision("interrupt", "too_many_words", tuple(said))
+    return OverlapDecision("backchannel", "backchannel_words", tuple(said))
+
+
+def is_backchannel(text: str, phrases: Iterable[str]) -> bool:
+    """True when text is, word for word, one or two backchannel phrases ("uh-huh, yeah")."""
+    decision = classify_overlap(text, 0.0, phrases, max_ms=float("inf"))
+    return decision.action == "backchannel" and decision.reason == "backchannel_words"
 
 
 def spoken_prefix(text: str, fraction: float) -> str:

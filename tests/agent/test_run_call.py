@@ -180,6 +180,22 @@ async def test_backchannel_with_real_engines(voice: Any) -> None:
     assert len(active(agent_ch)) == pytest.approx(len(active(undisturbed)), rel=0.02)
 
 
+async def test_backchannels_whisper_mishears_never_cut_or_restart_the_greeting(voice: Any) -> None:
+    """Whisper tiny.en writes these as "aha", "Mama", "okay, okay", "Alright.": each is a short
+    burst over the agent, so the agent pauses and goes on from where it paused."""
+    parts: list[tuple[str, float | np.ndarray]] = [("wait", 3.0)]
+    for said in ("Uh-huh.", "Mm-hmm.", "Okay, okay.", "All right."):
+        parts += [("say", voice(said)), ("wait", 2.5)]
+    record, _, agent_ch = await simulate(WORKFLOW, caller(*parts, ("wait", 12.0)))
+    said = [e for e in record.transcript if e["role"] == "assistant"]
+    assert [(e["content"], e.get("interrupted")) for e in said] == [(LONG_GREETING, None)]
+    users = [e for e in record.transcript if e["role"] == "user"]
+    assert len(users) == 4 and all(e.get("backchannel") for e in users), users
+    # played once, in full: as much agent audio as when the caller stays silent
+    _, _, undisturbed = await simulate(WORKFLOW, caller(("wait", 25.0)))
+    assert len(active(agent_ch)) == pytest.approx(len(active(undisturbed)), rel=0.02)
+
+
 async def test_provider_fallbacks_are_counted_for_prometheus() -> None:
     from prometheus_client import REGISTRY
 
@@ -242,7 +258,7 @@ async def test_no_audio_of_a_cancelled_answer_after_a_barge_in(voice: Any) -> No
     """The answer is longer than the playout buffer, so its TTS is waiting for room when the caller
     cuts in: not one frame of it may play after the cut, and the report says what was heard."""
     audio = caller(
-        ("say", voice("What is on the menu tonight?")), ("wait", 4.0),
+        ("say", voice("What is on the menu tonight?")), ("wait", 6.0),
         ("say", voice("Please let me speak to a human.")), ("wait", 5.0),
     )  # fmt: skip
     record, caller_ch, agent_ch = await simulate(ANSWERING, audio)
