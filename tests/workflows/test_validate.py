@@ -603,7 +603,7 @@ RULES_ONLY = "llm fallback 'rules'/'local' is not supported: the agent's rules a
             19,
             "defaults.stt.fallback.0: stt provider 'deepgram': deepgram stt: unknown option(s) "
             "'endpointing' (known: api_key, base_url, endpointing_ms, keepalive_s, keyterms, keywords, "
-            "language, max_utterance_s, retry, send_queue_frames, timeouts; the model is set by the "
+            "language, max_utterance_s, punctuate, retry, send_queue_frames, smart_format, timeouts; the model is set by the "
             "provider's `model`)",
         ),
     ],
