@@ -261,8 +261,9 @@ class _Run:
     """One `voicerun run`: the call, its results kept whatever ends it, and the exit status.
 
     SIGINT or SIGTERM ends the call as a hang-up would: the partial transcript is printed, the
-    WAV and report written, and usage committed to the ledger. A second signal stops waiting for
-    the usage export (what is left goes with the next `metering export`).
+    WAV and report written, and usage committed to the ledger. A signal once the results are kept
+    (or a second one) stops waiting for the usage export; what is left goes with the next
+    `metering export`.
     """
 
     def __init__(self, args: argparse.Namespace, output: Path | None, report: Path | None) -> None:
@@ -271,6 +272,8 @@ class _Run:
         self.report = report
         self.signals: list[signal.Signals] = []
         self.write_failed = False
+        self.kept = False
+        """The call's results are printed and written."""
         self.metering: Any = None
 
     async def call(self, workflow: Any, caller: Any, user: dict[str, Any], catalog: Any) -> None:
@@ -285,7 +288,10 @@ class _Run:
 
         def on_signal(sig: signal.Signals) -> None:
             self.signals.append(sig)
-            if len(self.signals) == 1:
+            if self.kept:  # the call is over: all that is left is waiting for the usage export
+                print(f"voicerun: {sig.name}: not waiting for the usage export", file=sys.stderr)
+                main_task.cancel()
+            elif len(self.signals) == 1:
                 print(
                     f"voicerun: {sig.name}: ending the call and keeping what it has "
                     "(again to stop waiting for the usage export)",
@@ -336,6 +342,7 @@ class _Run:
         for fault in record.faults:
             print(f"fault: {fault}", file=sys.stderr)
         sys.stdout.flush()
+        self.kept = True
 
     def _write(self, path: Path, label: str, write: Any) -> None:
         try:

@@ -122,13 +122,24 @@ async def open_metering(
         try:
             yield metering
         finally:
-            await meter.aclose()
-            metering.lost = list(meter.lost)
+            # Usage reaches the ledger even when the command is told to stop waiting (a second
+            # Ctrl-C): only the export below may be cut short. aclose() is itself bounded.
+            closing = asyncio.ensure_future(meter.aclose())
+            try:
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                await closing
+                raise
+            finally:
+                metering.lost = list(meter.lost)
             if exporter is not None and export_task is not None:
                 stop.set()
                 await export_task
                 metering.final = await exporter.drain(drain_s)
     finally:
+        if export_task is not None and not export_task.done():  # the wait above was cut short
+            export_task.cancel()
+            await asyncio.wait([export_task])
         if exporter is not None:
             await exporter.aclose()
         await ledger.aclose()

@@ -71,3 +71,43 @@ def test_a_signal_ends_the_call_and_keeps_what_it_has(
         "SELECT status, ended_reason FROM calls WHERE id = ?", (report["call_id"],)
     )
     assert row == ("completed", reason)
+
+
+def test_a_signal_while_waiting_for_the_usage_export_stops_only_the_wait(tmp_path: Path) -> None:
+    import socket
+
+    # A usage API that takes connections and never answers: the export would wait its 10 s.
+    api = socket.socket()
+    api.bind(("127.0.0.1", 0))
+    api.listen()
+    env = {
+        **os.environ,
+        "VOICERUN_USAGE_API_URL": f"http://127.0.0.1:{api.getsockname()[1]}",
+        "VOICERUN_USAGE_API_KEY": "k",
+        "VOICERUN_USAGE_AGENT_ID": "agent",
+        "VOICERUN_USAGE_CUSTOMER_ID": "customer",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--workflow", str(WORKFLOW), "--input", str(RECORDING),
+         "--report", str(tmp_path / "report.json"), "--fast"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("report:"):
+                break  # the results are kept; the command now waits for the export
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        api.close()
+    assert proc.returncode == 130, err
+    assert "not waiting for the usage export" in err and "Traceback" not in err
+    assert "usage export:" not in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["ended_reason"] == "agent_ended"
+    db = sqlite3.connect(Path(os.environ["VOICERUN_DATA_DIR"]) / "voicerun.db")
+    (status,) = db.execute("SELECT status FROM calls WHERE id = ?", (report["call_id"],)).fetchone()
+    (usage,) = db.execute("SELECT count(*) FROM usage_events WHERE call_id = ?", (report["call_id"],)).fetchone()
+    assert status == "completed" and usage > 0  # the ledger has the call; the export resumes later
