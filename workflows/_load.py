@@ -439,6 +439,9 @@ def validate_text(text: str, path: str = "<workflow>", *, base_dir: Path | None 
 
 def _read(path: Path) -> str:
     try:
+        # A FIFO or socket would block open() until someone writes to it: the command would hang.
+        if not path.is_dir() and path.exists() and not path.is_file():
+            raise WorkflowError([Problem(str(path), 0, 0, "not a regular file")])
         with path.open("rb") as f:
             # one byte past the limit is enough to tell, and to say where the limit is crossed
             raw = f.read(LIMITS.file_bytes + 1)

@@ -418,6 +418,13 @@ def test_validate_file_reports_unreadable_files(tmp_path: Path) -> None:
     assert p.message.startswith("cannot read:")
 
 
+def test_a_fifo_is_refused_instead_of_waiting_for_a_writer(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "pipe.yaml")
+    assert [str(p) for p in validate_file(tmp_path / "pipe.yaml")] == [f"{tmp_path / 'pipe.yaml'}: not a regular file"]
+
+
 # -- the CLI -----------------------------------------------------------------------------------
 
 
