@@ -145,6 +145,9 @@ def _default() -> PriceCatalog:
     return parse_catalog(ref.read_text(encoding="utf-8"), "metering/prices.yaml")
 
 
+MAX_CATALOG_BYTES = 1024 * 1024
+
+
 def load_catalog(path: Path | None = None) -> PriceCatalog:
     """The default catalog, with the operator file at `path` (if any) merged over it.
 
@@ -155,8 +158,15 @@ def load_catalog(path: Path | None = None) -> PriceCatalog:
     catalog = _default()
     if path is None:
         return catalog
+    # A FIFO would block the read forever and a device never end: only a regular file, bounded.
+    if path.exists() and not path.is_file():
+        raise PriceCatalogError(f"{path}: the price catalog is not a regular file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CATALOG_BYTES + 1)
+        if len(raw) > MAX_CATALOG_BYTES:
+            raise PriceCatalogError(f"{path}: the price catalog is over {MAX_CATALOG_BYTES} bytes")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PriceCatalogError(f"{path}: cannot read the price catalog: {exc}") from exc
     data = _read(text, str(path))

@@ -223,6 +223,18 @@ def test_missing_operator_file_names_it(tmp_path: Path) -> None:
         load_catalog(tmp_path / "nope.yaml")
 
 
+def test_an_operator_file_that_is_a_fifo_or_endless_is_refused(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "prices.yaml")
+    with pytest.raises(PriceCatalogError, match=r"prices\.yaml: the price catalog is not a regular file"):
+        load_catalog(tmp_path / "prices.yaml")
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * 2_000_000 + "\n")
+    with pytest.raises(PriceCatalogError, match=r"big\.yaml: the price catalog is over 1048576 bytes"):
+        load_catalog(big)
+
+
 def test_exports() -> None:
     assert all(hasattr(metering, name) for name in metering.__all__)
     assert {"cost_breakdown", "load_catalog", "PriceCatalog", "PriceCatalogError"} <= set(metering.__all__)
