@@ -193,6 +193,8 @@ def _writable_file(raw: str | None, option: str) -> Path | None:
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a directory")
     if path.exists():
+        if path.is_fifo() or path.is_socket():  # writing would wait for a reader forever
+            raise UsageError(f"{option} {path}: not a regular file")
         if not os.access(path, os.W_OK):
             raise UsageError(f"{option} {path}: not writable")
         return path

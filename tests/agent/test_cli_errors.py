@@ -120,10 +120,11 @@ def test_a_broken_operator_price_file_stops_the_run_with_one_line(tmp_path: Path
         ("--output", lambda d: d, "is a directory"),
         ("--report", lambda d: d, "is a directory"),
         ("--report", lambda d: (d / "f").write_text("") or d / "f" / "r.json", "is a file, not a directory"),
+        ("--report", lambda d: os.mkfifo(d / "fifo") or d / "fifo", "not a regular file"),
         # procfs refuses new files even to root, who may write into any mode-0500 directory
         ("--output", lambda d: Path("/proc/1/c.wav"), "directory /proc/1 is not writable"),
     ],
-    ids=["output-dir", "report-dir", "parent-is-a-file", "read-only-dir"],
+    ids=["output-dir", "report-dir", "parent-is-a-file", "fifo", "read-only-dir"],
 )
 def test_a_bad_output_path_is_refused_before_the_call(
     tmp_path: Path, good_wav: Path, option: str, make, expected: str  # type: ignore[no-untyped-def]
