@@ -445,7 +445,8 @@ class ToolBox:
                 fn = await asyncio.to_thread(resolve, target)
             except ToolError as exc:
                 raise _ToolFailedError(f"tool {name}: {exc}") from exc
-            except Exception as exc:
+            # a module's top level may even call sys.exit(): that must not end the process
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:
                 raise _ToolFailedError(
                     f"tool {name}: cannot import {target!r}: {type(exc).__name__}: {exc}", traceback=True
                 ) from exc
@@ -459,8 +460,9 @@ class ToolBox:
         except TimeoutError as exc:
             log.warning("tool_timed_out", tool=name, timeout_s=timeout_s, runs_in="event_loop")
             raise _ToolFailedError(f"tool {name}: no result within {timeout_s:g} s") from exc
-        except Exception as exc:
-            # The tool's own code: whatever it raises becomes an error result for the LLM.
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # The tool's own code: whatever it raises (even SystemExit, which would end a worker
+            # serving many calls) becomes an error result for the LLM. CancelledError passes.
             raise _ToolFailedError(f"tool {name}: {type(exc).__name__}: {exc}", traceback=True) from exc
 
     async def _call_in_process(

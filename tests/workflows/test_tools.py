@@ -260,6 +260,7 @@ WORKFLOW_DATA: dict[str, Any] = {
         "unpicklable": {"description": "Returns a lock.", "python": "tools_fixture:unpicklable"},
         "pid": {"description": "Its process id.", "python": "tools_fixture:pid"},
         "ctrl_c": {"description": "Gets a Ctrl-C.", "python": "tools_fixture:interrupted"},
+        "exit_async": {"description": "Calls sys.exit.", "python": "tools_fixture:exit_async"},
         "parent_only": {"description": "Imports in the parent only.", "python": "tools_parent_only:run"},
         "stuck_async": {
             "description": "Never returns (async).",
@@ -735,6 +736,12 @@ async def test_an_async_tool_that_never_returns_is_cancelled(
     )
     (event,) = [e for e in captured_logs if e["event"] == "tool_timed_out"]
     assert event["runs_in"] == "event_loop"
+
+
+async def test_an_async_tool_calling_sys_exit_is_an_error_result_not_the_end_of_the_process(
+    box: ToolBox,
+) -> None:
+    assert error_of(await run(box, "exit_async", order_id="A1")) == "tool exit_async: SystemExit: no more"
 
 
 async def test_a_ctrl_c_in_the_terminal_does_not_kill_a_running_tool(box: ToolBox) -> None:

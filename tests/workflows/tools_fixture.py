@@ -54,6 +54,10 @@ def pid() -> int:
     return os.getpid()
 
 
+async def exit_async(order_id: str) -> None:
+    sys.exit("no more")
+
+
 def interrupted() -> str:
     os.kill(os.getpid(), signal.SIGINT)
     return "still running"
