@@ -25,10 +25,12 @@ OUT = Path("out/bench-conversation")
 def main() -> None:
     p = argparse.ArgumentParser(prog="bench-conversation", description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=None, help="only the first N calls of the corpus")
-    p.add_argument("--label", default="silence-300", help="name of this run (runs/LABEL/)")
+    p.add_argument("--label", default="current", help="name of this run (runs/LABEL/)")
     p.add_argument("--turn", action="append", default=[], metavar="KEY=VALUE",
                    help="override the workflow's defaults.turn (repeatable)")  # fmt: skip
     p.add_argument("--score-only", action="store_true", help="score the existing runs/LABEL/")
+    p.add_argument("--source", type=Path, default=None,
+                   help="run voicerun from this source tree (e.g. a git archive of a commit)")  # fmt: skip
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -40,7 +42,7 @@ def main() -> None:
     if args.score_only:
         done = [run_dir / c.name for c in calls if (run_dir / c.name / "CALL.wav").exists()]
     else:
-        done = run_calls(calls, run_dir, turn)
+        done = run_calls(calls, run_dir, turn, args.source)
     run_dir.mkdir(parents=True, exist_ok=True)
     by_name = {c.name: c for c in calls}
     scores = run_scores([(by_name[d.name], d) for d in done])
@@ -60,6 +62,9 @@ def main() -> None:
     print(
         f"conversation benchmark: {args.label}  ({len(scores)} calls; details in {run_dir / 'scores.json'})"
     )
+    for s in scores:
+        if s.faults:
+            print(f"{s.call}: {len(s.faults)} pipeline faults in the report, first: {s.faults[0]}")
     print(table(scores))
     print(LEGEND)
 

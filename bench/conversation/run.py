@@ -46,10 +46,17 @@ def workflow_for(run_dir: Path, turn: dict[str, object]) -> Path:
     return path
 
 
-def run_calls(calls: Sequence[Path], run_dir: Path, turn: dict[str, object]) -> list[Path]:
+def run_calls(
+    calls: Sequence[Path], run_dir: Path, turn: dict[str, object], source: Path | None = None
+) -> list[Path]:
     """Run each call (corpus dir with caller.wav) and return the run dirs that produced results.
-    A call that fails is reported with its stderr's last line and left out; the rest go on."""
-    workflow = workflow_for(run_dir, turn)
+    A call that fails is reported with its stderr's last line and left out; the rest go on.
+
+    source: run voicerun from this source tree instead of the installed one (a `git archive` of
+    a commit), so a baseline can be measured while the working tree moves on.
+    """
+    run_dir = run_dir.resolve()
+    workflow = workflow_for(run_dir, turn).resolve()
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -57,18 +64,24 @@ def run_calls(calls: Sequence[Path], run_dir: Path, turn: dict[str, object]) -> 
         # The benchmark's calls go to a ledger of their own, not the user's.
         "VOICERUN_DATA_DIR": str(run_dir / "ledger"),
     }
-    voicerun = Path(sys.executable).with_name("voicerun")
+    if source is not None:
+        if not (source / "agent" / "__main__.py").is_file():
+            raise SystemExit(f"bench-conversation: --source {source}: not a voicerun source tree")
+        env["PYTHONPATH"] = str(source.resolve())
+    cwd = source.resolve() if source is not None else ROOT
     done = []
     for k, call in enumerate(calls, 1):
         out = run_dir / call.name
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         proc = subprocess.run(
-            [str(voicerun), "run", "--fast", "--workflow", str(workflow), "--input", str(call / "caller.wav"),
+            [sys.executable, "-m", "agent", "run", "--fast", "--workflow", str(workflow),
+             "--input", str((call / "caller.wav").resolve()),
              "--output", str(out / "CALL.wav"), "--report", str(out / "REPORT.json")],
-            capture_output=True, text=True, env=env, cwd=ROOT, timeout=CALL_TIMEOUT_S,
+            capture_output=True, text=True, env=env, cwd=cwd, timeout=CALL_TIMEOUT_S,
         )  # fmt: skip
         (out / "stdout.txt").write_text(proc.stdout)
+        (out / "stderr.txt").write_text(proc.stderr)
         took = time.perf_counter() - started
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -160,6 +160,8 @@ class CallScore:
     pauses: list[dict[str, Any]] = field(default_factory=list)
     latencies: list[dict[str, Any]] = field(default_factory=list)
     agent_spans: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)
+    """The report's pipeline faults: a call with any measured a broken run, not turn-taking."""
 
 
 def read_call(path: Path) -> tuple[Int16Array, Int16Array]:
@@ -403,6 +405,7 @@ async def score_call(call_wav: Path, report_json: Path, script: Script, transcri
     call = _Call(script, agent, agent_spans, report)
     result = CallScore(script.call, script.voice, script.condition)
     result.agent_spans = [asdict(s) for s in agent_spans]
+    result.faults = [str(f) for f in report.get("faults") or []]
     for seg in script.segments:
         if seg.kind == "barge_in":
             result.barge_ins.append(call.barge_in(seg))
