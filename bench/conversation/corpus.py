@@ -115,8 +115,6 @@ ESPEAK_VARIANTS = ("en-us", "en-us+m3", "en-gb", "en-us+f2", "en-us+m7", "en-gb+
 
 
 def espeak_voice(seed: int) -> Voice:
-    if shutil.which("espeak-ng") is None:
-        raise SystemExit("bench-conversation: espeak-ng is not installed (Debian: apt-get install espeak-ng)")
     variant = ESPEAK_VARIANTS[seed % len(ESPEAK_VARIANTS)]
     rate, pitch = 155 + 5 * (seed % 4), 40 + 5 * (seed % 5)
 
@@ -358,6 +356,8 @@ def generate(
 ) -> list[Path]:
     """Write out/<call>/caller.wav and script.json for every call; reuses a corpus made by the same
     generator, workflow, seed and espeak-ng. Returns the call directories."""
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("bench-conversation: espeak-ng is not installed (Debian: apt-get install espeak-ng)")
     key = _cache_key(seed, calls)
     manifest = out / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("key") == key:
