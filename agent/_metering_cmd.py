@@ -213,20 +213,18 @@ def cmd_calls(args: argparse.Namespace) -> int:
         }
         for c in rows
     ]
-    if args.json:
-        print(json.dumps(calls, indent=2))
-        return EXIT_OK
-    if not calls:
-        print("no calls" + (f" with status {args.status}" if args.status else ""))
-        return EXIT_OK
-    print("CALL\tWORKFLOW\tSTARTED\tSTATUS\tREASON\tDURATION\tCOST")
-    for c in calls:
+    def line(c: dict[str, Any]) -> list[object]:
         duration = "-" if c["duration_s"] is None else f"{c['duration_s']:.1f} s"
         cost = "-" if c["cost"] is None else f"{c['cost']} {c['currency'] or ''}".strip()
-        print(
-            f"{c['id']}\t{c['workflow']}\t{c['started_at']}\t{c['status']}\t{c['reason'] or '-'}\t{duration}\t{cost}"
-        )
-    return EXIT_OK
+        return [c["id"], c["workflow"], c["started_at"], c["status"], c["reason"] or "-", duration, cost]
+
+    return _listing(
+        calls,
+        as_json=args.json,
+        empty="no calls" + (f" with status {args.status}" if args.status else ""),
+        header="CALL WORKFLOW STARTED STATUS REASON DURATION COST",
+        line=line,
+    )
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
@@ -242,17 +240,13 @@ def cmd_dead(args: argparse.Namespace) -> int:
         }
         for event, letter in rows
     ]
-    if args.json:
-        print(json.dumps(letters, indent=2))
-        return EXIT_OK
-    if not letters:
-        print("no dead letters")
-        return EXIT_OK
-    print("ID\tCALL\tSTEP\tATTEMPTS\tFAILED AT\tLAST ERROR")
-    for d in letters:
-        error = " ".join(str(d["last_error"]).split())
-        print(f"{d['id']}\t{d['call_id']}\t{d['step']}\t{d['attempts']}\t{d['failed_at']}\t{error}")
-    return EXIT_OK
+    return _listing(
+        letters,
+        as_json=args.json,
+        empty="no dead letters",
+        header="ID CALL STEP ATTEMPTS FAILED_AT LAST_ERROR",
+        line=lambda d: [d["id"], d["call_id"], d["step"], d["attempts"], d["failed_at"], d["last_error"]],
+    )
 
 
 def cmd_doubt(args: argparse.Namespace) -> int:
@@ -285,16 +279,33 @@ def cmd_doubt(args: argparse.Namespace) -> int:
         }
         for e in events
     ]
-    if args.json:
+    return _listing(
+        rows,
+        as_json=args.json,
+        empty="no events in doubt",
+        header="ID CALL STEP SENT_AT LAST_ERROR",
+        line=lambda d: [d["id"], d["call_id"], d["step"], d["sent_at"] or "-", d["last_error"]],
+    )
+
+
+def _listing(
+    rows: list[dict[str, Any]],
+    *,
+    as_json: bool,
+    empty: str,
+    header: str,
+    line: Callable[[dict[str, Any]], list[object]],
+) -> int:
+    """What the listing commands print: a JSON array, or a tab-separated table for the eye and
+    for `cut` (a value's own whitespace, e.g. an error message's newlines, folded to spaces)."""
+    if as_json:
         print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    if not rows:
-        print("no events in doubt")
-        return EXIT_OK
-    print("ID\tCALL\tSTEP\tSENT AT\tLAST ERROR")
-    for d in rows:
-        error = " ".join(str(d["last_error"]).split())
-        print(f"{d['id']}\t{d['call_id']}\t{d['step']}\t{d['sent_at'] or '-'}\t{error}")
+    elif not rows:
+        print(empty)
+    else:
+        print(header.replace(" ", "\t").replace("_", " "))
+        for row in rows:
+            print("\t".join(" ".join(str(v).split()) for v in line(row)))
     return EXIT_OK
 
 
