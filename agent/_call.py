@@ -24,6 +24,7 @@ from pipeline import (
     Backchannel,
     CallSummary,
     Clock,
+    EndOfTurnConfig,
     PipelineFault,
     SessionConfig,
     SessionEvent,
@@ -35,6 +36,7 @@ from pipeline import (
     UserTranscript,
     VADConfig,
     VoiceSession,
+    shared_end_of_turn_model,
 )
 from workflows import CallState, ProviderSpec, ToolBox, TurnSettings, Workflow, WorkflowConversation
 
@@ -55,6 +57,13 @@ def turn_config(s: TurnSettings) -> TurnConfig:
         backchannel_max_ms=s.backchannel_max_ms,
         backchannels=s.backchannels if s.backchannels is not None else _DEFAULT_BACKCHANNELS,
         first_clause_min_chars=s.first_clause_min_chars,
+        end_of_turn=s.end_of_turn,
+        end_of_turn_config=EndOfTurnConfig(
+            threshold=s.end_of_turn_threshold,
+            ask_after_ms=s.end_of_turn_ask_after_ms,
+            max_wait_ms=s.end_of_turn_max_wait_ms,
+            no_score_silence_ms=s.end_of_speech_ms,
+        ),
     )
 
 
@@ -344,8 +353,11 @@ async def run_call(
                         tts=await providers.tts(workflow.tts_for(name)),
                         turn=turn_config(workflow.turn_for(name)),
                     )
+                # One model per process serves every call; loaded before the first call needs it.
+                needs_model = any(v.turn.end_of_turn == "model" for v in voices.values())
                 start = voices[agent_name]
                 session = VoiceSession(
+                    end_of_turn_model=await shared_end_of_turn_model() if needs_model else None,
                     stt=start.stt,
                     tts=start.tts,
                     voices=voices.__getitem__,

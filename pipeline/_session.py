@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, assert_never
 
 import numpy as np
@@ -20,6 +21,16 @@ import structlog
 from ._audio import FRAME_MS, FRAME_S
 from ._clock import Clock
 from ._dialogue import Conversation, EndCallEvent, HandoffEvent, ToolResultEvent
+from ._end_of_turn import (
+    WINDOW_S,
+    EndOfTurnConfig,
+    EndOfTurnError,
+    EndOfTurnModel,
+    EndOfTurnPrediction,
+    decide_end_of_turn,
+    shared_end_of_turn_model,
+)
+from ._errors import PipelineError
 from ._events import (
     AgentHandoff,
     AgentSpeech,
@@ -79,6 +90,17 @@ class TurnConfig:
     """Agent audio synthesized ahead of playback before TTS is made to wait."""
     leading_silence_dbfs: float = -45.0
     """Quieter audio at the start of a reply is trimmed, so the caller does not wait through it."""
+    end_of_turn: Literal["silence", "model"] = "silence"
+    """silence: the turn ends after vad.end_silence_ms of silence. model: at each pause the
+    end-of-turn model and the partial transcript decide (end_of_turn_config), and
+    vad.end_silence_ms is only the fallback when the model has no answer."""
+    end_of_turn_config: EndOfTurnConfig = field(default_factory=EndOfTurnConfig)
+
+    def endpointer_vad(self) -> VADConfig:
+        """The Endpointer's settings: with the model, silence alone ends a turn only at max_wait_ms."""
+        if self.end_of_turn == "model":
+            return replace(self.vad, end_silence_ms=self.end_of_turn_config.max_wait_ms)
+        return self.vad
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +169,16 @@ class _Reply:
         return " ".join(text for text, _ in self.segments)
 
 
+@dataclass(eq=False)
+class _Pause:
+    """A pause inside the caller's utterance, while end_of_turn is "model": asked about once."""
+
+    utt: Utterance
+    task: asyncio.Task[None] | None = None
+    end_after_ms: float | None = None
+    """Silence at which the held decision ends the turn (None: not decided yet)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AgentVoice:
     """How one agent listens and speaks: its STT session, its TTS and its turn-taking."""
@@ -169,9 +201,12 @@ class VoiceSession:
         on_event: Callable[[SessionEvent], None] | None = None,
         greeting: str | None = None,
         voices: Callable[[str], AgentVoice] | None = None,
+        end_of_turn_model: EndOfTurnModel | None = None,
     ) -> None:
         """voices: an agent's own STT, TTS and turn settings, switched to at a handoff (without
-        it, one voice serves the whole call)."""
+        it, one voice serves the whole call). end_of_turn_model: for turn settings with
+        end_of_turn "model" (without it, the process's shared model is loaded at the start when
+        the first agent needs it)."""
         self.config = config or SessionConfig()
         self._turn = self.config.turn
         self._stt = stt
@@ -182,7 +217,7 @@ class VoiceSession:
         self._clock = clock
         self._emit_cb = on_event
         self._greeting = greeting
-        self._endpointer = Endpointer(self._turn.vad)
+        self._endpointer = Endpointer(self._turn.endpointer_vad())
         self._playout = Playout(clock, sink, self._turn.max_buffer_s)
         self._barge_in_frames = max(1, self._turn.barge_in_ms // FRAME_MS)
         self.usage = Usage()
@@ -203,11 +238,18 @@ class VoiceSession:
         self._speaking: str | None = None
         self._utt_agent: str | None = None
         self._agent_binding: object = None
+        self.end_of_turn_model = end_of_turn_model
+        # The turn's audio for the end-of-turn model: pre-roll and speech, its last 8 s at most.
+        self._turn_audio: deque[bytes] = deque(maxlen=int(WINDOW_S / FRAME_S) + 1)
+        self._interim_text = ""
+        self._pause: _Pause | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, caller: AsyncIterator[bytes]) -> CallSummary:
         """Run the call until the caller hangs up and the agent finishes, end_call, or max duration."""
+        if self._turn.end_of_turn == "model" and self.end_of_turn_model is None:
+            self.end_of_turn_model = await shared_end_of_turn_model()
         t_start = self._clock.now()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -286,18 +328,27 @@ class VoiceSession:
             self._apply_turn(self._next_turn)
         r = self._endpointer.process(pcm, now - FRAME_S)
         self._voiced_run = self._voiced_run + 1 if r.voiced else 0
+        model_turn = self._turn.end_of_turn == "model"
         if r.event == "start":
             self._utt_onset = r.onset_s
             self._emit(UserSpeechStarted(t=r.onset_s))
             self._utt = self._stt.begin(self._on_interim)
             self._utt_agent = self._listening
+            self._interim_text = ""
             for frame in r.preroll:
                 self._utt.push(frame, False)
             self._utt.push(pcm, True)
+            if model_turn:
+                self._turn_audio.clear()
+                self._turn_audio.extend(r.preroll)
+                self._turn_audio.append(pcm)
         elif self._utt is not None:
             self._utt.push(pcm, r.voiced)
             if r.event == "end":
                 self._end_utterance(r.last_voiced_s)
+            elif model_turn:
+                self._turn_audio.append(pcm)
+                self._watch_pause(r.voiced, now)
 
         reply = self._reply
         if reply is None or not self._endpointer.in_speech:
@@ -314,9 +365,83 @@ class VoiceSession:
             self._interrupt(reply, "too_long", duration_ms=(now - self._utt_onset) * 1000)
 
     def _on_interim(self, text: str) -> None:
+        self._interim_text = text
         self._emit(UserTranscript(text=text, final=False, t=self._clock.now()))
 
+    # -- end of turn with the model (end_of_turn: model) ----------------------------------
+
+    def _watch_pause(self, voiced: bool, now: float) -> None:
+        """Per frame inside an utterance: ask once per pause at ask_after_ms of silence, and end
+        the turn when the held decision's wait runs out."""
+        if voiced:
+            self._drop_pause()  # the pause was inside the turn
+            return
+        assert self._utt is not None
+        silence_ms = (now - self._endpointer.last_voiced_end_s) * 1000
+        pause = self._pause
+        if pause is None:
+            if silence_ms >= self._turn.end_of_turn_config.ask_after_ms:
+                pause = self._pause = _Pause(self._utt)
+                audio = b"".join(self._turn_audio)
+                pause.task = self._spawn(self._judge_pause(pause, audio), "end-of-turn")
+        elif pause.end_after_ms is not None and silence_ms >= pause.end_after_ms:
+            self._end_turn_now()
+
+    def _drop_pause(self) -> None:
+        pause, self._pause = self._pause, None
+        if pause is not None and pause.task is not None and pause.task is not asyncio.current_task():
+            pause.task.cancel()  # also frees its place in the model's queue
+
+    def _end_turn_now(self) -> None:
+        self._drop_pause()
+        self._end_utterance(self._endpointer.end_now())
+
+    async def _judge_pause(self, pause: _Pause, audio: bytes) -> None:
+        config = self._turn.end_of_turn_config
+        prediction = EndOfTurnPrediction(None, "busy")
+        model = self.end_of_turn_model
+        async with self._clock.busy():
+            # The transcript of the pause is Whisper's speculative decode, which finalize()
+            # reuses: waiting for it costs the reply nothing.
+            results = await asyncio.gather(
+                model.predict(audio) if model is not None else _no_prediction(),
+                pause.utt.partial(),
+                return_exceptions=True,
+            )
+        scored, partial = results
+        if isinstance(scored, BaseException):
+            if not isinstance(scored, EndOfTurnError):
+                raise scored
+            log.warning("end_of_turn_model_failed", error=str(scored))
+        else:
+            prediction = scored
+        if isinstance(partial, BaseException):
+            if not isinstance(partial, PipelineError):
+                raise partial
+            partial = None
+        if self._pause is not pause:
+            return  # the caller spoke again, or the turn ended meanwhile
+        text = partial if partial is not None else self._interim_text
+        silence_ms = (self._clock.now() - self._endpointer.last_voiced_end_s) * 1000
+        decision = decide_end_of_turn(config, prediction.p_complete, text, silence_ms)
+        log.info(
+            "end_of_turn",
+            action=decision.action,
+            reason=decision.reason,
+            p_complete=None if prediction.p_complete is None else round(prediction.p_complete, 3),
+            cue=decision.cue,
+            transcript=text,
+            silence_ms=round(silence_ms),
+            outcome=prediction.outcome,
+            inference_ms=round(prediction.inference_ms),
+        )
+        if decision.action == "end":
+            self._end_turn_now()
+        else:
+            pause.end_after_ms = silence_ms + decision.wait_ms
+
     def _end_utterance(self, last_voiced_s: float) -> None:
+        self._drop_pause()
         utt, self._utt = self._utt, None
         assert utt is not None
         self._spawn(
@@ -486,7 +611,7 @@ class VoiceSession:
     def _apply_turn(self, turn: TurnConfig) -> None:
         self._next_turn = None
         self._turn = turn
-        self._endpointer = Endpointer(turn.vad)
+        self._endpointer = Endpointer(turn.endpointer_vad())
         self._barge_in_frames = max(1, turn.barge_in_ms // FRAME_MS)
 
     def _switch_listening(self, agent: str) -> None:
@@ -628,6 +753,10 @@ class VoiceSession:
             reply.mark_t.setdefault(mark, t)
 
         return started
+
+
+async def _no_prediction() -> EndOfTurnPrediction:
+    return EndOfTurnPrediction(None, "busy")
 
 
 def _trim_leading_silence(pcm: bytes, threshold_dbfs: float) -> bytes:

@@ -38,6 +38,13 @@ class Utterance(ABC):
     def cancel(self) -> None:
         """Drop the utterance; pending work is abandoned."""
 
+    async def partial(self) -> str | None:
+        """The transcript of everything pushed so far, while the caller pauses, if the engine has
+        it before the utterance ends (Whisper: the decode it starts at a pause, which finalize()
+        then reuses); None if it does not, and the session decides from the audio alone. Must not
+        disturb the utterance: cancelling the caller abandons only the wait."""
+        return None
+
 
 class STTSession(ABC):
     @abstractmethod

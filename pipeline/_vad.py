@@ -72,6 +72,19 @@ class Endpointer:
         self._silent = 0
         self.in_speech = False
 
+    @property
+    def last_voiced_end_s(self) -> float:
+        """When the last voiced frame ended."""
+        return self._last_voiced_end_s
+
+    def end_now(self) -> float:
+        """End the utterance in progress here (the caller decided the turn is over before the
+        silence timeout); returns when its last voiced frame ended."""
+        self.in_speech = False
+        self._run = 0
+        self._silent = 0
+        return self._last_voiced_end_s
+
     def is_voiced(self, pcm: bytes) -> bool:
         if rms_dbfs(pcm) < self.config.min_level_dbfs:
             return False

@@ -133,7 +133,20 @@ class TTSSpec(_StageSpec):
 
 
 class TurnSettings(_Strict):
+    end_of_turn: Literal["silence", "model"] = "silence"
+    """How the caller's turn is judged over: `silence` ends it after end_of_speech_ms of silence;
+    `model` asks a learned end-of-turn model (Smart Turn v3.2, offline) and the partial transcript
+    at each pause, ending at once on "complete", else waiting up to end_of_turn_max_wait_ms."""
+    end_of_turn_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """With end_of_turn: model, the model's P(complete) at or above which the turn ends at once."""
+    end_of_turn_ask_after_ms: Annotated[int, Field(ge=0, le=1000)] = 200
+    """With end_of_turn: model, silence after which the model is asked, once per pause."""
+    end_of_turn_max_wait_ms: Annotated[int, Field(ge=300, le=5000)] = 2000
+    """With end_of_turn: model, the longest pause inside a turn: the turn ends here whatever the
+    model and the transcript say."""
     end_of_speech_ms: Annotated[int, Field(ge=100, le=3000)] = 300
+    """Silence that ends the turn with end_of_turn: silence; with model, when the model has no
+    answer in time (too busy)."""
     start_of_speech_ms: Annotated[int, Field(ge=20, le=1000)] = 60
     vad_mode: Annotated[int, Field(ge=0, le=3)] = 2
     preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300
@@ -141,6 +154,18 @@ class TurnSettings(_Strict):
     backchannel_max_ms: Annotated[int, Field(ge=100, le=5000)] = 1200
     backchannels: tuple[str, ...] | None = None
     first_clause_min_chars: Annotated[int, Field(ge=0, le=200)] = 16
+
+    @model_validator(mode="after")
+    def _end_of_turn_timings(self) -> TurnSettings:
+        if self.end_of_turn == "model" and not (
+            self.end_of_turn_ask_after_ms <= self.end_of_speech_ms <= self.end_of_turn_max_wait_ms
+        ):
+            raise ValueError(
+                "with end_of_turn: model, end_of_turn_ask_after_ms <= end_of_speech_ms <= "
+                f"end_of_turn_max_wait_ms must hold, got {self.end_of_turn_ask_after_ms}, "
+                f"{self.end_of_speech_ms}, {self.end_of_turn_max_wait_ms}"
+            )
+        return self
 
 
 class Defaults(_Strict):

@@ -361,6 +361,31 @@ class WhisperUtterance(Utterance):
             self._last_interim = text
             self._on_interim(text)
 
+    async def partial(self) -> str | None:
+        """The speculative decode of this pause (waiting behind a decode already running, as the
+        pause's own decode does); None if the caller spoke again, or no pause has begun."""
+        while not self._closed:
+            decode = self._speculative
+            if decode is not None:
+                await self._wait_quietly(decode)
+                # Still this pause's decode: the caller has not spoken since it started.
+                if self._speculative is decode and decode.future.done() and not decode.future.cancelled():
+                    if decode.future.exception() is None:
+                        return decode.future.result()
+                return None
+            running = self._running
+            if not self._want_speculative or running is None:
+                return None
+            await self._wait_quietly(running)
+            if self._running is running:  # its result was not handled yet: never spin on it
+                return None
+        return None
+
+    @staticmethod
+    async def _wait_quietly(decode: _Decode) -> None:
+        if not decode.future.done():
+            await asyncio.wait([decode.future])
+
     # -- end of utterance -------------------------------------------------------------------
 
     async def finalize(self) -> Transcript:

@@ -196,6 +196,44 @@ async def test_backchannels_whisper_mishears_never_cut_or_restart_the_greeting(v
     assert len(active(agent_ch)) == pytest.approx(len(active(undisturbed)), rel=0.02)
 
 
+BOOKING = """
+version: 1
+slug: booking
+start: host
+defaults:
+  turn:
+    end_of_turn: model
+agents:
+  host:
+    instructions: Test host.
+    rules:
+      - keywords: [table]
+        say: Certainly, let me check our tables for you.
+      - keywords: [order]
+        say: Thank you, I have found your order.
+    fallback: Sorry?
+"""
+
+
+async def test_a_pause_mid_sentence_does_not_end_the_turn_with_the_end_of_turn_model(voice: Any) -> None:
+    """Each half is spoken on its own, so the first ends in a falling tone the model may call
+    complete ("a table for" scores 0.98): Whisper's transcript of the pause keeps the turn open."""
+    audio = caller(
+        ("wait", 1.0), ("say", voice("I would like to book a table for")), ("wait", 0.6),
+        ("say", voice("two people at seven.")), ("wait", 4.0),
+        ("say", voice("My order number is")), ("wait", 0.6), ("say", voice("four five six.")), ("wait", 4.0),
+    )  # fmt: skip
+    record, _, _ = await simulate(BOOKING, audio)
+    users = [e["content"].lower() for e in record.transcript if e["role"] == "user"]
+    assert len(users) == 2 and "seven" in users[0] and "table" in users[0], users
+    said = [(e["content"], e.get("interrupted")) for e in record.transcript if e["role"] == "assistant"]
+    assert said == [
+        ("Certainly, let me check our tables for you.", None),
+        ("Thank you, I have found your order.", None),
+    ]
+    assert record.summary is not None and len(record.summary.turns) == 2
+
+
 async def test_provider_fallbacks_are_counted_for_prometheus() -> None:
     from prometheus_client import REGISTRY
 

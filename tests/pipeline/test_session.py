@@ -72,6 +72,7 @@ async def run_call(
     turn: TurnConfig | None = None,
     max_duration_s: float | None = None,
     tools: ToolRunner | None = None,
+    sessions: list[VoiceSession] | None = None,
 ) -> tuple[Run, CallSummary]:
     clock = VirtualClock()
     clock.start()
@@ -99,6 +100,8 @@ async def run_call(
         on_event=run.events.append,
         greeting=greeting,
     )
+    if sessions is not None:
+        sessions.append(session)
     try:
         summary = await session.run(caller())
     finally:
