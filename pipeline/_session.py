@@ -69,12 +69,19 @@ _bound_agent: contextvars.ContextVar[object] = contextvars.ContextVar("voicerun_
 """Which handoff the current task's log context reflects (see VoiceSession._sync_log_agent)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _AgentMark:
-    """In the segment queue: segments after this one are the new agent's."""
+@dataclass(eq=False, slots=True)
+class _Segment:
+    """One piece of a reply on its way to the caller: its words, who says them and in which voice
+    (fixed when the words were generated, so a handoff mid-reply needs no marker in the queue),
+    and how much of it was played."""
 
-    from_agent: str | None
-    to_agent: str
+    text: str
+    agent: str | None
+    """None: the call's first agent, before any handoff (its name is the first handoff's from)."""
+    tts: TTS
+    stats: SegmentStats = field(default_factory=SegmentStats)
+    t_start: float | None = None
+    """When its first frame went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +135,10 @@ class _Reply:
     t_tts_request: float | None = None
     t_tts_audio: float | None = None
     t_first_out: float | None = None
-    segments: list[tuple[str, SegmentStats]] = field(default_factory=list)
-    marks: list[tuple[int, _AgentMark]] = field(default_factory=list)
-    """(index of the first segment of the new agent, handoff) for each handoff in this reply."""
-    mark_t: dict[int, float] = field(default_factory=dict)
+    segments: list[_Segment] = field(default_factory=list)
+    """Those sent to TTS, in order."""
+    handoff_from: str | None = None
+    """Set when this reply handed off: the agent that began it."""
     paused: bool = False
     end_call: bool = False
     task: asyncio.Task[None] | None = None
@@ -141,32 +148,26 @@ class _Reply:
     def heard(self) -> str:
         return " ".join(p for _, p in self._heard_segments() if p)
 
-    def _heard_segments(self) -> list[tuple[int, str]]:
+    def _heard_segments(self) -> list[tuple[_Segment, str]]:
         parts = []
-        for i, (text, stats) in enumerate(self.segments):
-            if stats.played == 0:
+        for seg in self.segments:
+            if seg.stats.played == 0:
                 break
-            fraction = stats.played / stats.written if stats.written else 0.0
-            parts.append((i, spoken_prefix(text, fraction)))
+            fraction = seg.stats.played / seg.stats.written if seg.stats.written else 0.0
+            parts.append((seg, spoken_prefix(seg.text, fraction)))
             if fraction < 1.0:
                 break
         return parts
 
-    def heard_by_agent(self) -> list[tuple[str | None, int, str]]:
-        """What was heard, split at each handoff: (agent, index of the mark or -1, text)."""
-        if not self.marks:
-            return [(None, -1, self.heard())]
-        groups: list[tuple[str | None, int, list[str]]] = [(self.marks[0][1].from_agent, -1, [])]
-        k = 0
-        for i, part in self._heard_segments():
-            while k < len(self.marks) and self.marks[k][0] <= i:
-                groups.append((self.marks[k][1].to_agent, k, []))
-                k += 1
+    def heard_by_agent(self) -> list[tuple[str | None, float | None, str]]:
+        """What was heard, one part per agent in order: (agent, when its first frame went out, text)."""
+        groups: list[tuple[str | None, float | None, list[str]]] = []
+        for seg, part in self._heard_segments():
+            agent = seg.agent if seg.agent is not None else self.handoff_from
+            if not groups or groups[-1][0] != agent:
+                groups.append((agent, seg.t_start, []))
             groups[-1][2].append(part)
-        return [(agent, mark, " ".join(p for p in parts if p)) for agent, mark, parts in groups]
-
-    def full_text(self) -> str:
-        return " ".join(text for text, _ in self.segments)
+        return [(agent, t, " ".join(p for p in parts if p)) for agent, t, parts in groups]
 
 
 @dataclass(eq=False)
@@ -211,6 +212,7 @@ class VoiceSession:
         self._turn = self.config.turn
         self._stt = stt
         self._tts = tts
+        """The voice of the call's first agent (before any handoff)."""
         self._voices = voices
         self._next_turn: TurnConfig | None = None
         self.dialogue = dialogue
@@ -235,7 +237,6 @@ class VoiceSession:
         self._agent: str | None = None
         # Whose voice is listening and speaking: they follow a handoff at different points.
         self._listening: str | None = None
-        self._speaking: str | None = None
         self._utt_agent: str | None = None
         self._agent_binding: object = None
         self.end_of_turn_model = end_of_turn_model
@@ -539,12 +540,11 @@ class VoiceSession:
     def _finish_turn(self, reply: _Reply, heard: str, *, interrupted: bool) -> None:
         self._sync_log_agent()
         now = self._clock.now()
-        if heard and not reply.marks:
+        if heard and reply.handoff_from is None:
             self._emit(AgentSpeech(text=heard, t=reply.t_first_out or now, interrupted=interrupted))
         elif heard:
             parts = [p for p in reply.heard_by_agent() if p[2]]
-            for n, (agent, mark, text) in enumerate(parts):
-                t = reply.t_first_out if mark < 0 else reply.mark_t.get(mark)
+            for n, (agent, t, text) in enumerate(parts):
                 last = n == len(parts) - 1
                 self._emit(AgentSpeech(text=text, t=t or now, interrupted=interrupted and last, agent=agent))
         if reply.user_text is None or reply.t_last_voiced is None or reply.t_final is None:
@@ -569,13 +569,11 @@ class VoiceSession:
 
     def _start_reply(self, reply: _Reply) -> None:
         self._reply = reply
-        if self._agent is not None:  # a reply cut off before its handoff point left the old voice
-            self._switch_speaking(self._agent)
         reply.playback = self._playout.open()
         reply.task = self._spawn(self._run_reply(reply), "reply")
 
     async def _run_reply(self, reply: _Reply) -> None:
-        segments: asyncio.Queue[str | _AgentMark | None] = asyncio.Queue(maxsize=8)
+        segments: asyncio.Queue[_Segment | None] = asyncio.Queue(maxsize=8)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._generate(reply, segments), name="reply-llm")
@@ -624,27 +622,28 @@ class VoiceSession:
         if voice.turn != self._turn:
             self._next_turn = voice.turn
 
-    def _switch_speaking(self, agent: str) -> None:
-        """The agent's TTS, from the next segment on."""
-        self._speaking = agent
-        if self._voices is not None:
-            self._tts = self._voices(agent).tts
+    def _segment(self, text: str) -> _Segment:
+        """Words of the agent in charge now, in its voice."""
+        agent = self._agent
+        tts = self._voices(agent).tts if self._voices is not None and agent is not None else self._tts
+        return _Segment(text, agent, tts)
 
-    def _on_handoff(self, ev: HandoffEvent) -> _AgentMark:
-        mark = _AgentMark(ev.from_agent if ev.from_agent is not None else self._agent, ev.to)
+    def _on_handoff(self, reply: _Reply, ev: HandoffEvent) -> None:
+        from_agent = ev.from_agent if ev.from_agent is not None else self._agent
+        if reply.handoff_from is None:
+            reply.handoff_from = from_agent
         self._agent = ev.to
         self._switch_listening(ev.to)
         self._agent_binding = object()
         self._sync_log_agent()
-        log.info("agent_handoff", from_agent=mark.from_agent, to_agent=ev.to)
-        self._emit(AgentHandoff(from_agent=mark.from_agent, to_agent=ev.to, t=self._clock.now()))
-        return mark
+        log.info("agent_handoff", from_agent=from_agent, to_agent=ev.to)
+        self._emit(AgentHandoff(from_agent=from_agent, to_agent=ev.to, t=self._clock.now()))
 
-    async def _generate(self, reply: _Reply, out: asyncio.Queue[str | _AgentMark | None]) -> None:
+    async def _generate(self, reply: _Reply, out: asyncio.Queue[_Segment | None]) -> None:
         splitter = SentenceSplitter(self._turn.first_clause_min_chars)
         if reply.fixed_text is not None:
-            for seg in [*splitter.push(reply.fixed_text), *splitter.flush()]:
-                await out.put(seg)
+            for text in [*splitter.push(reply.fixed_text), *splitter.flush()]:
+                await out.put(self._segment(text))
             await out.put(None)
             return
         assert reply.user_text is not None
@@ -652,8 +651,8 @@ class VoiceSession:
             if isinstance(ev, TextDelta):
                 if reply.t_first_token is None:
                     reply.t_first_token = self._clock.now()
-                for seg in splitter.push(ev.text):
-                    await out.put(seg)
+                for text in splitter.push(ev.text):
+                    await out.put(self._segment(text))
             elif isinstance(ev, LLMUsage):
                 self.usage.llm_prompt_tokens += ev.prompt_tokens
                 self.usage.llm_completion_tokens += ev.completion_tokens
@@ -683,35 +682,29 @@ class VoiceSession:
                 reply.end_call = True
             elif isinstance(ev, HandoffEvent):
                 # What the old agent said is its own segment; the rest is the new agent's.
-                for seg in splitter.flush():
-                    await out.put(seg)
-                await out.put(self._on_handoff(ev))
+                for text in splitter.flush():
+                    await out.put(self._segment(text))
+                self._on_handoff(reply, ev)
             else:
                 assert_never(ev)
-        for seg in splitter.flush():
-            await out.put(seg)
+        for text in splitter.flush():
+            await out.put(self._segment(text))
         await out.put(None)
 
-    async def _speak(self, reply: _Reply, segments: asyncio.Queue[str | _AgentMark | None]) -> None:
+    async def _speak(self, reply: _Reply, segments: asyncio.Queue[_Segment | None]) -> None:
         playback = reply.playback
         assert playback is not None
-        while (text := await segments.get()) is not None:
-            if isinstance(text, _AgentMark):
-                reply.marks.append((len(reply.segments), text))
-                # The old agent's words already queued keep its voice; the new agent's get its own.
-                self._switch_speaking(text.to_agent)
-                continue
-            stats = SegmentStats()
+        while (seg := await segments.get()) is not None:
             first_of_reply = not reply.segments
-            reply.segments.append((text, stats))
-            self.usage.tts_characters += len(text)
+            reply.segments.append(seg)
+            self.usage.tts_characters += len(seg.text)
             if reply.t_tts_request is None:
                 reply.t_tts_request = self._clock.now()
             trimming = first_of_reply
-            tts = self._tts
+            tts = seg.tts
             try:
                 # Any TTS may cut its PCM mid-sample; the trim below and the playout need samples.
-                async for pcm in self._busy_iter(whole_samples(tts.synthesize(text), tts.name)):
+                async for pcm in self._busy_iter(whole_samples(tts.synthesize(seg.text), tts.name)):
                     if reply.t_tts_audio is None:
                         reply.t_tts_audio = self._clock.now()
                     if trimming:
@@ -719,38 +712,27 @@ class VoiceSession:
                         if not pcm:
                             continue
                         trimming = False
-                    on_start = (
-                        self._on_first_frame(reply)
-                        if reply.t_first_out is None and stats.written == 0
-                        else None
-                    )
-                    if on_start is None and stats.written == 0 and reply.marks:
-                        if reply.marks[-1][0] == len(reply.segments) - 1:
-                            on_start = self._on_mark_start(reply, len(reply.marks) - 1)
-                    await playback.write(pcm, stats, on_start)
+                    on_start = self._on_segment_start(reply, seg) if seg.stats.written == 0 else None
+                    await playback.write(pcm, seg.stats, on_start)
             finally:
                 # Sent is billed, even when a barge-in cuts the segment short; after the segment,
                 # a fallback chain names the provider that spoke it.
                 self._emit(
                     UsageRecorded(
                         stage="tts",
-                        agent=self._speaking,
-                        characters=len(text),
+                        agent=seg.agent,
+                        characters=len(seg.text),
                         served_by=tts.serving(),
                         t=self._clock.now(),
                     )
                 )
 
-    def _on_first_frame(self, reply: _Reply) -> Callable[[float], None]:
+    @staticmethod
+    def _on_segment_start(reply: _Reply, seg: _Segment) -> Callable[[float], None]:
         def started(t: float) -> None:
+            seg.t_start = t
             if reply.t_first_out is None:
                 reply.t_first_out = t
-
-        return started
-
-    def _on_mark_start(self, reply: _Reply, mark: int) -> Callable[[float], None]:
-        def started(t: float) -> None:
-            reply.mark_t.setdefault(mark, t)
 
         return started
 
