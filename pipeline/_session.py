@@ -423,11 +423,23 @@ class VoiceSession:
         if self._pause is not pause:
             return  # the caller spoke again, or the turn ended meanwhile
         text = partial if partial is not None else self._interim_text
-        silence_ms = (self._clock.now() - self._endpointer.last_voiced_end_s) * 1000
+        last_voiced_s = self._endpointer.last_voiced_end_s
+        silence_ms = (self._clock.now() - last_voiced_s) * 1000
         decision = decide_end_of_turn(config, prediction.p_complete, text, silence_ms)
+        reply = self._reply
+        backchannel = False
+        if decision.action == "wait" and reply is not None and reply.paused and text:
+            # Over the agent, a backchannel is over as soon as it is heard: the agent waits for
+            # this decision before it goes on, so holding the turn would hold the agent silent.
+            overlap = classify_overlap(
+                text, (last_voiced_s - self._utt_onset) * 1000, self._turn.backchannels,
+                max_ms=self._turn.backchannel_max_ms,
+            )  # fmt: skip
+            backchannel = overlap.action == "backchannel"
         log.info(
             "end_of_turn",
-            action=decision.action,
+            action="end" if backchannel else decision.action,
+            backchannel=backchannel,
             reason=decision.reason,
             p_complete=None if prediction.p_complete is None else round(prediction.p_complete, 3),
             cue=decision.cue,
@@ -436,7 +448,7 @@ class VoiceSession:
             outcome=prediction.outcome,
             inference_ms=round(prediction.inference_ms),
         )
-        if decision.action == "end":
+        if decision.action == "end" or backchannel:
             self._end_turn_now()
         else:
             pause.end_after_ms = silence_ms + decision.wait_ms
