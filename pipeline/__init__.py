@@ -71,6 +71,7 @@ from ._events import (
 )
 from ._llm import LLM, LLMEvent, LLMUsage, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
 from ._playout import AudioSink, Playback, Playout
+from ._reframe import InboundReframer, OutboundReframer
 from ._session import (
     DEFAULT_BACKCHANNELS,
     AgentVoice,
@@ -115,11 +116,13 @@ __all__ = [
     "Endpointer",
     "FillerLookup",
     "HandoffEvent",
+    "InboundReframer",
     "Int16Array",
     "InterimCallback",
     "LLMEvent",
     "LLMUsage",
     "Message",
+    "OutboundReframer",
     "OverlapDecision",
     "PipelineError",
     "PipelineFault",
