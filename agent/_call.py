@@ -115,9 +115,9 @@ class CallControl:
 
 
 def _priced(spec: ProviderSpec) -> tuple[str, str | None]:
-    # Polly takes its engine (what it is priced by) as the model or as the `engine` option.
-    engine = spec.options.get("engine") if spec.provider == "polly" else None
-    return spec.provider, spec.model or (engine if isinstance(engine, str) else None)
+    from pipeline.providers import PROVIDERS  # the entry says how (polly: its engine is its model)
+
+    return PROVIDERS.priced(spec.provider, spec.model, spec.options)
 
 
 Pricing = dict[str, dict[str, list[tuple[str, str | None]]]]

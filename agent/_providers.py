@@ -1,18 +1,23 @@
 """Provider names in workflow files -> provider instances, shared by every call of the process.
 
-Each configured provider (or fallback chain) is created and warmed once; SDK modules are imported
-only when a workflow names them, so `voicerun --help` and offline calls never pay for them.
+Each configured provider (or fallback chain) is created and warmed once, from its entry in the
+provider registry (pipeline.providers.PROVIDERS); SDK modules are imported only when a workflow
+names them, so `voicerun --help` and offline calls never pay for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pipeline import LLM, STT, TTS
+from pipeline.providers import PROVIDERS, ProviderRegistry
+from pipeline.providers import UnknownProviderError as RegistryUnknownProviderError
 from workflows import ProviderSpec
 
 P = TypeVar("P")
+W = TypeVar("W", STT, TTS)
 
 
 class ProviderConfigError(ValueError):
@@ -24,32 +29,45 @@ class UnknownProviderError(ProviderConfigError):
 
 
 class ProviderPool:
-    """Creates each configured STT/TTS/LLM (or fallback chain) once and reuses it."""
+    """Creates each configured STT/TTS/LLM (or fallback chain) once and reuses it.
 
-    def __init__(self) -> None:
+    Calls that ask for the same provider at the same moment wait for one build (a lock per
+    provider), so none is built twice and leaked; a build that fails is not kept, and the next
+    caller tries again.
+    """
+
+    def __init__(self, registry: ProviderRegistry = PROVIDERS) -> None:
+        self._registry = registry
         self._stt: dict[str, STT] = {}
         self._tts: dict[str, TTS] = {}
         self._llm: dict[str, LLM] = {}
+        self._building: dict[tuple[str, str], asyncio.Lock] = {}
 
     @staticmethod
     def _key(spec: ProviderSpec) -> str:
         return spec.model_dump_json()
 
     async def stt(self, spec: ProviderSpec) -> STT:
-        key = self._key(spec)
-        if key not in self._stt:
-            stt = _chain(spec, _make_stt, "stt")
-            await stt.warm()
-            self._stt[key] = stt
-        return self._stt[key]
+        return await self._warmed("stt", spec, self._stt)
 
     async def tts(self, spec: ProviderSpec) -> TTS:
+        return await self._warmed("tts", spec, self._tts)
+
+    async def _warmed(self, stage: str, spec: ProviderSpec, built: dict[str, W]) -> W:
         key = self._key(spec)
-        if key not in self._tts:
-            tts = _chain(spec, _make_tts, "tts")
-            await tts.warm()
-            self._tts[key] = tts
-        return self._tts[key]
+        if key in built:
+            return built[key]
+        async with self._building.setdefault((stage, key), asyncio.Lock()):
+            if key in built:  # built while this caller waited
+                return built[key]
+            provider: W = self._chain(spec, stage)
+            try:
+                await provider.warm()
+            except BaseException:
+                await provider.aclose()
+                raise
+            built[key] = provider
+            return provider
 
     def llm(self, spec: ProviderSpec) -> LLM | None:
         """The agent's LLM; None for `rules`: no LLM, the workflow runtime answers with the agent's
@@ -63,8 +81,8 @@ class ProviderPool:
                 "llm fallback 'rules'/'local' is not supported: the agent's rules already run before any LLM"
             )
         key = self._key(spec)
-        if key not in self._llm:
-            self._llm[key] = _chain(spec, _make_llm, "llm")
+        if key not in self._llm:  # built without awaiting: no other call can get in between
+            self._llm[key] = self._chain(spec, "llm")
         return self._llm[key]
 
     async def aclose(self) -> None:
@@ -74,6 +92,21 @@ class ProviderPool:
             await tts.aclose()
         for llm in self._llm.values():
             await llm.aclose()
+
+    def _chain(self, spec: ProviderSpec, stage: str) -> Any:
+        return _chain(spec, lambda s: self._make(stage, s), stage)
+
+    def _make(self, stage: str, spec: ProviderSpec) -> Any:
+        try:
+            entry = self._registry.entry(stage, spec.provider)
+        except RegistryUnknownProviderError as exc:
+            raise UnknownProviderError(str(exc)) from None
+        if entry.build is None:
+            raise UnknownProviderError(f"{stage} provider {spec.provider!r} has nothing to build")
+        try:
+            return entry.build(spec.model, spec.options)
+        except (TypeError, ValueError) as exc:
+            raise ProviderConfigError(f"{stage} provider {spec.provider!r}: {exc}") from exc
 
 
 def _chain(spec: ProviderSpec, make: Callable[[ProviderSpec], P], stage: str) -> P:
@@ -87,63 +120,3 @@ def _chain(spec: ProviderSpec, make: Callable[[ProviderSpec], P], stage: str) ->
     wrap: dict[str, Callable[..., Any]] = {"stt": FallbackSTT, "tts": FallbackTTS, "llm": FallbackLLM}
     result: P = wrap[stage](providers, on_switch=lambda s: PROVIDER_FALLBACKS.labels(stage=s).inc())
     return result
-
-
-def _configured(stage: str, spec: ProviderSpec, build: Callable[[], P]) -> P:
-    try:
-        return build()
-    except (TypeError, ValueError) as exc:
-        raise ProviderConfigError(f"{stage} provider {spec.provider!r}: {exc}") from exc
-
-
-def _make_stt(spec: ProviderSpec) -> STT:
-    if spec.provider == "whisper":
-        from pipeline.providers.whisper import WhisperConfig, WhisperSTT
-
-        return _configured("stt", spec, lambda: WhisperSTT(WhisperConfig(**spec.options)))
-    if spec.provider == "deepgram":
-        from pipeline.providers.deepgram_stt import DeepgramSTT, DeepgramSTTConfig
-
-        return _configured(
-            "stt", spec, lambda: DeepgramSTT(DeepgramSTTConfig.from_options(spec.model, spec.options))
-        )
-    raise UnknownProviderError(f"unknown stt provider {spec.provider!r} (available: whisper, deepgram)")
-
-
-def _make_tts(spec: ProviderSpec) -> TTS:
-    if spec.provider == "hibari":
-        from pipeline.providers.hibari import HibariConfig, HibariTTS
-
-        opts = dict(spec.options)
-        if spec.model:
-            opts.setdefault("voice", spec.model)
-        return _configured("tts", spec, lambda: HibariTTS(HibariConfig(**opts)))
-    if spec.provider == "polly":
-        from pipeline.providers.polly import PollyConfig, PollyTTS
-
-        return _configured("tts", spec, lambda: PollyTTS(PollyConfig.from_options(spec.model, spec.options)))
-    if spec.provider == "openai":
-        from pipeline.providers.openai_tts import OpenAITTS, OpenAITTSConfig
-
-        return _configured(
-            "tts", spec, lambda: OpenAITTS(OpenAITTSConfig.from_options(spec.model, spec.options))
-        )
-    if spec.provider == "deepgram":
-        from pipeline.providers.deepgram_tts import DeepgramTTS, DeepgramTTSConfig
-
-        return _configured(
-            "tts", spec, lambda: DeepgramTTS(DeepgramTTSConfig.from_options(spec.model, spec.options))
-        )
-    raise UnknownProviderError(
-        f"unknown tts provider {spec.provider!r} (available: hibari, polly, openai, deepgram)"
-    )
-
-
-def _make_llm(spec: ProviderSpec) -> LLM:
-    if spec.provider == "openai":
-        from pipeline.providers.openai_llm import OpenAILLM, OpenAILLMConfig
-
-        return _configured(
-            "llm", spec, lambda: OpenAILLM(OpenAILLMConfig.from_options(spec.model, spec.options))
-        )
-    raise UnknownProviderError(f"unknown llm provider {spec.provider!r} (available: rules, openai)")

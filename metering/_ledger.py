@@ -26,6 +26,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import aliased
 
+from pipeline.providers import PROVIDERS
+
 from . import _migrate
 from ._clock import Clock, utcnow
 from ._cost import UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
@@ -36,9 +38,6 @@ from ._records import CallClosed, CallOpened, Record, TurnReported, UsageReporte
 from ._schema import Base, Call, DeadLetter, OutboxEvent, TurnMetric, UsageEvent, WorkerLease
 
 log = structlog.get_logger("voicerun.metering")
-
-# Names the usage-tracking API knows providers by, where ours differ.
-_BILLING_PROVIDER = {"polly": "amazon-polly"}
 
 
 class LedgerError(MeteringError):
@@ -336,7 +335,7 @@ class Ledger:
         for line in lines:
             if line.empty:
                 continue
-            provider = _BILLING_PROVIDER.get(line.provider, line.provider)
+            provider = PROVIDERS.billing_name(line.stage, line.provider)
             model = line.model or "default"
             base = {"sessionId": r.call_id, "provider": provider, "model": model, "plan": plan}
             if line.stage == "stt":

@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
+from pipeline.providers import PROVIDERS
+
 from ._json import json_safe
 from ._provider_options import check_provider
 
@@ -62,9 +64,9 @@ class ProviderSpec(_Strict):
         return (self.model_copy(update={"fallback": ()}), *self.fallback)
 
 
-STT_PROVIDERS = ("whisper", "deepgram")
-LLM_PROVIDERS = ("rules", "openai")
-TTS_PROVIDERS = ("hibari", "polly", "openai", "deepgram")
+STT_PROVIDERS = PROVIDERS.names("stt")
+LLM_PROVIDERS = PROVIDERS.names("llm")
+TTS_PROVIDERS = PROVIDERS.names("tts")
 
 
 class _StageSpec(ProviderSpec):

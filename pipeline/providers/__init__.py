@@ -3,6 +3,13 @@
 Importing this package is cheap: faster-whisper and hibari are imported when a provider loads.
 """
 
+from ._registry import (
+    PROVIDERS,
+    ProviderEntry,
+    ProviderRegistry,
+    Stage,
+    UnknownProviderError,
+)
 from .deepgram_stt import (
     DeepgramSTT,
     DeepgramSTTConfig,
@@ -18,6 +25,7 @@ from .polly import PollyConfig, PollyEngine, PollyTTS
 from .whisper import DecodeStats, WhisperConfig, WhisperSession, WhisperSTT, WhisperUtterance
 
 __all__ = [
+    "PROVIDERS",
     "DecodeStats",
     "DeepgramSTT",
     "DeepgramSTTConfig",
@@ -35,6 +43,10 @@ __all__ = [
     "PollyConfig",
     "PollyEngine",
     "PollyTTS",
+    "ProviderEntry",
+    "ProviderRegistry",
+    "Stage",
+    "UnknownProviderError",
     "WhisperConfig",
     "WhisperSTT",
     "WhisperSession",
