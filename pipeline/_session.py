@@ -346,6 +346,9 @@ class VoiceSession:
         elif self._utt is not None:
             self._utt.push(pcm, r.voiced)
             if r.event == "end":
+                if model_turn:
+                    log.info("end_of_turn", action="end", reason="max_wait",
+                             silence_ms=round((now - r.last_voiced_s) * 1000))  # fmt: skip
                 self._end_utterance(r.last_voiced_s)
             elif model_turn:
                 self._turn_audio.append(pcm)
@@ -386,6 +389,8 @@ class VoiceSession:
                 audio = b"".join(self._turn_audio)
                 pause.task = self._spawn(self._judge_pause(pause, audio), "end-of-turn")
         elif pause.end_after_ms is not None and silence_ms >= pause.end_after_ms:
+            # The held decision's wait ran out with nothing new: it said "end" at this silence.
+            log.info("end_of_turn", action="end", reason="waited", silence_ms=round(silence_ms))
             self._end_turn_now()
 
     def _drop_pause(self) -> None:

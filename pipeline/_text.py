@@ -101,31 +101,64 @@ def _phrase_units(said: Sequence[str], keys: frozenset[str]) -> int | None:
     return best[-1]
 
 
+# Words that take the floor however short the burst: "Stop.", "Wait.", "No.", "Sorry?", a question.
+_FLOOR_WORDS = frozenset(
+    "stop wait no nope not don't dont never hold hang sorry excuse pardon hello hey hi what why how "
+    "when where who which cancel human person agent operator manager representative someone help "
+    "actually but repeat again question problem speak talk listen enough quiet shut "
+    # a number is an answer, not a murmur
+    "zero one two three four five six seven eight nine ten eleven twelve twenty thirty forty "
+    "fifty hundred thousand".split()
+)
+_TOKEN = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
+
+
 @dataclass(frozen=True, slots=True)
 class OverlapDecision:
     """What the caller's speech over the agent was, and why."""
 
     action: Literal["backchannel", "interrupt"]
-    reason: Literal["no_words", "backchannel_words", "too_long", "too_many_words", "not_a_backchannel"]
+    reason: Literal[
+        "no_words", "backchannel_words", "short_burst", "too_long", "too_many_words",
+        "not_a_backchannel", "takes_the_floor",
+    ]  # fmt: skip
     words: tuple[str, ...]
     """The words the decision read (repetitions collapsed)."""
 
 
 def classify_overlap(
-    text: str, voiced_ms: float, phrases: Iterable[str], *, max_ms: float, max_phrases: int = 2
+    text: str,
+    voiced_ms: float,
+    phrases: Iterable[str],
+    *,
+    max_ms: float,
+    max_phrases: int = 2,
+    short_ms: float = 800.0,
 ) -> OverlapDecision:
     """Decide whether speech over the agent interrupts it, from the audio and the words.
 
-    A backchannel is a short burst (voiced for at most `max_ms`) of at most `max_phrases` phrases
-    that each sound like one of `phrases` once repetitions and punctuation are dropped ("Okay.
-    Okay." is one "okay"; "Aha" is "uh-huh"; "All right" is "alright"). Anything longer, or any
-    other word, interrupts: "Stop." and "Wait." are as short as "Yeah." No words at all (a cough,
-    noise) is not an interruption either."""
+    Words that take the floor ("stop", "wait", "no", "sorry", a question word) and numbers always
+    interrupt, however short: "Stop." is as short as "Yeah." Otherwise:
+
+    * a burst voiced for at most `short_ms` is a backchannel whatever the STT made of it: a small
+      model writes a mumbled "uh-huh" or "mhm" over the agent as "a hul", "Come in", "It hurts",
+      "For a minute", and a caller who takes the floor says more than that, or a floor word;
+    * up to `max_ms`, it is a backchannel if it is at most `max_phrases` phrases that each sound
+      like one of `phrases` once repetitions and punctuation are dropped ("Okay. Okay." is one
+      "okay"; "Aha" is "uh-huh"; "All right" is "alright");
+    * anything longer interrupts.
+
+    No words at all (a cough, noise) is not an interruption either."""
+    tokens = _TOKEN.findall(text.lower().replace("\u2019", "'"))
     said = _collapse_repeats(words(text))
-    if not said:
+    if not tokens:
         return OverlapDecision("backchannel", "no_words", ())
+    if any(t in _FLOOR_WORDS or t[0].isdigit() for t in tokens):
+        return OverlapDecision("interrupt", "takes_the_floor", tuple(tokens))
     if voiced_ms > max_ms:
         return OverlapDecision("interrupt", "too_long", tuple(said))
+    if voiced_ms <= short_ms:
+        return OverlapDecision("backchannel", "short_burst", tuple(said))
     keys = frozenset(_key(words(p)) for p in phrases if words(p))
     units = _phrase_units(said, keys)
     if units is None:
@@ -137,7 +170,7 @@ def classify_overlap(
 
 def is_backchannel(text: str, phrases: Iterable[str]) -> bool:
     """True when text is, word for word, one or two backchannel phrases ("uh-huh, yeah")."""
-    decision = classify_overlap(text, 0.0, phrases, max_ms=float("inf"))
+    decision = classify_overlap(text, 0.0, phrases, max_ms=float("inf"), short_ms=-1.0)
     return decision.action == "backchannel" and decision.reason == "backchannel_words"
 
 
