@@ -1,4 +1,5 @@
-"""Cost per 20 ms of audio of the streaming reframer, and the most audio soxr holds back.
+"""Cost per 20 ms of audio of the streaming reframer, and the most audio it holds back (soxr's
+filter and the partial frame), with each soxr engine.
 
     .venv/bin/python bench/reframe.py
 """
@@ -20,9 +21,9 @@ def _tone(rate: int, samples: int, channels: int) -> bytes:
     return np.repeat(x, channels).tobytes()
 
 
-def inbound(rate: int, frame_ms: int, channels: int) -> None:
+def inbound(rate: int, frame_ms: int, channels: int, low_latency: bool) -> None:
     n = rate * frame_ms // 1000
-    pcm, r = _tone(rate, n, channels), InboundReframer()
+    pcm, r = _tone(rate, n, channels), InboundReframer(low_latency=low_latency)
     pushes = SECONDS * 1000 // frame_ms
     out = held = 0
     start = time.perf_counter()
@@ -30,11 +31,12 @@ def inbound(rate: int, frame_ms: int, channels: int) -> None:
         out += sum(1 for _ in r.push(pcm, rate, channels))
         held = max(held, round(i * frame_ms - out * FRAME_S * 1000))
     us = (time.perf_counter() - start) / (SECONDS / FRAME_S) * 1e6
-    print(f"in  {rate:>6} Hz {frame_ms:>2} ms x{channels}: {us:5.1f} us per 20 ms, at most {held} ms held")
+    print(f"in  {rate:>6} Hz {frame_ms:>2} ms x{channels}{_engine(low_latency)}: {us:5.1f} us per 20 ms, "
+          f"at most {held} ms held")
 
 
-def outbound(rate: int, frame_ms: int) -> None:
-    frame, r = _tone(16_000, 320, 1), OutboundReframer(rate, frame_ms)
+def outbound(rate: int, frame_ms: int, low_latency: bool) -> None:
+    frame, r = _tone(16_000, 320, 1), OutboundReframer(rate, frame_ms, low_latency=low_latency)
     pushes = int(SECONDS / FRAME_S)
     out = held = 0
     start = time.perf_counter()
@@ -42,14 +44,20 @@ def outbound(rate: int, frame_ms: int) -> None:
         out += sum(1 for _ in r.push(frame))
         held = max(held, round(i * FRAME_S * 1000 - out * frame_ms))
     us = (time.perf_counter() - start) / pushes * 1e6
-    print(f"out {rate:>6} Hz {frame_ms:>2} ms x1: {us:5.1f} us per 20 ms, at most {held} ms held")
+    print(f"out {rate:>6} Hz {frame_ms:>2} ms x1{_engine(low_latency)}: {us:5.1f} us per 20 ms, "
+          f"at most {held} ms held")
+
+
+def _engine(low_latency: bool) -> str:
+    return " low-latency" if low_latency else " block      "
 
 
 if __name__ == "__main__":
-    inbound(48_000, 10, 1)
-    inbound(48_000, 10, 2)
-    inbound(44_100, 10, 1)
-    inbound(8_000, 20, 1)
-    inbound(16_000, 20, 1)
-    outbound(48_000, 10)
-    outbound(8_000, 20)
+    for low_latency in (True, False):
+        inbound(48_000, 10, 1, low_latency)
+        inbound(48_000, 10, 2, low_latency)
+        inbound(44_100, 10, 1, low_latency)
+        inbound(8_000, 20, 1, low_latency)
+        inbound(16_000, 20, 1, low_latency)
+        outbound(48_000, 10, low_latency)
+        outbound(8_000, 20, low_latency)

@@ -4,19 +4,29 @@ the transport's size and rate out.
 
 Each direction keeps one soxr stream for the whole call, so the filter's state runs across frame
 boundaries (no clicks, no edge effects per frame) and the sample count never drifts: N seconds in
-is N seconds out, less the filter's delay until `flush()`. What is left over between frames is one
+is N seconds out, less what the filter holds until `flush()`. What is left over between frames is one
 bytearray bounded by a frame plus one push; nothing held grows with the call.
 
-Cost per 20 ms of audio (bench/reframe.py, soxr HQ, int16, on the shared 2-core machine at load
-~4.5, so upper figures): in 48 kHz 10 ms mono 18 us, stereo 56 us, 44.1 kHz 25 us, 8 kHz 12 us,
-16 kHz mono 2.5 us (no filter); out to 48 kHz 10 ms 16 us, to 8 kHz 7 us. Inline work, as
-STYLE.md says: a thread hop costs more.
+Two soxr engines, both HQ, chosen per reframer. The default (block) engine filters in DFT blocks
+and hands out its output a block at a time, so audio waits inside it; `low_latency=True` takes
+soxr's variable-rate engine, which hands out output steadily, at several times the CPU. Per 20 ms
+of audio, and the most audio held back (filter and partial frame), from bench/reframe.py on the
+shared 2-core machine at load ~4 (so upper figures):
 
-Latency: soxr's default engine filters in DFT blocks and hands out output a block at a time, so
-at any moment some audio is held back: at most 50 ms at 48 kHz in, 40 ms out to 48 kHz, 120 ms
-at 8 kHz (bench/reframe.py). python-soxr does not expose libsoxr's block size; its variable-rate
-engine (`vr=True`) holds only a few ms, but costs several times the CPU per frame. Which to pay
-for is open (issue 11): the hold counts in the caller's end of speech -> first agent audio.
+    direction                    block              low_latency
+    in  48 kHz 10 ms mono        13 us, 50 ms       61 us, 30 ms
+    in  48 kHz 10 ms stereo      37 us, 50 ms       87 us, 30 ms
+    in  44.1 kHz 10 ms           15 us, 60 ms       59 us, 30 ms
+    in  8 kHz 20 ms              6 us, 120 ms       14 us, 40 ms
+    in  16 kHz mono              2.4 us, 0          (no filter)
+    out 48 kHz 10 ms             10 us, 40 ms       29 us, 20 ms
+    out 8 kHz 20 ms              6 us, 120 ms       11 us, 20 ms
+
+The hold adds to the silence the caller hears after speaking, so telephone audio wants
+`low_latency`; at 48 kHz, in and out, it costs ~70 us more per 20 ms of each call: a whole core
+at 300 calls, which is why it is not the default.
+Either way it is inline work, as STYLE.md says: a thread hop costs more. python-soxr does not
+expose libsoxr's block size, which would be the cheaper fix.
 """
 
 from __future__ import annotations
@@ -50,10 +60,10 @@ def _check_channels(what: str, channels: int) -> None:
 class _Stream:
     """One rate conversion of mono int16 with its state, or a pass-through at equal rates."""
 
-    def __init__(self, in_rate: int, out_rate: int) -> None:
+    def __init__(self, in_rate: int, out_rate: int, low_latency: bool) -> None:
         self.in_rate, self.out_rate = in_rate, out_rate
         self._soxr = (
-            soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=_QUALITY)
+            soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=_QUALITY, vr=low_latency)
             if in_rate != out_rate
             else None
         )
@@ -83,10 +93,12 @@ class InboundReframer:
     """Caller audio as the transport delivers it -> internal frames (16 kHz mono int16, 20 ms).
 
     A change of rate between pushes (a transport renegotiating) drains the old filter into the
-    stream before the new one starts, so no audio is lost at the switch.
+    stream before the new one starts, so no audio is lost at the switch. `low_latency`: soxr's
+    steady engine, for telephone audio (see the module's table).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, low_latency: bool = False) -> None:
+        self._low_latency = low_latency
         self._stream: _Stream | None = None
         self._pending = bytearray()
 
@@ -104,12 +116,14 @@ class InboundReframer:
             )
         x = np.frombuffer(pcm, "<i2")
         if channels > 1:
-            # the mean, rounded: a channel-wide sum cannot overflow int32 for 8 channels
-            x = np.rint(x.reshape(-1, channels).mean(axis=1)).astype(np.int16)
+            # the mean, rounded half up, in integers (float and rint cost three times as much); the
+            # int32 sum of 8 channels cannot overflow
+            total = x.reshape(-1, channels).sum(axis=1, dtype=np.int32)
+            x = ((total + channels // 2) // channels).astype(np.int16)
         if self._stream is None or self._stream.in_rate != rate:
             if self._stream is not None:
                 self._pending += self._stream.tail()
-            self._stream = _Stream(rate, SAMPLE_RATE)
+            self._stream = _Stream(rate, SAMPLE_RATE, self._low_latency)
         self._pending += self._stream.convert(x)
         return self._take()
 
@@ -141,10 +155,11 @@ class OutboundReframer:
     AudioSource: 48 kHz, 10 ms, mono).
 
     `clear()` drops what is buffered at once (a barge-in: the caller must not hear the rest);
-    `flush()` hands over the end of the audio at the end of a call or reply.
+    `flush()` hands over the end of the audio at the end of a call or reply. `low_latency` as for
+    InboundReframer.
     """
 
-    def __init__(self, rate: int, frame_ms: int, channels: int = 1) -> None:
+    def __init__(self, rate: int, frame_ms: int, channels: int = 1, *, low_latency: bool = False) -> None:
         _check_rate("transport audio", rate)
         _check_channels("transport audio", channels)
         if frame_ms <= 0 or (rate * frame_ms) % 1000:
@@ -154,7 +169,7 @@ class OutboundReframer:
         self.rate, self.channels = rate, channels
         self.frame_samples = rate * frame_ms // 1000
         self._frame_bytes = self.frame_samples * 2  # mono; channels are copied when cut
-        self._stream = _Stream(SAMPLE_RATE, rate)
+        self._stream = _Stream(SAMPLE_RATE, rate, low_latency)
         self._pending = bytearray()
 
     @property

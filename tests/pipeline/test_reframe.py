@@ -33,13 +33,30 @@ def _chunks(x: Int16Array, size: int) -> Iterable[bytes]:
         yield x[i : i + size].tobytes()
 
 
-def _inbound(x: Int16Array, rate: int, frame_samples: int, channels: int = 1) -> list[bytes]:
-    r = InboundReframer()
+def _inbound(
+    x: Int16Array, rate: int, frame_samples: int, channels: int = 1, low_latency: bool = False
+) -> list[bytes]:
+    r = InboundReframer(low_latency=low_latency)
     out: list[bytes] = []
     for chunk in _chunks(x, frame_samples * channels):
         out.extend(r.push(chunk, rate, channels))
     out.extend(r.flush())
     return out
+
+
+def _one_shot(x: Int16Array, rate: int, to_rate: int, low_latency: bool) -> Int16Array:
+    """The whole signal resampled in one call, by the same soxr engine."""
+    if rate == to_rate:
+        return x
+    if not low_latency:
+        whole: Int16Array = soxr.resample(x, rate, to_rate, quality="HQ")
+        return whole
+    stream = soxr.ResampleStream(rate, to_rate, 1, dtype="int16", quality="HQ", vr=True)
+    streamed: Int16Array = stream.resample_chunk(x, last=True)
+    return streamed
+
+
+ENGINES = pytest.mark.parametrize("low_latency", [False, True], ids=["block", "low-latency"])
 
 
 def _samples(frames: Iterable[bytes]) -> Int16Array:
@@ -60,12 +77,15 @@ def _rms(x: Int16Array) -> float:
     [(48_000, 480), (44_100, 441), (48_000, 336), (8_000, 160), (8_000, 56), (16_000, 123)],
     ids=["48k-10ms", "44.1k-441", "48k-7ms", "8k-20ms", "8k-7ms", "16k-odd"],
 )
-def test_inbound_matches_one_shot_resample_of_the_whole_signal(rate: int, frame_samples: int) -> None:
+@ENGINES
+def test_inbound_matches_one_shot_resample_of_the_whole_signal(
+    rate: int, frame_samples: int, low_latency: bool
+) -> None:
     x = _sine(440.0, rate, 1.0)
-    frames = _inbound(x, rate, frame_samples)
+    frames = _inbound(x, rate, frame_samples, low_latency=low_latency)
     assert all(len(f) == FRAME_BYTES for f in frames)
     got = _samples(frames)
-    want = soxr.resample(x, rate, SAMPLE_RATE, quality="HQ") if rate != SAMPLE_RATE else x
+    want = _one_shot(x, rate, SAMPLE_RATE, low_latency)
     assert len(want) <= len(got) < len(want) + FRAME_BYTES // 2  # only the last frame's padding
     assert np.abs(got[: len(want)].astype(np.int32) - want).max() <= _DITHER_LSB
     assert not got[len(want) :].any()
@@ -76,11 +96,12 @@ def test_16k_mono_passes_through_unchanged() -> None:
     assert _samples(_inbound(x, SAMPLE_RATE, 320)).tobytes() == x.tobytes()
 
 
-def test_a_sine_through_48k_to_16k_and_back_keeps_its_frequency_and_level() -> None:
+@ENGINES
+def test_a_sine_through_48k_to_16k_and_back_keeps_its_frequency_and_level(low_latency: bool) -> None:
     x = _sine(1000.0, 48_000, 2.0)
-    out = OutboundReframer(48_000, 10)
+    out = OutboundReframer(48_000, 10, low_latency=low_latency)
     back: list[bytes] = []
-    for frame in _inbound(x, 48_000, 480):
+    for frame in _inbound(x, 48_000, 480, low_latency=low_latency):
         back.extend(out.push(frame))
     back.extend(out.flush())
     assert all(len(f) == 960 for f in back)
@@ -88,19 +109,21 @@ def test_a_sine_through_48k_to_16k_and_back_keeps_its_frequency_and_level() -> N
     middle = slice(4800, len(x) - 4800)  # away from the filters' run-in and run-out
     assert _peak_hz(y[middle], 48_000) == pytest.approx(1000.0, abs=1.0)
     assert 20 * np.log10(_rms(y[middle]) / _rms(x[middle])) == pytest.approx(0.0, abs=0.1)
-    # and no step at any 10 ms boundary: the round trip stays close to the original everywhere
-    assert np.abs(y[middle].astype(np.int32) - x[middle]).max() < 0.01 * 32767
+    if not low_latency:  # (the variable-rate engine delays by a fraction of a sample instead)
+        # no step at any 10 ms boundary: the round trip stays close to the original everywhere
+        assert np.abs(y[middle].astype(np.int32) - x[middle]).max() < 0.01 * 32767
 
 
-def test_outbound_matches_one_shot_resample_at_odd_transport_frames() -> None:
+@ENGINES
+def test_outbound_matches_one_shot_resample_at_odd_transport_frames(low_latency: bool) -> None:
     x = _sine(300.0, SAMPLE_RATE, 1.0)
-    out = OutboundReframer(44_100, 10)  # 441 samples
+    out = OutboundReframer(44_100, 10, low_latency=low_latency)  # 441 samples
     frames: list[bytes] = []
     for chunk in _chunks(x, 320):
         frames.extend(out.push(chunk))
     frames.extend(out.flush())
     assert all(len(f) == 882 for f in frames)
-    want = soxr.resample(x, SAMPLE_RATE, 44_100, quality="HQ")
+    want = _one_shot(x, SAMPLE_RATE, 44_100, low_latency)
     got = _samples(frames)
     assert np.abs(got[: len(want)].astype(np.int32) - want).max() <= _DITHER_LSB
 
@@ -123,27 +146,34 @@ def test_outbound_stereo_copies_the_channel() -> None:
     assert np.array_equal(np.frombuffer(frame, "<i2").reshape(-1, 2), np.column_stack([x, x]))
 
 
-def test_no_drift_over_a_long_stream() -> None:
-    """soxr hands out its output in blocks, so at any moment some audio is inside the filter; that
-    hold stays bounded however long the call, and the flush makes the count exact."""
+@pytest.mark.parametrize(
+    ("low_latency", "held_in", "held_out"), [(False, 3, 6), (True, 1.5, 2)], ids=["block", "low-latency"]
+)
+def test_no_drift_over_a_long_stream(low_latency: bool, held_in: float, held_out: int) -> None:
+    """At any moment some audio is inside the filter (soxr's block engine hands out its output a
+    block at a time); that hold stays bounded however long the call, and the flush makes the count
+    exact."""
     seconds = 120
     tenth = np.zeros(480, np.int16).tobytes()
-    inbound, outbound = InboundReframer(), OutboundReframer(48_000, 10)
+    inbound = InboundReframer(low_latency=low_latency)
+    outbound = OutboundReframer(48_000, 10, low_latency=low_latency)
     internal = transport = 0
     for tick in range(1, seconds * 100 + 1):
         for frame in inbound.push(tenth, 48_000, 1):
             internal += 1
             transport += sum(1 for _ in outbound.push(frame))
-        assert 0 <= tick / 2 - internal <= 3  # in 20 ms frames: at most 60 ms held
-        assert 0 <= internal * 2 - transport <= 6  # in 10 ms frames
+        assert 0 <= tick / 2 - internal <= held_in  # in 20 ms frames
+        assert 0 <= internal * 2 - transport <= held_out  # in 10 ms frames
     internal += sum(1 for _ in inbound.flush())
     assert internal == seconds * 50
 
 
-def test_memory_does_not_grow_with_the_call() -> None:
+@ENGINES
+def test_memory_does_not_grow_with_the_call(low_latency: bool) -> None:
     x = _sine(440.0, 48_000, 0.01)
     pcm = x.tobytes()
-    inbound, outbound = InboundReframer(), OutboundReframer(48_000, 10)
+    inbound = InboundReframer(low_latency=low_latency)
+    outbound = OutboundReframer(48_000, 10, low_latency=low_latency)
 
     def run(n: int) -> None:
         for _ in range(n):
@@ -163,8 +193,21 @@ def test_memory_does_not_grow_with_the_call() -> None:
     assert after - before < 4096
 
 
-def test_clear_drops_buffered_outbound_audio_at_once() -> None:
-    out, kept = OutboundReframer(48_000, 30), OutboundReframer(48_000, 30)
+def test_low_latency_holds_telephone_audio_for_less_than_two_frames() -> None:
+    held = {}
+    for low_latency in (False, True):
+        r, out, most = InboundReframer(low_latency=low_latency), 0, 0.0
+        for tick in range(1, 501):
+            out += sum(1 for _ in r.push(bytes(320), 8_000, 1))
+            most = max(most, tick - out)
+        held[low_latency] = most * 20
+    assert held[True] <= 40 < 100 <= held[False]
+
+
+@ENGINES
+def test_clear_drops_buffered_outbound_audio_at_once(low_latency: bool) -> None:
+    out = OutboundReframer(48_000, 30, low_latency=low_latency)
+    kept = OutboundReframer(48_000, 30, low_latency=low_latency)
     loud = _sine(1000.0, SAMPLE_RATE, 0.1, level=0.9)
     for c in _chunks(loud, 320):
         list(out.push(c))
@@ -175,7 +218,7 @@ def test_clear_drops_buffered_outbound_audio_at_once() -> None:
     assert list(out.flush()) == []
     # and nothing of the cleared audio rings on in the filter: what follows is as from a fresh start
     quiet = _sine(300.0, SAMPLE_RATE, 0.1, level=0.1)
-    fresh = OutboundReframer(48_000, 30)
+    fresh = OutboundReframer(48_000, 30, low_latency=low_latency)
     after = [f for c in _chunks(quiet, 320) for f in out.push(c)] + list(out.flush())
     want = [f for c in _chunks(quiet, 320) for f in fresh.push(c)] + list(fresh.flush())
     assert np.abs(_samples(after).astype(np.int32) - _samples(want)).max() <= _DITHER_LSB
