@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+from .._errors import PipelineError
 from .._llm import LLM
 from .._stt import STT
 from .._tts import TTS
@@ -58,8 +59,8 @@ class ProviderEntry(Generic[P]):
             object.__setattr__(self, "billing_name", self.name)
 
 
-class UnknownProviderError(ValueError):
-    """A stage has no provider of this name."""
+class UnknownProviderError(PipelineError, ValueError):
+    """A stage has no provider of this name (a ValueError too: workflow validators raise it)."""
 
 
 @dataclass(frozen=True)
