@@ -106,6 +106,8 @@ _FLOOR_WORDS = frozenset(
     "stop wait no nope not don't dont never hold hang sorry excuse pardon hello hey hi what why how "
     "when where who which cancel human person agent operator manager representative someone help "
     "actually but repeat again question problem speak talk listen enough quiet shut "
+    # what Whisper tiny.en writes for a quick "wait, wait" over the agent
+    "weight "
     # a number is an answer, not a murmur
     "zero one two three four five six seven eight nine ten eleven twelve twenty thirty forty "
     "fifty hundred thousand".split()

@@ -22,7 +22,7 @@ def test_backchannel_words_and_their_mishearings_do_not_interrupt(text: str) -> 
 @pytest.mark.parametrize(
     "text",
     ["Stop.", "Wait.", "No.", "What?", "Hold on.", "Excuse me.", "Human.", "Okay, stop.",
-     "Sorry?", "Hello?", "Cancel it.", "Two.", "4 5 6"],
+     "Sorry?", "Hello?", "Cancel it.", "Two.", "4 5 6", "Weight Weight Weight weight"],
 )  # fmt: skip
 def test_short_words_that_take_the_floor_interrupt(text: str) -> None:
     decision = classify_overlap(text, 400, DEFAULT_BACKCHANNELS, max_ms=1200)
