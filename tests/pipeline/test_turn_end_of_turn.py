@@ -115,3 +115,23 @@ def test_workflow_turn_settings_are_checked_with_one_line_each(turn: str, proble
     with pytest.raises(WorkflowError) as info:
         load_workflow_text(text)
     assert problem in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+async def test_whisper_gives_the_pauses_transcript_and_finalize_reuses_its_decode(
+    speech_samples: tuple[SpeechSample, ...],
+) -> None:
+    from pipeline import FRAME_BYTES
+    from pipeline.providers import WhisperConfig, WhisperSTT
+
+    session = await WhisperSTT(WhisperConfig(interim_interval_s=0)).connect()
+    utterance = session.begin()
+    assert await utterance.partial() is None  # no pause yet: nothing to wait for
+    pcm = speech_samples[1].pcm
+    for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+        utterance.push(pcm[i : i + FRAME_BYTES], True)
+    for _ in range(10):  # 200 ms of pause: the speculative decode starts
+        utterance.push(bytes(FRAME_BYTES), False)
+    partial = await utterance.partial()
+    assert partial is not None and "table" in partial.lower()
+    transcript = await utterance.finalize()
+    assert transcript.text == partial and utterance.stats.decodes == 1
