@@ -64,7 +64,9 @@ async def test_a_pause_mid_sentence_does_not_end_the_turn(
     _, summary = await run_call(audio, ["my order number is four five six"], ScriptedLLM("Thanks."), turn=MODEL)
     assert len(summary.turns) == 1 and not summary.turns[0].interrupted
     asked = decisions(captured_logs)
-    assert asked[0] == ("wait", "incomplete") and asked[-1] == ("end", "complete")
+    # Nothing ended the turn before the sentence did. (On a loaded machine the decision asked in
+    # the pause may still be pending when the caller goes on, and is then dropped unlogged.)
+    assert all(action != "end" for action, _ in asked[:-1]) and asked[-1] == ("end", "complete"), asked
 
 
 async def test_the_model_runs_off_the_loop_once_per_process_for_every_call(
