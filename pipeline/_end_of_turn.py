@@ -337,7 +337,6 @@ class EndOfTurnModel:
             raise EndOfTurnError(
                 "end-of-turn model needs the onnxruntime package; it is not installed"
             ) from exc
-        ort.disable_telemetry_events()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
