@@ -54,6 +54,7 @@ def turn_config(s: TurnSettings) -> TurnConfig:
             preroll_ms=s.preroll_ms,
         ),
         barge_in_ms=s.barge_in_ms,
+        barge_in_confirm_ms=s.barge_in_confirm_ms,
         backchannel_max_ms=s.backchannel_max_ms,
         backchannels=s.backchannels if s.backchannels is not None else _DEFAULT_BACKCHANNELS,
         first_clause_min_chars=s.first_clause_min_chars,

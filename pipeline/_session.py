@@ -89,6 +89,10 @@ class TurnConfig:
     vad: VADConfig = field(default_factory=VADConfig)
     barge_in_ms: int = 60
     """Caller voiced this long over the agent pauses the agent (it resumes if it was a backchannel)."""
+    barge_in_confirm_ms: int = 400
+    """An energy onset over the agent (VADResult.onset) pauses it at once; unless the caller's
+    speech starts within this long, the agent resumes where it paused. 0: only voiced speech
+    (barge_in_ms) pauses the agent."""
     backchannel_max_ms: int = 1200
     """Overlapping speech longer than this interrupts whatever its words."""
     backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS
@@ -229,6 +233,8 @@ class VoiceSession:
         self._utt: Utterance | None = None
         self._utt_onset = 0.0
         self._voiced_run = 0
+        self._onset_pause_s: float | None = None
+        """When an energy onset paused the agent, until the caller's speech starts or it resumes."""
         self._reply: _Reply | None = None
         self._interrupting: asyncio.Task[None] | None = None
         self._carry_text = ""
@@ -355,8 +361,13 @@ class VoiceSession:
                 self._watch_pause(r.voiced, now)
 
         reply = self._reply
-        if reply is None or not self._endpointer.in_speech:
+        if reply is None:
+            self._onset_pause_s = None
             return
+        if not self._endpointer.in_speech:
+            self._check_onset(reply, r.onset, now)
+            return
+        self._onset_pause_s = None  # the caller's speech started: words decide from here
         if not reply.paused and self._voiced_run >= self._barge_in_frames:
             # Stop talking at once; whether this was an interruption or a backchannel is decided
             # when the words are known.
@@ -367,6 +378,22 @@ class VoiceSession:
             # Still voiced this long after the onset: no backchannel is that long, whatever its
             # words (the silence before the endpoint does not count).
             self._interrupt(reply, "too_long", duration_ms=(now - self._utt_onset) * 1000)
+
+    def _check_onset(self, reply: _Reply, onset: bool, now: float) -> None:
+        """Outside the caller's speech: pause the agent on an energy onset, so a word that starts
+        unvoiced ("Stop", "Sorry") is not talked over for the 60-180 ms the VAD needs; resume
+        where it paused if no speech follows (a click, a breath, a door)."""
+        confirm_s = self._turn.barge_in_confirm_ms / 1000
+        if self._onset_pause_s is not None:
+            if reply.paused and now - self._onset_pause_s >= confirm_s:
+                log.debug("agent_resumed_after_onset", onset_s=round(self._onset_pause_s, 3))
+                self._onset_pause_s = None
+                self._resume_if_paused()
+        elif onset and confirm_s > 0 and not reply.paused:
+            reply.paused = True
+            self._onset_pause_s = now - FRAME_S
+            self._playout.pause()
+            log.debug("agent_paused_for_onset", onset_s=round(self._onset_pause_s, 3))
 
     def _on_interim(self, text: str) -> None:
         self._interim_text = text
@@ -462,9 +489,7 @@ class VoiceSession:
         self._drop_pause()
         utt, self._utt = self._utt, None
         assert utt is not None
-        self._spawn(
-            self._finish_utterance(utt, self._utt_onset, last_voiced_s, self._utt_agent), "stt-final"
-        )
+        self._spawn(self._finish_utterance(utt, self._utt_onset, last_voiced_s, self._utt_agent), "stt-final")
 
     # -- turn decisions -------------------------------------------------------------------
 

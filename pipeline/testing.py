@@ -110,3 +110,15 @@ def speech_like(seconds: float, *, seed: int = 0, level: float = 0.3) -> npt.NDA
         x[:ramp] *= np.linspace(0, 1, ramp)
         x[-ramp:] *= np.linspace(1, 0, ramp)
     return (x * 32767).astype(np.int16)
+
+
+def fricative(seconds: float, dbfs: float, *, seed: int = 1) -> npt.NDArray[np.int16]:
+    """An /s/: white noise above 3 kHz at `dbfs` RMS, which webrtcvad does not call voiced; with
+    speech_like() after it, the start of "Stop" or "Sorry"."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    spectrum[np.fft.rfftfreq(n, 1 / SAMPLE_RATE) < 3000] = 0
+    x = np.fft.irfft(spectrum, n)
+    x *= 10 ** (dbfs / 20) / (np.sqrt(np.mean(x**2)) or 1.0)
+    return (x * 32767).astype(np.int16)

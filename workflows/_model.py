@@ -153,6 +153,10 @@ class TurnSettings(_Strict):
     vad_mode: Annotated[int, Field(ge=0, le=3)] = 2
     preroll_ms: Annotated[int, Field(ge=0, le=1000)] = 300
     barge_in_ms: Annotated[int, Field(ge=20, le=2000)] = 60
+    barge_in_confirm_ms: Annotated[int, Field(ge=0, le=2000)] = 400
+    """A sound over the agent well above the line's noise floor pauses the agent at once; unless
+    the caller's speech starts within this long, it resumes where it paused. 0: only voiced
+    speech (barge_in_ms) pauses it."""
     backchannel_max_ms: Annotated[int, Field(ge=100, le=5000)] = 1200
     backchannels: tuple[str, ...] | None = None
     first_clause_min_chars: Annotated[int, Field(ge=0, le=200)] = 16

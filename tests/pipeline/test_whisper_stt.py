@@ -165,19 +165,27 @@ async def test_interims_arrive_on_the_loop_thread_while_the_caller_speaks(
     clock.start()
     interims: list[str] = []
     threads: set[int] = set()
+    arrived = asyncio.Event()
 
     def on_interim(text: str) -> None:
         interims.append(text)
         threads.add(threading.get_ident())
+        arrived.set()
 
     try:
         utterance = await begin(WhisperConfig(interim_interval_s=0.6), on_interim)
         spoken = speech_samples[3].pcm + speech_samples[4].pcm
         deadline = clock.now()
-        for frame in speech_frames(spoken):
+        for k, frame in enumerate(speech_frames(spoken), 1):
             deadline += FRAME_S
             await clock.sleep_until(deadline)
             utterance.push(frame, True)
+            if k in (40, 80):
+                # Wait for the interim that 0.8 s of speech started rather than for a time a
+                # loaded machine may not decode it in; the caller is still speaking here.
+                # (The timeout only keeps a broken decoder from hanging the suite.)
+                await asyncio.wait_for(arrived.wait(), 120)
+                arrived.clear()
         push_all(utterance, silence(0.3), voiced=False)
         transcript = await utterance.finalize()
     finally:
