@@ -48,6 +48,7 @@ __all__ = [
     "EndOfTurnPrediction",
     "TurnDecision",
     "decide_end_of_turn",
+    "doubtful_cue",
     "shared_end_of_turn_model",
     "smart_turn_features",
     "unfinished_cue",
@@ -93,10 +94,16 @@ class EndOfTurnConfig:
     no_score_silence_ms: int = 300
     """When the model has no answer (too busy, see EndOfTurnModel): silence alone ends the turn,
     as the fixed endpoint did before the model."""
+    doubtful_wait_ms: int = 1200
+    """A transcript that usually goes on but may have ended (doubtful_cue: "a table for it", where
+    Whisper often invents the "it" after a cut "for") ends the turn no sooner than this, even when
+    the model says complete. Longer than most mid-sentence pauses (0.4-1.0 s)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"end-of-turn threshold must be in (0, 1], got {self.threshold}")
+        if self.doubtful_wait_ms < 0:
+            raise ValueError(f"end-of-turn doubtful_wait_ms must be >= 0, got {self.doubtful_wait_ms}")
         if not 0 <= self.ask_after_ms <= self.no_score_silence_ms <= self.max_wait_ms:
             raise ValueError(
                 "end-of-turn timings must satisfy 0 <= ask_after_ms <= no_score_silence_ms <= max_wait_ms, "
@@ -106,7 +113,7 @@ class EndOfTurnConfig:
 
 _TOLERANCE_MS = 1e-6
 
-DecisionReason = Literal["complete", "incomplete", "unfinished_text", "no_score", "max_wait"]
+DecisionReason = Literal["complete", "incomplete", "unfinished_text", "doubtful_text", "no_score", "max_wait"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +121,14 @@ class TurnDecision:
     action: Literal["end", "wait"]
     reason: DecisionReason
     """complete / incomplete: the model's score against the threshold; unfinished_text: the
-    transcript's last word or mark (`cue`) cannot end a sentence; no_score: the model had no answer
-    and silence timing decided; max_wait: the longest pause allowed has passed."""
+    transcript's last words or mark (`cue`) cannot end a sentence; doubtful_text: they rarely do,
+    and the pause is shorter than doubtful_wait_ms; no_score: the model had no answer and silence
+    timing decided; max_wait: the longest pause allowed has passed."""
     wait_ms: float
     """On "wait": further silence after which the turn ends if nothing changes (ask again then,
     or sooner when the transcript changes); 0 on "end"."""
     cue: str | None = None
-    """On unfinished_text: the word or mark that keeps the turn open (for the log)."""
+    """On unfinished_text and doubtful_text: the words or mark that keep the turn open (for the log)."""
 
 
 def decide_end_of_turn(
@@ -142,11 +150,20 @@ def decide_end_of_turn(
     cue = unfinished_cue(transcript)
     if cue is not None:
         return TurnDecision("wait", "unfinished_text", until_max, cue)
+    doubt = doubtful_cue(transcript)
+    doubtful_ms = min(config.doubtful_wait_ms, config.max_wait_ms)
     if p_complete is None:
-        if reached >= config.no_score_silence_ms:
+        until = config.no_score_silence_ms
+        if doubt is not None and reached < doubtful_ms:
+            until = max(until, doubtful_ms)
+            if reached < until:
+                return TurnDecision("wait", "doubtful_text", until - silence_ms, doubt)
+        if reached >= until:
             return TurnDecision("end", "no_score", 0.0)
-        return TurnDecision("wait", "no_score", config.no_score_silence_ms - silence_ms)
+        return TurnDecision("wait", "no_score", until - silence_ms)
     if p_complete >= config.threshold:
+        if doubt is not None and reached < doubtful_ms:
+            return TurnDecision("wait", "doubtful_text", doubtful_ms - silence_ms, doubt)
         return TurnDecision("end", "complete", 0.0)
     return TurnDecision("wait", "incomplete", until_max)
 
@@ -172,6 +189,13 @@ _AUXILIARIES = frozenset(
 )
 _PRONOUNS = frozenset("i you we they he she it that this there here who what where which".split())
 _WH_WORDS = frozenset("what where who whom whose which how when why".split())
+# In a wh-question, "do you" / "can I" at the end leaves out the verb ("What time do you").
+# Copulas are not listed: "How are you?" and "Where is it?" are whole questions.
+_QUESTION_AUXILIARIES = frozenset("do does did can could would will should shall may might must".split())
+_SUBJECTS = frozenset("i you we they he she".split())
+# A copula then "number" introduces the number ("it's number ... three one two").
+_COPULAS = frozenset("is was it's that's".split())
+_INTRODUCERS = frozenset("number".split())
 # Marks: ellipsis (three dots or U+2026), comma, semicolon, colon, hyphen, en and em dash.
 _TRAILING_MARK = re.compile("(\\.\\.\\.|\u2026|,|;|:|-|\u2013|\u2014)$")
 # Digits are words too: "My order number is 456." is over.
@@ -189,7 +213,7 @@ def unfinished_cue(transcript: str) -> str | None:
     mark = _TRAILING_MARK.search(text)
     if mark is not None:
         return "..." if mark.group(1) == "\u2026" else mark.group(1)
-    words: list[str] = _WORD.findall(text.lower().replace("\u2019", "'"))
+    words = _words(text)
     if not words:
         return None
     last = words[-1]
@@ -200,7 +224,36 @@ def unfinished_cue(transcript: str) -> str | None:
         return last
     if last in _AUXILIARIES and not wh_question and (len(words) < 2 or words[-2] not in _PRONOUNS):
         return last
+    if len(words) >= 2:
+        before = words[-2]
+        if last in _SUBJECTS and before in _QUESTION_AUXILIARIES and _asks_wh(text):
+            return f"{before} {last}"
+        if last in _INTRODUCERS and before in _COPULAS:
+            return f"{before} {last}"
     return None
+
+
+def doubtful_cue(transcript: str) -> str | None:
+    """The last words of `transcript` if they usually mean the sentence goes on but can end it,
+    else None: a preposition then "it" outside a wh-question ("a table for it"). Whisper tiny.en
+    often writes that "it" after a sentence cut at its preposition, where no "it" was said."""
+    words = _words(transcript.strip())
+    if len(words) < 2 or words[-1] != "it" or words[-2] not in _PREPOSITIONS:
+        return None
+    if _asks_wh(transcript):
+        return None
+    return f"{words[-2]} it"
+
+
+def _words(text: str) -> list[str]:
+    found: list[str] = _WORD.findall(text.lower().replace("\u2019", "'"))
+    return found
+
+
+def _asks_wh(text: str) -> bool:
+    """The last sentence of `text` has a wh-word."""
+    last_sentence = re.split(r"[.!?]\s+", text.strip())[-1]
+    return not _WH_WORDS.isdisjoint(_words(last_sentence))
 
 
 # -- the model ---------------------------------------------------------------------------------

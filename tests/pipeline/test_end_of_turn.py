@@ -25,6 +25,7 @@ from pipeline import (
     EndOfTurnModel,
     EndOfTurnPrediction,
     decide_end_of_turn,
+    doubtful_cue,
     frames,
     rms_dbfs,
     shared_end_of_turn_model,
@@ -338,6 +339,12 @@ COMPLETE = [
     "Is it?",
     "Hang up.",
     "Mm-hmm.",
+    "How are you?",
+    "Where is it?",
+    "Do you?",
+    "I love the lemon tart, do you?",
+    "It's number one.",
+    "I'd like to change my number.",
     "No",
     "I'll take this.",
     "I like it, though.",
@@ -389,10 +396,34 @@ def test_complete_sentences_have_no_cue(text: str) -> None:
     assert unfinished_cue(text) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "cue"),
+    [("What time do you?", "do you"), ("What time do you", "do you"), ("Where can I", "can i"),
+     ("Thanks. How much would they", "would they"), ("I'm calling about my order. It's number", "it's number"),
+     ("The table is number", "is number")],
+)  # fmt: skip
+def test_a_question_without_its_verb_and_a_number_not_yet_said_are_unfinished(text: str, cue: str) -> None:
+    assert unfinished_cue(text) == cue
+
+
+@pytest.mark.parametrize(
+    ("text", "cue"),
+    [("I would like to book a table for it.", "for it"), ("Can I pay for it", "for it"),
+     ("I want to talk about it.", "about it"), ("What is it for? I paid for it", "for it"),
+     ("What did you do with it?", None), ("I like it.", None), ("It is for it", "for it")],
+)  # fmt: skip
+def test_a_preposition_then_it_is_doubtful(text: str, cue: str | None) -> None:
+    assert unfinished_cue(text) is None
+    assert doubtful_cue(text) == cue
+
+
 @given(st.text())
 def test_any_text_gives_a_cue_or_none(text: str) -> None:
     cue = unfinished_cue(text)
-    assert cue is None or cue in UNFINISHED_WORDS or cue in (",", ";", ":", "-", "\u2013", "\u2014", "...")
+    marks = (",", ";", ":", "-", "\u2013", "\u2014", "...")
+    assert cue is None or cue in UNFINISHED_WORDS or cue in marks or len(cue.split()) == 2
+    doubt = doubtful_cue(text)
+    assert doubt is None or (doubt.endswith(" it") and doubt.split()[0] in PREPOSITIONS)
 
 
 @given(st.text(alphabet=st.characters(codec="ascii")), st.sampled_from(UNFINISHED_WORDS))
@@ -402,42 +433,55 @@ def test_appending_an_unfinished_word_always_leaves_the_turn_open(text: str, wor
     assert unfinished_cue(f"{text} {ending}") == word
 
 
-def config(threshold: float, ask_ms: int, no_score_ms: int, max_ms: int) -> EndOfTurnConfig:
+def config(threshold: float, ask_ms: int, no_score_ms: int, max_ms: int, doubtful_ms: int) -> EndOfTurnConfig:
     return EndOfTurnConfig(
-        threshold, ask_after_ms=ask_ms, no_score_silence_ms=no_score_ms, max_wait_ms=max_ms
-    )
+        threshold, ask_after_ms=ask_ms, no_score_silence_ms=no_score_ms, max_wait_ms=max_ms,
+        doubtful_wait_ms=doubtful_ms,
+    )  # fmt: skip
 
 
 configs = st.tuples(
-    st.floats(0.01, 1.0), st.integers(0, 5000), st.integers(0, 5000), st.integers(0, 5000)
-).map(lambda t: config(t[0], *sorted(t[1:])))
+    st.floats(0.01, 1.0), st.integers(0, 5000), st.integers(0, 5000), st.integers(0, 5000),
+    st.integers(0, 6000),
+).map(lambda t: config(t[0], *sorted(t[1:4]), t[4]))  # fmt: skip
 scores = st.none() | st.floats(0.0, 1.0)
 silences = st.floats(0.0, 6000.0)
 transcripts = (
     st.text(max_size=40)
     | st.sampled_from(COMPLETE)
     | st.sampled_from(UNFINISHED_WORDS).map("I would like {}".format)
+    | st.sampled_from(PREPOSITIONS).map("I would like to pay {} it".format)
 )
 
 
 @given(configs, scores, transcripts, silences)
 @example(CONFIG, 0.99, "I would like to book a table for", 200.0)
 @example(CONFIG, 0.2, "My order number is four five six.", 200.0)
+@example(CONFIG, 0.99, "I would like to book a table for it.", 200.0)
+@example(CONFIG, None, "I would like to book a table for it.", 400.0)
 def test_the_decision(config: EndOfTurnConfig, p: float | None, text: str, silence_ms: float) -> None:
     decision = decide_end_of_turn(config, p, text, silence_ms)
     cue = unfinished_cue(text)
 
+    doubt = doubtful_cue(text)
     reached = silence_ms + 1e-6  # the decision's tolerance for float rounding
+    doubting = doubt is not None and reached < min(config.doubtful_wait_ms, config.max_wait_ms)
     if reached >= config.max_wait_ms:
         expected = ("end", "max_wait")
     elif cue is not None:
         expected = ("wait", "unfinished_text")
     elif p is None:
-        expected = ("end" if reached >= config.no_score_silence_ms else "wait", "no_score")
+        if doubting and reached < max(config.no_score_silence_ms, config.doubtful_wait_ms):
+            expected = ("wait", "doubtful_text")
+        else:
+            expected = ("end" if reached >= config.no_score_silence_ms else "wait", "no_score")
+    elif p >= config.threshold:
+        expected = ("wait", "doubtful_text") if doubting else ("end", "complete")
     else:
-        expected = ("end", "complete") if p >= config.threshold else ("wait", "incomplete")
+        expected = ("wait", "incomplete")
     assert (decision.action, decision.reason) == expected
-    assert decision.cue == (cue if decision.reason == "unfinished_text" else None)
+    cued = {"unfinished_text": cue, "doubtful_text": doubt}
+    assert decision.cue == cued.get(decision.reason)
     # Waiting is bounded, and waiting as long as told ends the turn if nothing changes.
     if decision.action == "end":
         assert decision.wait_ms == 0
