@@ -48,6 +48,7 @@ from ._end_of_turn import (
     EndOfTurnModel,
     EndOfTurnPrediction,
     TurnDecision,
+    closing_cue,
     decide_end_of_turn,
     doubtful_cue,
     shared_end_of_turn_model,
@@ -83,7 +84,7 @@ from ._session import (
     turn_summary,
 )
 from ._stt import STT, InterimCallback, STTSession, Transcript, Utterance
-from ._text import OverlapDecision, SentenceSplitter, classify_overlap, is_backchannel
+from ._text import Clause, OverlapDecision, SentenceSplitter, classify_overlap, is_backchannel
 from ._tts import TTS
 from ._vad import Endpointer, VADConfig, VADResult
 
@@ -105,6 +106,7 @@ __all__ = [
     "Backchannel",
     "CallEnded",
     "CallSummary",
+    "Clause",
     "Clock",
     "ContextKeep",
     "Conversation",
@@ -159,6 +161,7 @@ __all__ = [
     "VirtualClock",
     "VoiceSession",
     "classify_overlap",
+    "closing_cue",
     "decide_end_of_turn",
     "doubtful_cue",
     "frames",

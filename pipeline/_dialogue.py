@@ -61,6 +61,17 @@ SUMMARY_MAX_CHARS = 600
 _QUOTE_MAX_CHARS = 160
 
 
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """Text of message `message` from `content_at`, `length` characters, streamed to the caller
+    from character `stream_at` of the turn's reply."""
+
+    stream_at: int
+    message: int
+    content_at: int
+    length: int
+
+
 class Conversation(Protocol):
     """What VoiceSession talks to: a Dialogue, or a workflow runtime that drives several."""
 
@@ -68,8 +79,9 @@ class Conversation(Protocol):
         """Stream the reply to one caller turn."""
         ...
 
-    def trim_last_reply(self, spoken: str) -> None:
-        """The caller interrupted: keep only the words of the last reply that were played."""
+    def trim_last_reply(self, heard_chars: int) -> None:
+        """The caller interrupted: of the last reply's text (respond()'s TextDeltas, joined), the
+        first `heard_chars` characters were played; history keeps only those."""
         ...
 
     def retract_turn(self) -> str:
@@ -116,15 +128,25 @@ class Dialogue:
         self._max_rounds = max_tool_rounds
         self.messages: list[Message] = [Message("system", instructions)] if instructions else []
         self._turn_start = len(self.messages)
+        self._spans: list[_Span] = []
+        """Where this turn's assistant text sits in the reply stream the caller hears."""
 
-    def add_assistant(self, text: str) -> None:
-        """Record something the agent said outside respond() (the greeting, a rule's line)."""
+    def add_assistant(self, text: str, *, stream_at: int | None = None) -> None:
+        """Record something the agent said outside respond() (the greeting, a rule's line).
+        stream_at: the line is part of this turn's reply, streamed from that character offset
+        (so trim_last_reply() cuts it too)."""
+        if stream_at is not None:
+            self._spans.append(_Span(stream_at, len(self.messages), 0, len(text)))
         self.messages.append(Message("assistant", text))
 
     def add_user(self, text: str) -> None:
         """Start a turn without the LLM (a rule answered it): trim and retract act on it."""
-        self._turn_start = len(self.messages)
+        self._begin_turn()
         self.messages.append(Message("user", text))
+
+    def _begin_turn(self) -> None:
+        self._turn_start = len(self.messages)
+        self._spans.clear()
 
     def add_tool_call(self, call: ToolCall, outcome: ToolOutcome) -> None:
         """Record a tool call made outside the LLM (by a rule) with its result."""
@@ -133,21 +155,25 @@ class Dialogue:
 
     def mark_turn_start(self) -> None:
         """What follows is this turn's reply (after a switch: the new agent's part)."""
-        self._turn_start = len(self.messages)
+        self._begin_turn()
 
-    async def respond(self, user_text: str) -> AsyncIterator[ReplyEvent]:
+    async def respond(self, user_text: str, *, stream_at: int = 0) -> AsyncIterator[ReplyEvent]:
         self.add_user(user_text)
-        async for ev in self.resume():
+        async for ev in self.resume(stream_at=stream_at):
             yield ev
 
-    async def resume(self) -> AsyncIterator[ReplyEvent]:
-        """Answer the history as it stands (a new agent taking over a turn already recorded)."""
+    async def resume(self, *, stream_at: int = 0) -> AsyncIterator[ReplyEvent]:
+        """Answer the history as it stands (a new agent taking over a turn already recorded).
+        stream_at: where this text starts in the turn's reply stream (after what was said before
+        it in the same turn), so that trim_last_reply() can find it."""
+        pos = stream_at
         spoke = False
         for _ in range(self._max_rounds):
             text: list[str] = []
             held: list[str] = []
             calls: list[ToolCall] = []
             first_text = True
+            index = len(self.messages)  # this round's message is appended at the end
             try:
                 async for ev in self.llm.chat(self.messages, self.tools):
                     if isinstance(ev, ToolCallRequest):
@@ -159,9 +185,12 @@ class Dialogue:
                             # said at all if the batch hands the call to another agent.
                             held.append(ev.text)
                             continue
-                        text.append(ev.text)
                         if first_text and spoke and ev.text[:1] not in (" ", ""):
                             yield TextDelta(text=" ")  # rounds are sentences apart, not glued
+                            pos += 1
+                        self._spans.append(_Span(pos, index, sum(map(len, text)), len(ev.text)))
+                        text.append(ev.text)
+                        pos += len(ev.text)
                         first_text = False
                         spoke = spoke or bool(ev.text.strip())
                     yield ev
@@ -175,10 +204,16 @@ class Dialogue:
             fillers = [f for c in calls if (f := self._filler(c.name))]
             if fillers:
                 line = " ".join(fillers)
-                yield TextDelta(text=(" " if spoke else "") + line)
-                spoke = True
                 m = self.messages[-1]
-                joined = f"{m.content} {line}".strip()
+                if spoke:
+                    pos += 1
+                self._spans.append(
+                    _Span(pos, len(self.messages) - 1, len(m.content) + 1 if m.content else 0, len(line))
+                )
+                yield TextDelta(text=(" " if spoke else "") + line)
+                pos += len(line)
+                spoke = True
+                joined = f"{m.content} {line}" if m.content else line
                 self.messages[-1] = Message("assistant", joined, tool_calls=m.tool_calls)
             outcomes = await asyncio.gather(*(self._run_tool(c) for c in calls))
             end = False
@@ -199,8 +234,13 @@ class Dialogue:
                 return
             if held:
                 # said once the tools ran: recorded in the order the caller hears it
-                self.messages.append(Message("assistant", "".join(held)))
-                yield TextDelta(text=(" " if spoke else "") + "".join(held))
+                line = "".join(held)
+                if spoke:
+                    pos += 1
+                self._spans.append(_Span(pos, len(self.messages), 0, len(line)))
+                self.messages.append(Message("assistant", line))
+                yield TextDelta(text=(" " if spoke else "") + line)
+                pos += len(line)
                 spoke = True
             if end:
                 yield EndCallEvent()
@@ -243,38 +283,32 @@ class Dialogue:
             self._run_tool = run_tool
         if filler is not None:
             self._filler = filler
-        self._turn_start = len(self.messages)
+        self._begin_turn()
 
-    def trim_last_reply(self, spoken: str) -> None:
-        """The caller interrupted: this turn's reply becomes only what was played.
-
-        The played words are laid over the turn's assistant text in order; text past them is cut
-        (a tool-call message keeps its calls and loses its words).
-        """
-        budget = len(spoken.split())
-        i = self._turn_start
-        while i < len(self.messages):
-            m = self.messages[i]
-            if m.role != "assistant" or not m.content:
-                i += 1
-                continue
-            words = m.content.split()
-            if budget >= len(words):
-                budget -= len(words)
-                i += 1
-                continue
-            kept = " ".join(words[:budget])
-            budget = 0
-            if kept or m.tool_calls:
-                self.messages[i] = Message("assistant", kept, tool_calls=m.tool_calls)
-                i += 1
+    def trim_last_reply(self, heard_chars: int) -> None:
+        """The caller interrupted: this turn's reply becomes only what was played, the first
+        `heard_chars` characters of its stream. Each message keeps the characters of it that were
+        streamed before that offset; one left empty is dropped (a tool-call message keeps its
+        calls). Text said before the turn's last switch belongs to the old agent and stays whole."""
+        kept: dict[int, int] = {}
+        for span in self._spans:
+            heard = min(span.length, max(0, heard_chars - span.stream_at))
+            reach = span.content_at + heard if heard else 0
+            kept[span.message] = max(kept.get(span.message, 0), reach)
+        for index in sorted(kept, reverse=True):  # deleting from the end keeps indices valid
+            m = self.messages[index]
+            text = m.content[: kept[index]].rstrip()
+            if text or m.tool_calls:
+                self.messages[index] = Message("assistant", text, tool_calls=m.tool_calls)
             else:
-                del self.messages[i]
+                del self.messages[index]
+        self._spans.clear()
 
     def retract_turn(self) -> str:
         """Undo the last turn (nothing of its reply was heard); returns its user text for merging."""
         turn = self.messages[self._turn_start :]
         del self.messages[self._turn_start :]
+        self._spans.clear()
         return next((m.content for m in turn if m.role == "user"), "")
 
 

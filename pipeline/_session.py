@@ -49,7 +49,7 @@ from ._events import (
 from ._llm import LLMUsage, TextDelta
 from ._playout import AudioSink, Playback, Playout, SegmentStats
 from ._stt import STTSession, Utterance
-from ._text import SentenceSplitter, classify_overlap, spoken_prefix
+from ._text import Clause, SentenceSplitter, classify_overlap, spoken_prefix
 from ._tts import TTS, whole_samples
 from ._vad import Endpointer, VADConfig
 
@@ -76,6 +76,8 @@ class _Segment:
     and how much of it was played."""
 
     text: str
+    start: int
+    """Where `text` starts in the reply's text stream (what Conversation.respond() yielded)."""
     agent: str | None
     """None: the call's first agent, before any handoff (its name is the first handoff's from)."""
     tts: TTS
@@ -151,6 +153,14 @@ class _Reply:
 
     def heard(self) -> str:
         return " ".join(p for _, p in self._heard_segments() if p)
+
+    def heard_chars(self) -> int:
+        """How far into its text stream the reply was heard: the offset that history is cut at."""
+        parts = self._heard_segments()
+        if not parts:
+            return 0
+        seg, part = parts[-1]
+        return seg.start + len(part)
 
     def _heard_segments(self) -> list[tuple[_Segment, str]]:
         parts = []
@@ -573,7 +583,7 @@ class VoiceSession:
             if heard:
                 self.dialogue.add_assistant(heard)
         elif heard:
-            self.dialogue.trim_last_reply(heard)
+            self.dialogue.trim_last_reply(reply.heard_chars())
         else:
             self._carry_text = self.dialogue.retract_turn()
         log.info("agent_interrupted", heard=heard, **why)
@@ -664,11 +674,11 @@ class VoiceSession:
         if voice.turn != self._turn:
             self._next_turn = voice.turn
 
-    def _segment(self, text: str) -> _Segment:
+    def _segment(self, clause: Clause) -> _Segment:
         """Words of the agent in charge now, in its voice."""
         agent = self._agent
         tts = self._voices(agent).tts if self._voices is not None and agent is not None else self._tts
-        return _Segment(text, agent, tts)
+        return _Segment(clause.text, clause.start, agent, tts)
 
     def _on_handoff(self, reply: _Reply, ev: HandoffEvent) -> None:
         from_agent = ev.from_agent if ev.from_agent is not None else self._agent
@@ -684,8 +694,8 @@ class VoiceSession:
     async def _generate(self, reply: _Reply, out: asyncio.Queue[_Segment | None]) -> None:
         splitter = SentenceSplitter(self._turn.first_clause_min_chars)
         if reply.fixed_text is not None:
-            for text in [*splitter.push(reply.fixed_text), *splitter.flush()]:
-                await out.put(self._segment(text))
+            for clause in [*splitter.push(reply.fixed_text), *splitter.flush()]:
+                await out.put(self._segment(clause))
             await out.put(None)
             return
         assert reply.user_text is not None
@@ -693,8 +703,8 @@ class VoiceSession:
             if isinstance(ev, TextDelta):
                 if reply.t_first_token is None:
                     reply.t_first_token = self._clock.now()
-                for text in splitter.push(ev.text):
-                    await out.put(self._segment(text))
+                for clause in splitter.push(ev.text):
+                    await out.put(self._segment(clause))
             elif isinstance(ev, LLMUsage):
                 self.usage.llm_prompt_tokens += ev.prompt_tokens
                 self.usage.llm_completion_tokens += ev.completion_tokens
@@ -724,13 +734,13 @@ class VoiceSession:
                 reply.end_call = True
             elif isinstance(ev, HandoffEvent):
                 # What the old agent said is its own segment; the rest is the new agent's.
-                for text in splitter.flush():
-                    await out.put(self._segment(text))
+                for clause in splitter.flush():
+                    await out.put(self._segment(clause))
                 self._on_handoff(reply, ev)
             else:
                 assert_never(ev)
-        for text in splitter.flush():
-            await out.put(self._segment(text))
+        for clause in splitter.flush():
+            await out.put(self._segment(clause))
         await out.put(None)
 
     async def _speak(self, reply: _Reply, segments: asyncio.Queue[_Segment | None]) -> None:

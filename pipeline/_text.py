@@ -13,6 +13,15 @@ _CLAUSE_END = re.compile(r"[,;:—]\s")
 _WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
 
 
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """A piece of a reply for TTS: its text (stripped), and where that text starts in everything
+    pushed to the splitter, so what was heard can be named by character offset."""
+
+    text: str
+    start: int
+
+
 class SentenceSplitter:
     """Cuts streamed LLM text into segments for TTS.
 
@@ -23,12 +32,13 @@ class SentenceSplitter:
 
     def __init__(self, first_clause_min_chars: int = 16) -> None:
         self._buf = ""
+        self._buf_start = 0
         self._first_min = first_clause_min_chars
         self._emitted = 0
 
-    def push(self, delta: str) -> list[str]:
+    def push(self, delta: str) -> list[Clause]:
         self._buf += delta
-        out: list[str] = []
+        out: list[Clause] = []
         while True:
             m = _SENTENCE_END.search(self._buf)
             if self._emitted == 0 and self._first_min > 0:
@@ -37,14 +47,21 @@ class SentenceSplitter:
                     m = c
             if m is None:
                 return out
-            seg, self._buf = self._buf[: m.end()].strip(), self._buf[m.end() :]
-            if seg:
-                out.append(seg)
+            clause = self._take(m.end())
+            if clause is not None:
+                out.append(clause)
                 self._emitted += 1
 
-    def flush(self) -> list[str]:
-        seg, self._buf = self._buf.strip(), ""
-        return [seg] if seg else []
+    def flush(self) -> list[Clause]:
+        clause = self._take(len(self._buf))
+        return [clause] if clause is not None else []
+
+    def _take(self, end: int) -> Clause | None:
+        raw, self._buf = self._buf[:end], self._buf[end:]
+        start = self._buf_start + len(raw) - len(raw.lstrip())
+        self._buf_start += end
+        text = raw.strip()
+        return Clause(text, start) if text else None
 
 
 def words(text: str) -> list[str]:
@@ -68,7 +85,7 @@ def _key(ws: Sequence[str]) -> str:
 
 
 def _collapse_repeats(ws: list[str]) -> list[str]:
-    """"okay okay" -> "okay", "yeah yeah yeah" -> "yeah", "uh huh uh huh" -> "uh huh"."""
+    """ "okay okay" -> "okay", "yeah yeah yeah" -> "yeah", "uh huh uh huh" -> "uh huh"."""
     out: list[str] = []
     for w in ws:
         out.append(w)
@@ -177,9 +194,10 @@ def is_backchannel(text: str, phrases: Iterable[str]) -> bool:
 
 
 def spoken_prefix(text: str, fraction: float) -> str:
-    """The words of text heard when `fraction` of its audio was played (speech is roughly even)."""
+    """The words of text heard when `fraction` of its audio was played (speech is roughly even):
+    a prefix of `text` itself, cut after a whole word."""
     if fraction >= 1.0:
         return text
-    tokens = text.split()
-    n = int(len(tokens) * max(fraction, 0.0))
-    return " ".join(tokens[:n])
+    spans = [m.end() for m in re.finditer(r"\S+", text)]
+    n = int(len(spans) * max(fraction, 0.0))
+    return text[: spans[n - 1]] if n else ""

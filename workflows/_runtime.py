@@ -115,8 +115,7 @@ class WorkflowConversation:
         self._llm: LLM | None = llms(workflow.start)
         self._transfers: dict[str, _Transfer] = {}
         self._turn_user = ""
-        self._before_switch = ""  # what this turn said before its last handoff
-        self._said = ""  # what this turn has said so far
+        self._said = ""  # what this turn has said so far (the stream the caller hears)
         self.dialogue = Dialogue(
             self._llm or _NoLLM(),
             self._render(self.spec.instructions),
@@ -182,7 +181,6 @@ class WorkflowConversation:
 
     async def respond(self, user_text: str) -> AsyncIterator[ReplyEvent]:
         self._turn_user = user_text
-        self._before_switch = ""
         self._said = ""
         rule = self._match(user_text)
         events: AsyncIterator[ReplyEvent] | None
@@ -193,7 +191,7 @@ class WorkflowConversation:
             self.dialogue.add_user(user_text)
             events = self._say(self._render(self.spec.fallback))
         else:
-            events = self.dialogue.respond(user_text)
+            events = self.dialogue.respond(user_text, stream_at=0)
         switches = 0
         while events is not None:
             request: HandoffEvent | None = None
@@ -231,7 +229,6 @@ class WorkflowConversation:
                 yield ev
             self.dialogue.mark_turn_start()
         yield HandoffEvent(to=to, from_agent=old)
-        self._before_switch = self._said
         greeting = self.spec.greeting
         if greeting:
             async for ev in self._say(self._render(greeting)):
@@ -239,16 +236,13 @@ class WorkflowConversation:
             return
         if self._llm is None:
             return
+        if self._said.strip() and not self._said[-1].isspace():
+            yield TextDelta(text=" ")  # its first words are a new sentence, not glued on
         if self._turn_user_kept():
-            events = self.dialogue.resume()
+            events = self.dialogue.resume(stream_at=len(self._said))
         else:
-            events = self.dialogue.respond(self._turn_user)
-        first = True
+            events = self.dialogue.respond(self._turn_user, stream_at=len(self._said))
         async for ev in events:
-            if isinstance(ev, TextDelta) and first:
-                first = False
-                if self._said.strip() and not self._said[-1].isspace() and not ev.text[:1].isspace():
-                    yield TextDelta(text=" ")  # its first words are a new sentence, not glued on
             yield ev
 
     def _switch(self, to: str, spec: HandoffSpec) -> None:
@@ -279,8 +273,9 @@ class WorkflowConversation:
     async def _say(self, line: str) -> AsyncIterator[ReplyEvent]:
         if not line:
             return
-        self.dialogue.add_assistant(line)
-        yield TextDelta(text=(" " if self._said.strip() else "") + line)
+        sep = " " if self._said.strip() else ""
+        self.dialogue.add_assistant(line, stream_at=len(self._said) + len(sep))
+        yield TextDelta(text=sep + line)
 
     async def _run_rule(self, rule: RuleSpec) -> AsyncIterator[ReplyEvent]:
         log.info("rule_matched", pattern=rule.match or ",".join(rule.keywords or ()))
@@ -307,11 +302,10 @@ class WorkflowConversation:
         if end:
             yield EndCallEvent()
 
-    def trim_last_reply(self, spoken: str) -> None:
-        # The dialogue holds only the current agent's part of this turn: skip the words before.
-        words = spoken.split()
-        skip = len(self._before_switch.split())
-        self.dialogue.trim_last_reply(" ".join(words[skip:]))
+    def trim_last_reply(self, heard_chars: int) -> None:
+        # The dialogue placed each of its messages in this turn's stream (stream_at); what the
+        # old agent said before a handoff is no longer its to cut.
+        self.dialogue.trim_last_reply(heard_chars)
 
     def retract_turn(self) -> str:
         text = self.dialogue.retract_turn()

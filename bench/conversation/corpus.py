@@ -211,8 +211,8 @@ async def render_answers(workflow: Workflow, texts: dict[str, str]) -> dict[str,
     for answer, text in texts.items():
         splitter = SentenceSplitter(split)
         pcm = b""
-        for segment in [*splitter.push(text), *splitter.flush()]:
-            pcm += b"".join([chunk async for chunk in tts.synthesize(segment)])
+        for clause in [*splitter.push(text), *splitter.flush()]:
+            pcm += b"".join([chunk async for chunk in tts.synthesize(clause.text)])
         out[answer] = trim(np.frombuffer(pcm, "<i2"), -40.0)
     return out
 

@@ -150,6 +150,11 @@ async def turn(conv: WorkflowConversation, text: str) -> list[ReplyEvent]:
     return [ev async for ev in conv.respond(text)]
 
 
+def text_of(events: Sequence[ReplyEvent]) -> str:
+    """The reply stream exactly as the session receives it."""
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
 def spoken(events: Sequence[ReplyEvent]) -> str:
     return " ".join("".join(e.text for e in events if isinstance(e, TextDelta)).split())
 
@@ -364,25 +369,45 @@ async def test_interrupted_after_a_handoff_trims_only_the_new_agents_words() -> 
     host = PlayLLM([say("Sure."), call("transfer_to_payments")])
     payments = PlayLLM([say("Payments here. Please read me the card number slowly.")])
     conv = make({"host": host, "payments": payments})
-    await turn(conv, "pay")
+    stream = text_of(await turn(conv, "pay"))
     # heard: the host's word, the say line, and two words of the payments agent
-    conv.trim_last_reply("Sure. Let me pass you to payments. Payments here.")
+    heard = stream.index("Payments here.") + len("Payments here.")
+    conv.trim_last_reply(heard)
     assistant = [m.content for m in conv.dialogue.messages if m.role == "assistant"]
     assert assistant[-2:] == ["Let me pass you to payments.", "Payments here."]
 
 
-@pytest.mark.parametrize("words", [0, 3])
-async def test_trim_spreads_heard_words_over_the_turns_messages(words: int) -> None:
+@pytest.mark.parametrize(
+    ("heard", "kept"),
+    [("", [("", True)]), ("Let me", [("Let me", True)]), ("Let me look.", [("Let me look.", True)]),
+     ("Let me look. Found a", [("Let me look.", True), ("Found a", False)])],
+)  # fmt: skip
+async def test_trim_cuts_each_message_where_the_stream_was_heard(
+    heard: str, kept: list[tuple[str, bool]]
+) -> None:
     host = PlayLLM([say("Let me look."), call("book_table")], [say("Found a table at eight.")])
     conv = make({"host": host})
-    await turn(conv, "book")
-    heard = " ".join("Let me look. Found a table".split()[:words])
-    conv.trim_last_reply(heard)
+    stream = text_of(await turn(conv, "book"))
+    assert stream.startswith(heard)
+    conv.trim_last_reply(len(heard))
     texts = [(m.content, bool(m.tool_calls)) for m in conv.dialogue.messages if m.role == "assistant"]
-    if words == 0:
-        assert texts == [("", True)]
-    else:
-        assert texts == [("Let me look.", True)]
+    assert texts == kept
+
+
+async def test_trim_finds_the_filler_and_the_llms_text_in_one_stream() -> None:
+    # The LLM's words, the tool's filler (added by the Dialogue, not the LLM) and the LLM's words
+    # after the tool: each message is cut where the caller stopped hearing it.
+    host = PlayLLM([say("Sure."), call("book_table")], [say("Booked for eight.")])
+    conv = make({"host": host}, {"host": FakeTools(["book_table"], fillers={"book_table": "One moment."})})
+    stream = text_of(await turn(conv, "book"))
+    assert " ".join(stream.split()) == "Sure. One moment. Booked for eight."
+    conv.trim_last_reply(stream.index("moment") + len("moment."))
+    assistant = [m.content for m in conv.dialogue.messages if m.role == "assistant"]
+    assert assistant == ["Sure. One moment."]
+    # A rule's line (recorded by the runtime) is cut the same way.
+    stream = text_of(await turn(conv, "are you open tonight"))
+    conv.trim_last_reply(stream.index("open") + len("open"))
+    assert conv.dialogue.messages[-1].content == "We open"
 
 
 async def test_text_after_a_tool_call_is_said_only_once_the_tool_has_run() -> None:
