@@ -47,6 +47,7 @@ __all__ = [
     "EndOfTurnModel",
     "EndOfTurnPrediction",
     "TurnDecision",
+    "closing_cue",
     "decide_end_of_turn",
     "doubtful_cue",
     "shared_end_of_turn_model",
@@ -113,7 +114,9 @@ class EndOfTurnConfig:
 
 _TOLERANCE_MS = 1e-6
 
-DecisionReason = Literal["complete", "incomplete", "unfinished_text", "doubtful_text", "no_score", "max_wait"]
+DecisionReason = Literal[
+    "complete", "incomplete", "unfinished_text", "doubtful_text", "closing_text", "no_score", "max_wait"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,8 @@ class TurnDecision:
     reason: DecisionReason
     """complete / incomplete: the model's score against the threshold; unfinished_text: the
     transcript's last words or mark (`cue`) cannot end a sentence; doubtful_text: they rarely do,
-    and the pause is shorter than doubtful_wait_ms; no_score: the model had no answer and silence
+    and the pause is shorter than doubtful_wait_ms; closing_text: the model said incomplete but
+    the caller said goodbye or thanks (`cue`); no_score: the model had no answer and silence
     timing decided; max_wait: the longest pause allowed has passed."""
     wait_ms: float
     """On "wait": further silence after which the turn ends if nothing changes (ask again then,
@@ -165,6 +169,9 @@ def decide_end_of_turn(
         if doubt is not None and reached < doubtful_ms:
             return TurnDecision("wait", "doubtful_text", doubtful_ms - silence_ms, doubt)
         return TurnDecision("end", "complete", 0.0)
+    closing = closing_cue(transcript)
+    if closing is not None:
+        return TurnDecision("end", "closing_text", 0.0, closing)
     return TurnDecision("wait", "incomplete", until_max)
 
 
@@ -243,6 +250,18 @@ def doubtful_cue(transcript: str) -> str | None:
     if _asks_wh(transcript):
         return None
     return f"{words[-2]} it"
+
+
+# A turn that ends in these is over, whatever the model heard in the voice ("Great, thanks a lot,
+# bye." scored 0.03 on the demo call and waited 2 s for nothing).
+_CLOSINGS = ("bye", "goodbye", "bye-bye", "thanks", "thank you", "cheers", "that's all", "that's it")
+
+
+def closing_cue(transcript: str) -> str | None:
+    """The closing words `transcript` ends with (a goodbye, a thanks), else None."""
+    words = _words(transcript.strip())
+    tail = " ".join(words[-2:])
+    return next((c for c in _CLOSINGS if tail == c or tail.endswith(" " + c)), None)
 
 
 def _words(text: str) -> list[str]:

@@ -87,8 +87,6 @@ class _Stream:
             self._soxr.clear()
 
 
-
-
 class InboundReframer:
     """Caller audio as the transport delivers it -> internal frames (16 kHz mono int16, 20 ms).
 

@@ -135,7 +135,7 @@ class TTSSpec(_StageSpec):
 
 
 class TurnSettings(_Strict):
-    end_of_turn: Literal["silence", "model"] = "silence"
+    end_of_turn: Literal["silence", "model"] = "model"
     """How the caller's turn is judged over: `silence` ends it after end_of_speech_ms of silence;
     `model` asks a learned end-of-turn model (Smart Turn v3.2, offline) and the partial transcript
     at each pause, ending at once on "complete", else waiting up to end_of_turn_max_wait_ms."""

@@ -286,7 +286,11 @@ class _Call:
         end = self.window_end(seg)
         cancelled = at.answer
         after = [s for s in self.spans if stop <= s.start_s < end]
-        stale = [s for s in after if s.answer == cancelled]
+        # The reply to the barge-in: an answer from its first words once the caller has finished.
+        # It may be the cancelled answer again (the rules' fallback answers a misheard barge-in
+        # as it answered the question before): that is a new reply, not stale audio.
+        reply = next((s for s in after if s.start_s >= seg.end_s and s.w0 <= RESAY_WORDS), None)
+        stale = [s for s in after if s.answer == cancelled and (reply is None or s.start_s < reply.start_s)]
         first_reply = next((s for s in after if s.answer == seg.expects), None)
         # Audio after the stop that cannot be labelled and comes before the answer to the barge-in.
         cutoff = first_reply.start_s if first_reply else end

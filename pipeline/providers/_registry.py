@@ -78,9 +78,7 @@ class ProviderRegistry:
         """Raises UnknownProviderError naming the stage, the name and the names there are."""
         entries = self._stage(stage)
         if name not in entries:
-            raise UnknownProviderError(
-                f"unknown {stage} provider {name!r} (available: {', '.join(entries)})"
-            )
+            raise UnknownProviderError(f"unknown {stage} provider {name!r} (available: {', '.join(entries)})")
         return entries[name]
 
     def billing_name(self, stage: str, name: str) -> str:

@@ -127,7 +127,11 @@ def test_a_broken_operator_price_file_stops_the_run_with_one_line(tmp_path: Path
     ids=["output-dir", "report-dir", "parent-is-a-file", "fifo", "read-only-dir"],
 )
 def test_a_bad_output_path_is_refused_before_the_call(
-    tmp_path: Path, good_wav: Path, option: str, make, expected: str  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    good_wav: Path,
+    option: str,
+    make,
+    expected: str,  # type: ignore[no-untyped-def]
 ) -> None:
     target = make(tmp_path)
     proc = voicerun("run", "--workflow", WORKFLOW, "--input", good_wav, option, target, "--fast")

@@ -154,6 +154,7 @@ defaults:
   stt: {{provider: deepgram, model: nova-3, options: {{base_url: "ws://{cloud.base}", keyterms: [Trattoria]}}}}
   llm: {{provider: openai, model: gpt-4o-mini, options: {{base_url: "http://{cloud.base}/v1"}}}}
   tts: {{provider: polly, options: {{endpoint_url: "http://{cloud.base}", voice: Matthew}}}}
+  turn: {{end_of_turn: silence}}  # the caller is a tone, which the end-of-turn model cannot judge
 start: host
 agents:
   host:

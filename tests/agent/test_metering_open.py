@@ -19,7 +19,11 @@ async def test_usage_that_never_reached_the_ledger_is_reported_after_exit(tmp_pa
         # Usage of a call the ledger never opened: the database refuses it (a foreign key).
         metering.meter.report(
             UsageReported(
-                call_id="orphan", seq=0, line=UsageLine("tts", "polly", "neural", characters=9), agent=None, at=T0
+                call_id="orphan",
+                seq=0,
+                line=UsageLine("tts", "polly", "neural", characters=9),
+                agent=None,
+                at=T0,
             )
         )
     [loss] = metering.lost

@@ -193,7 +193,9 @@ async def test_backchannels_whisper_mishears_never_cut_or_restart_the_greeting(
     parts: list[tuple[str, float | np.ndarray]] = [("wait", 3.0)]
     for said in ("Uh-huh.", "Mm-hmm.", "Okay, okay.", "All right."):
         parts += [("say", voice(said)), ("wait", 2.5)]
-    workflow = WORKFLOW.replace("start: host", f"start: host\ndefaults:\n  turn: {{end_of_turn: {end_of_turn}}}")
+    workflow = WORKFLOW.replace(
+        "start: host", f"start: host\ndefaults:\n  turn: {{end_of_turn: {end_of_turn}}}"
+    )
     record, _, agent_ch = await simulate(workflow, caller(*parts, ("wait", 12.0)))
     # No decision held the turn open: a hold is a "wait" decision. (How long a decision takes is
     # the machine's load, charged by the virtual clock: on a 2-core machine running other work it
@@ -318,7 +320,9 @@ async def test_no_audio_of_a_cancelled_answer_after_a_barge_in(voice: Any) -> No
     # Nothing between the cut (within 100 ms of the onset) and the answer to the barge-in, and the
     # answer is the new one: a short line, not a sentence of the cancelled menu.
     assert after, "no answer after the barge-in"
-    assert after[0][0] >= barge_end, f"agent audio at {after[0][0] / SAMPLE_RATE:.2f} s, caller spoke until {barge_end / SAMPLE_RATE:.2f} s"
+    assert after[0][0] >= barge_end, (
+        f"agent audio at {after[0][0] / SAMPLE_RATE:.2f} s, caller spoke until {barge_end / SAMPLE_RATE:.2f} s"
+    )
     assert (after[0][1] - after[0][0]) / SAMPLE_RATE < 3.0
     said = [e for e in record.transcript if e["role"] == "assistant"]
     assert said[-1]["content"] == "Of course, connecting you now."

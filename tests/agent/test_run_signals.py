@@ -109,5 +109,7 @@ def test_a_signal_while_waiting_for_the_usage_export_stops_only_the_wait(tmp_pat
     assert report["ended_reason"] == "agent_ended"
     db = sqlite3.connect(Path(os.environ["VOICERUN_DATA_DIR"]) / "voicerun.db")
     (status,) = db.execute("SELECT status FROM calls WHERE id = ?", (report["call_id"],)).fetchone()
-    (usage,) = db.execute("SELECT count(*) FROM usage_events WHERE call_id = ?", (report["call_id"],)).fetchone()
+    (usage,) = db.execute(
+        "SELECT count(*) FROM usage_events WHERE call_id = ?", (report["call_id"],)
+    ).fetchone()
     assert status == "completed" and usage > 0  # the ledger has the call; the export resumes later

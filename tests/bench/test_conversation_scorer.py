@@ -134,6 +134,18 @@ async def test_barge_in_stop_latency_and_stale_tail(stale: bool, say: dict[str, 
     assert b["reply_to_barge_in_ms"] == pytest.approx((t - 5.2) * 1000, abs=30)
 
 
+@pytest.mark.parametrize("after_caller", [True, False])
+async def test_the_same_answer_from_its_start_is_a_reply_once_the_caller_has_finished(after_caller: bool, say: dict[str, Int16Array], whisper: WhisperTranscriber, tmp_path: Path) -> None:  # fmt: skip
+    # The rules answer a misheard barge-in with the answer it cut (the fallback both times): that
+    # new reply is not stale. Started again while the caller still speaks, it is.
+    call = Call(say)
+    call.agent_says(1.0, DELIVER[0], cut_at_s=2.28)
+    call.caller("barge_in", BARGE, 2.2, 5.2, expects="human")
+    call.agent_answer(6.0 if after_caller else 3.0, "deliver", last=2)
+    (b,) = (await call.score(tmp_path, whisper)).barge_ins
+    assert (b["stale_s"] > 0) == (not after_caller)
+
+
 async def test_missed_barge_in(
     say: dict[str, Int16Array], whisper: WhisperTranscriber, tmp_path: Path
 ) -> None:

@@ -91,7 +91,9 @@ async def test_a_sigkilled_processs_call_is_abandoned_priced_and_billed_and_a_li
         assert alive is not None and alive.status == "active"
         assert await ledger.recover_orphans() == []
         status = await ledger.outbox_status()
-        assert status.pending == 2 + 2 + 2  # both calls' customer and session; the dead one's stt and indicator
+        assert (
+            status.pending == 2 + 2 + 2
+        )  # both calls' customer and session; the dead one's stt and indicator
     finally:
         await ledger.aclose()
 

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pipeline import (
@@ -24,6 +24,7 @@ from pipeline import (
     EndOfTurnError,
     EndOfTurnModel,
     EndOfTurnPrediction,
+    closing_cue,
     decide_end_of_turn,
     doubtful_cue,
     frames,
@@ -417,6 +418,17 @@ def test_a_preposition_then_it_is_doubtful(text: str, cue: str | None) -> None:
     assert doubtful_cue(text) == cue
 
 
+@pytest.mark.parametrize(
+    ("text", "closing"),
+    [("Great Thanks a lot, bye.", "bye"), ("Okay, thank you!", "thank you"), ("That's all.", "that's all"),
+     ("Thanks a lot", None), ("Bye the way, I", None), ("I want to say goodbye to", None)],
+)  # fmt: skip
+def test_a_goodbye_ends_the_turn_even_when_the_model_hears_more(text: str, closing: str | None) -> None:
+    assert closing_cue(text) == closing
+    decision = decide_end_of_turn(CONFIG, 0.03, text, 300.0)
+    assert (decision.action == "end") == (closing is not None)
+
+
 @given(st.text())
 def test_any_text_gives_a_cue_or_none(text: str) -> None:
     cue = unfinished_cue(text)
@@ -459,6 +471,7 @@ transcripts = (
 @example(CONFIG, 0.2, "My order number is four five six.", 200.0)
 @example(CONFIG, 0.99, "I would like to book a table for it.", 200.0)
 @example(CONFIG, None, "I would like to book a table for it.", 400.0)
+@example(CONFIG, 0.03, "Great, thanks a lot, bye.", 250.0)
 def test_the_decision(config: EndOfTurnConfig, p: float | None, text: str, silence_ms: float) -> None:
     decision = decide_end_of_turn(config, p, text, silence_ms)
     cue = unfinished_cue(text)
@@ -477,10 +490,12 @@ def test_the_decision(config: EndOfTurnConfig, p: float | None, text: str, silen
             expected = ("end" if reached >= config.no_score_silence_ms else "wait", "no_score")
     elif p >= config.threshold:
         expected = ("wait", "doubtful_text") if doubting else ("end", "complete")
+    elif closing_cue(text) is not None:
+        expected = ("end", "closing_text")
     else:
         expected = ("wait", "incomplete")
     assert (decision.action, decision.reason) == expected
-    cued = {"unfinished_text": cue, "doubtful_text": doubt}
+    cued = {"unfinished_text": cue, "doubtful_text": doubt, "closing_text": closing_cue(text)}
     assert decision.cue == cued.get(decision.reason)
     # Waiting is bounded, and waiting as long as told ends the turn if nothing changes.
     if decision.action == "end":
@@ -500,12 +515,10 @@ def test_more_silence_never_reopens_a_turn(
         assert decide_end_of_turn(config, p, text, longer).action == "end"
 
 
-@given(configs, scores, scores, transcripts, silences)
+@given(configs, st.floats(0.0, 1.0), st.floats(0.0, 1.0), transcripts, silences)
 def test_a_higher_score_never_reopens_a_turn(
-    config: EndOfTurnConfig, a: float | None, b: float | None, text: str, silence_ms: float
+    config: EndOfTurnConfig, a: float, b: float, text: str, silence_ms: float
 ) -> None:
-    assume(a is not None and b is not None)
-    assert a is not None and b is not None
     lower, higher = sorted((a, b))
     if decide_end_of_turn(config, lower, text, silence_ms).action == "end":
         assert decide_end_of_turn(config, higher, text, silence_ms).action == "end"

@@ -36,7 +36,9 @@ def test_a_short_burst_is_a_backchannel_whatever_a_small_stt_wrote_for_it(text: 
     assert (decision.action, decision.reason) == ("backchannel", "short_burst")
 
 
-@pytest.mark.parametrize("text", ["Yes please, book it.", "Okay, what about Sunday?", "Let me think about it."])
+@pytest.mark.parametrize(
+    "text", ["Yes please, book it.", "Okay, what about Sunday?", "Let me think about it."]
+)
 def test_a_longer_burst_of_other_words_interrupts(text: str) -> None:
     decision = classify_overlap(text, 1000, DEFAULT_BACKCHANNELS, max_ms=1200)
     assert decision.action == "interrupt"

@@ -61,7 +61,9 @@ async def test_a_pause_mid_sentence_does_not_end_the_turn(
     split, _ = await run_call(audio, ["my order number is", "four five six"], ScriptedLLM("Thanks."))
     assert len(split.of(TurnCompleted)) == 2
     captured_logs.clear()
-    _, summary = await run_call(audio, ["my order number is four five six"], ScriptedLLM("Thanks."), turn=MODEL)
+    _, summary = await run_call(
+        audio, ["my order number is four five six"], ScriptedLLM("Thanks."), turn=MODEL
+    )
     assert len(summary.turns) == 1 and not summary.turns[0].interrupted
     asked = decisions(captured_logs)
     # Nothing ended the turn before the sentence did. (On a loaded machine the decision asked in
@@ -76,12 +78,16 @@ async def test_the_model_runs_off_the_loop_once_per_process_for_every_call(
     loop.set_debug(True)
     # Features and inference take ~70-120 ms: on the loop they would show here.
     loop.slow_callback_duration = 0.05
-    audio = np.concatenate([silence(0.5), pcm(speech_samples[1]), silence(2.0), pcm(speech_samples[3]), silence(2.0)])
+    audio = np.concatenate(
+        [silence(0.5), pcm(speech_samples[1]), silence(2.0), pcm(speech_samples[3]), silence(2.0)]
+    )
     sessions: list[Any] = []
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         # One after the other: each call installs its own virtual clock on the loop.
         runs: list[tuple[Run, Any]] = [
-            await run_call(audio, ["one", "two"], ScriptedLLM("Sure."), tts=ToneTTS(0.3), turn=MODEL, sessions=sessions)
+            await run_call(
+                audio, ["one", "two"], ScriptedLLM("Sure."), tts=ToneTTS(0.3), turn=MODEL, sessions=sessions
+            )
             for _ in range(2)
         ]
     slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "Executing" in r.getMessage()]

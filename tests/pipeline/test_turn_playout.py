@@ -34,7 +34,9 @@ def audio(byte: int, frames: int) -> bytes:
     return bytes([byte]) * (FRAME_BYTES * frames)
 
 
-async def test_a_writer_waiting_for_room_is_refused_once_its_playback_is_cancelled(clock: VirtualClock) -> None:
+async def test_a_writer_waiting_for_room_is_refused_once_its_playback_is_cancelled(
+    clock: VirtualClock,
+) -> None:
     sink = Sink()
     playout = Playout(clock, sink, max_buffer_s=0.04)  # room for 2 frames
     old, new = playout.open(), playout.open()

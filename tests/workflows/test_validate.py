@@ -422,7 +422,9 @@ def test_a_fifo_is_refused_instead_of_waiting_for_a_writer(tmp_path: Path) -> No
     import os
 
     os.mkfifo(tmp_path / "pipe.yaml")
-    assert [str(p) for p in validate_file(tmp_path / "pipe.yaml")] == [f"{tmp_path / 'pipe.yaml'}: not a regular file"]
+    assert [str(p) for p in validate_file(tmp_path / "pipe.yaml")] == [
+        f"{tmp_path / 'pipe.yaml'}: not a regular file"
+    ]
 
 
 # -- the CLI -----------------------------------------------------------------------------------
