@@ -72,11 +72,12 @@ from ._events import (
     UserTranscript,
 )
 from ._llm import LLM, LLMEvent, LLMUsage, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
-from ._playout import AudioSink, Playback, Playout
+from ._playout import AudioSink, BufferedSink, Playback, Playout
 from ._reframe import InboundReframer, OutboundReframer
 from ._session import (
     DEFAULT_BACKCHANNELS,
     AgentVoice,
+    CallerAudio,
     CallSummary,
     SessionConfig,
     TurnConfig,
@@ -85,7 +86,7 @@ from ._session import (
 )
 from ._stt import STT, InterimCallback, STTSession, Transcript, Utterance
 from ._text import Clause, OverlapDecision, SentenceSplitter, classify_overlap, is_backchannel
-from ._tts import TTS
+from ._tts import TTS, Synthesis
 from ._vad import Endpointer, VADConfig, VADResult
 
 __all__ = [
@@ -104,8 +105,10 @@ __all__ = [
     "AudioFormatError",
     "AudioSink",
     "Backchannel",
+    "BufferedSink",
     "CallEnded",
     "CallSummary",
+    "CallerAudio",
     "Clause",
     "Clock",
     "ContextKeep",
@@ -138,6 +141,7 @@ __all__ = [
     "SentenceSplitter",
     "SessionConfig",
     "SessionEvent",
+    "Synthesis",
     "TextDelta",
     "ToolCall",
     "ToolCallRequest",

@@ -34,6 +34,8 @@ class TurnMetrics:
     e2e_latency_ms: float | None
     """Last voiced caller audio -> first agent audio frame out: the silence the caller hears."""
     interrupted: bool
+    failed: bool = False
+    """A stage failed while answering (its PipelineFault says which)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ._audio import FRAME_BYTES, FRAME_S
 from ._clock import Clock
@@ -21,6 +21,25 @@ from ._clock import Clock
 class AudioSink(Protocol):
     async def send(self, pcm: bytes, t: float) -> None:
         """Play one internal-format frame that starts at clock time t."""
+        ...
+
+
+@runtime_checkable
+class BufferedSink(AudioSink, Protocol):
+    """A sink that keeps a queue of its own (a room's audio source holds frames it was sent
+    until their time comes): the playout stops that queue too, or the caller would go on hearing
+    what was already handed over after a barge-in."""
+
+    def pause(self) -> None:
+        """Stop playing now, keeping what is queued (the agent may resume where it stopped)."""
+        ...
+
+    def resume(self) -> None:
+        """Play on from where pause() stopped."""
+        ...
+
+    def clear(self) -> None:
+        """Drop everything queued: none of it will be heard."""
         ...
 
 
@@ -81,6 +100,9 @@ class Playout:
     def __init__(self, clock: Clock, sink: AudioSink, max_buffer_s: float = 10.0) -> None:
         self._clock = clock
         self._sink = sink
+        self._buffered = sink if isinstance(sink, BufferedSink) else None
+        self._sending: Playback | None = None
+        """Whose frames the sink got last (a buffered sink may still be playing them)."""
         self._max_bytes = int(max_buffer_s / FRAME_S) * FRAME_BYTES
         self._items: deque[_Chunk | _Marker] = deque()
         self._bytes = 0
@@ -137,6 +159,9 @@ class Playout:
                 kept.append(item)
         self._items = kept
         self._space.set()
+        if self._buffered is not None and self._sending is owner:
+            self._buffered.clear()  # what the sink holds is this reply's: none of it is heard
+            self._sending = None
 
     def _mark(self, owner: Playback | None, fire: Callable[[float], None]) -> None:
         if not self._items:
@@ -159,10 +184,16 @@ class Playout:
         return await self._drained(None)
 
     def pause(self) -> None:
-        self._paused = True
+        if not self._paused:
+            self._paused = True
+            if self._buffered is not None:
+                self._buffered.pause()
 
     def resume(self) -> None:
-        self._paused = False
+        if self._paused:
+            self._paused = False
+            if self._buffered is not None:
+                self._buffered.resume()
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -195,6 +226,7 @@ class Playout:
                 continue
             if item.offset == 0 and item.on_start is not None:
                 item.on_start(t)
+            self._sending = item.owner
             take = item.data[item.offset : item.offset + need]
             item.offset += len(take)
             item.stats.played += len(take)

@@ -48,7 +48,7 @@ from ._events import (
 )
 from ._llm import LLMUsage, TextDelta
 from ._playout import AudioSink, Playback, Playout, SegmentStats
-from ._stt import STTSession, Utterance
+from ._stt import STTSession, Transcript, Utterance
 from ._text import Clause, SentenceSplitter, classify_overlap, spoken_prefix
 from ._tts import TTS, whole_samples
 from ._vad import Endpointer, VADConfig
@@ -64,6 +64,11 @@ DEFAULT_BACKCHANNELS = (
 )  # fmt: skip
 
 T = TypeVar("T")
+
+CallerAudio = AsyncIterator[bytes] | AsyncIterator[tuple[bytes, float]]
+"""The caller's 20 ms frames, each bare or with the clock time it finished arriving at the
+transport: a transport that queues frames stamps them, so that turn latencies start when the
+caller's audio arrived, not when a loaded loop got round to it."""
 
 _bound_agent: contextvars.ContextVar[object] = contextvars.ContextVar("voicerun_bound_agent", default=None)
 """Which handoff the current task's log context reflects (see VoiceSession._sync_log_agent)."""
@@ -128,6 +133,17 @@ class CallSummary:
     duration_s: float
     usage: Usage
     turns: tuple[TurnMetrics, ...]
+    turns_failed: int = 0
+    """Caller turns that got no answer because a stage failed (STT, LLM or TTS)."""
+    greeting_failed: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """Nothing the call tried worked: every caller turn failed (or, with none, the greeting)."""
+        answered = sum(1 for t in self.turns if not t.failed)
+        if self.turns_failed:
+            return answered == 0
+        return self.greeting_failed and not self.turns
 
 
 @dataclass(eq=False)
@@ -146,6 +162,8 @@ class _Reply:
     handoff_from: str | None = None
     """Set when this reply handed off: the agent that began it."""
     paused: bool = False
+    failed: bool = False
+    """A stage failed (its fault was reported)."""
     end_call: bool = False
     task: asyncio.Task[None] | None = None
     playback: Playback | None = None
@@ -201,6 +219,15 @@ class AgentVoice:
     stt: STTSession
     tts: TTS
     turn: TurnConfig
+
+
+class _StageFailed(Exception):
+    """A reply's stage failed: carries which one, so the fault names it."""
+
+    def __init__(self, stage: Literal["llm", "tts"], error: Exception) -> None:
+        super().__init__(str(error))
+        self.stage: Literal["llm", "tts"] = stage
+        self.error = error
 
 
 class VoiceSession:
@@ -260,10 +287,14 @@ class VoiceSession:
         self._turn_audio: deque[bytes] = deque(maxlen=int(WINDOW_S / FRAME_S) + 1)
         self._interim_text = ""
         self._pause: _Pause | None = None
+        self._turns_failed = 0
+        self._greeting_failed = False
+        self._last_final: asyncio.Task[None] | None = None
+        """The latest utterance's transcript task: each one commits after the one before it."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def run(self, caller: AsyncIterator[bytes]) -> CallSummary:
+    async def run(self, caller: CallerAudio) -> CallSummary:
         """Run the call until the caller hangs up and the agent finishes, end_call, or max duration."""
         if self._turn.end_of_turn == "model" and self.end_of_turn_model is None:
             self.end_of_turn_model = await shared_end_of_turn_model()
@@ -289,7 +320,14 @@ class VoiceSession:
         t_end = self._clock.now()
         self.usage.call_seconds = t_end - t_start
         self._emit(CallEnded(reason=self._end_reason, t=t_end))
-        return CallSummary(self._end_reason, t_end - t_start, self.usage, tuple(self.turns))
+        return CallSummary(
+            self._end_reason,
+            t_end - t_start,
+            self.usage,
+            tuple(self.turns),
+            turns_failed=self._turns_failed,
+            greeting_failed=self._greeting_failed,
+        )
 
     def end(self, reason: str) -> None:
         if not self._ended.is_set():
@@ -301,9 +339,13 @@ class VoiceSession:
         log.info("call_max_duration_reached", max_duration_s=self.config.max_duration_s)
         self.end("max_duration")
 
-    async def _consume(self, caller: AsyncIterator[bytes]) -> None:
-        async for pcm in caller:
-            self._on_frame(pcm)
+    async def _consume(self, caller: CallerAudio) -> None:
+        clock = self._clock
+        async for item in caller:
+            if type(item) is tuple:
+                self._on_frame(*item)
+            else:
+                self._on_frame(item, clock.now())  # type: ignore[arg-type]
         # The caller hung up (or the recording ended): close the open utterance, let the agent
         # finish what it is saying, then end.
         if self._utt is not None:
@@ -337,9 +379,11 @@ class VoiceSession:
 
     # -- caller audio path (runs once per 20 ms frame; keep it cheap) ---------------------
 
-    def _on_frame(self, pcm: bytes) -> None:
+    def _on_frame(self, pcm: bytes, now: float) -> None:
+        """One caller frame that finished arriving at `now` (the transport's time, which under
+        load is earlier than the clock's when this runs: latencies start where the caller's
+        silence starts)."""
         self._sync_log_agent()
-        now = self._clock.now()
         if self._next_turn is not None and not self._endpointer.in_speech:
             # A handoff changed turn-taking; it applies from the next utterance, never mid-way.
             self._apply_turn(self._next_turn)
@@ -499,19 +543,35 @@ class VoiceSession:
         self._drop_pause()
         utt, self._utt = self._utt, None
         assert utt is not None
-        self._spawn(self._finish_utterance(utt, self._utt_onset, last_voiced_s, self._utt_agent), "stt-final")
+        before = self._last_final
+        self._last_final = self._spawn(
+            self._finish_utterance(utt, self._utt_onset, last_voiced_s, self._utt_agent, before), "stt-final"
+        )
 
     # -- turn decisions -------------------------------------------------------------------
 
     async def _finish_utterance(
-        self, utt: Utterance, onset_s: float, last_voiced_s: float, agent: str | None
+        self,
+        utt: Utterance,
+        onset_s: float,
+        last_voiced_s: float,
+        agent: str | None,
+        before: asyncio.Task[None] | None,
     ) -> None:
+        transcript: Transcript | Exception
         try:
             async with self._clock.busy():
                 transcript = await utt.finalize()
         except Exception as exc:
-            log.error("stt_failed", error=str(exc), exc_info=True)
-            self._emit(PipelineFault(stage="stt", error=str(exc), t=self._clock.now()))
+            transcript = exc
+        # Utterances commit in the order they were spoken, even when an earlier one's transcript
+        # is slower: the caller's words reach the dialogue as they said them.
+        if before is not None and not before.done():
+            await asyncio.wait([before])
+        if isinstance(transcript, Exception):
+            log.error("stt_failed", error=str(transcript), exc_info=transcript)
+            self._emit(PipelineFault(stage="stt", error=str(transcript), t=self._clock.now()))
+            self._turns_failed += 1
             self._resume_if_paused()
             return
         t_final = self._clock.now()
@@ -612,6 +672,7 @@ class VoiceSession:
             tts_ttfb_ms=ms(reply.t_tts_request, reply.t_tts_audio),
             e2e_latency_ms=ms(reply.t_last_voiced, reply.t_first_out),
             interrupted=interrupted,
+            failed=reply.failed,
         )
         self.turns.append(metrics)
         log.info("turn_completed", **{k: getattr(metrics, k) for k in metrics.__slots__})
@@ -632,13 +693,16 @@ class VoiceSession:
                 tg.create_task(self._speak(reply, segments), name="reply-tts")
             assert reply.playback is not None
             await reply.playback.drained()
-        except ExceptionGroup as group:
+        except* _StageFailed as group:
+            reply.failed = True
+            if reply.user_text is None:
+                self._greeting_failed = True
+            else:
+                self._turns_failed += 1
             for exc in group.exceptions:
-                stage: Literal["llm", "tts"] = (
-                    "tts" if reply.t_tts_request is not None and reply.t_first_out is None else "llm"
-                )
-                log.error("reply_failed", stage=stage, error=str(exc), exc_info=exc)
-                self._emit(PipelineFault(stage=stage, error=str(exc), t=self._clock.now()))
+                assert isinstance(exc, _StageFailed)
+                log.error("reply_failed", stage=exc.stage, error=str(exc), exc_info=exc.error)
+                self._emit(PipelineFault(stage=exc.stage, error=str(exc), t=self._clock.now()))
         if self._reply is reply:
             self._reply = None
             heard = reply.heard()
@@ -692,6 +756,12 @@ class VoiceSession:
         self._emit(AgentHandoff(from_agent=from_agent, to_agent=ev.to, t=self._clock.now()))
 
     async def _generate(self, reply: _Reply, out: asyncio.Queue[_Segment | None]) -> None:
+        try:
+            await self._generate_text(reply, out)
+        except Exception as exc:
+            raise _StageFailed("llm", exc) from exc
+
+    async def _generate_text(self, reply: _Reply, out: asyncio.Queue[_Segment | None]) -> None:
         splitter = SentenceSplitter(self._turn.first_clause_min_chars)
         if reply.fixed_text is not None:
             for clause in [*splitter.push(reply.fixed_text), *splitter.flush()]:
@@ -744,6 +814,12 @@ class VoiceSession:
         await out.put(None)
 
     async def _speak(self, reply: _Reply, segments: asyncio.Queue[_Segment | None]) -> None:
+        try:
+            await self._speak_segments(reply, segments)
+        except Exception as exc:
+            raise _StageFailed("tts", exc) from exc
+
+    async def _speak_segments(self, reply: _Reply, segments: asyncio.Queue[_Segment | None]) -> None:
         playback = reply.playback
         assert playback is not None
         while (seg := await segments.get()) is not None:
@@ -754,9 +830,10 @@ class VoiceSession:
                 reply.t_tts_request = self._clock.now()
             trimming = first_of_reply
             tts = seg.tts
+            synthesis = tts.synthesis(seg.text)
             try:
                 # Any TTS may cut its PCM mid-sample; the trim below and the playout need samples.
-                async for pcm in self._busy_iter(whole_samples(tts.synthesize(seg.text), tts.name)):
+                async for pcm in self._busy_iter(whole_samples(aiter(synthesis), tts.name)):
                     if reply.t_tts_audio is None:
                         reply.t_tts_audio = self._clock.now()
                     if trimming:
@@ -767,14 +844,14 @@ class VoiceSession:
                     on_start = self._on_segment_start(reply, seg) if seg.stats.written == 0 else None
                     await playback.write(pcm, seg.stats, on_start)
             finally:
-                # Sent is billed, even when a barge-in cuts the segment short; after the segment,
-                # a fallback chain names the provider that spoke it.
+                # Sent is billed, even when a barge-in cuts the segment short, to the provider
+                # that spoke this segment (a fallback chain's answer for this request).
                 self._emit(
                     UsageRecorded(
                         stage="tts",
                         agent=seg.agent,
                         characters=len(seg.text),
-                        served_by=tts.serving(),
+                        served_by=synthesis.served_by,
                         t=self._clock.now(),
                     )
                 )

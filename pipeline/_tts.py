@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
@@ -21,13 +21,33 @@ class TTS(ABC):
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """Stream internal-format PCM (16 kHz mono int16) for text, in chunks of any length."""
 
-    def serving(self) -> int:
-        """Which provider of a fallback chain serves requests now (0: the first, or no chain);
-        read after a segment, it names the provider that spoke it."""
-        return 0
+    def synthesis(self, text: str) -> Synthesis:
+        """synthesize(), as a stream that names the provider that spoke it (a fallback chain's
+        index): usage is billed by the request's own answer, never by the chain's shared state,
+        which another call's failover may have moved meanwhile."""
+        return Synthesis(lambda _: self.synthesize(text))
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class Synthesis:
+    """One TTS request's audio; `served_by` is final once the stream has ended (or failed)."""
+
+    __slots__ = ("_chunks", "served_by")
+
+    def __init__(self, stream: Callable[[Synthesis], AsyncIterator[bytes]]) -> None:
+        self.served_by = 0
+        """Which provider of a fallback chain produced the audio (0: the first, or no chain)."""
+        self._chunks = stream(self)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def expected_audio(text: str) -> str | None:

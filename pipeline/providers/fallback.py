@@ -26,7 +26,7 @@ import structlog
 from .._errors import ProviderError
 from .._llm import LLM, LLMEvent, LLMUsage, Message, ToolSpec
 from .._stt import STT, InterimCallback, STTSession, Transcript, Utterance
-from .._tts import TTS
+from .._tts import TTS, Synthesis
 
 log = structlog.get_logger("voicerun.providers")
 
@@ -59,11 +59,6 @@ class _Chain:
         self._recover_after_s = recover_after_s
         self._clock = clock
         self._on_switch = on_switch
-
-    @property
-    def serving(self) -> int:
-        """The provider in use, without applying a recovery (which `current` does)."""
-        return self._current
 
     @property
     def current(self) -> int:
@@ -147,12 +142,16 @@ class FallbackTTS(_Chained[TTS], TTS):
     ) -> None:
         self._set_up("tts", providers, recover_after_s, on_switch)
 
-    def serving(self) -> int:
-        return self._chain.serving
+    def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        return aiter(self.synthesis(text))
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    def synthesis(self, text: str) -> Synthesis:
+        return Synthesis(lambda syn: self._synthesize(text, syn))
+
+    async def _synthesize(self, text: str, syn: Synthesis) -> AsyncIterator[bytes]:
         index = self._chain.current
         while True:
+            syn.served_by = index
             try:
                 async for pcm in self.providers[index].synthesize(text):
                     yield pcm

@@ -175,10 +175,16 @@ async def test_each_switch_is_reported_with_its_stage() -> None:
 
 async def test_usage_names_the_provider_of_the_chain_that_served_it() -> None:
     # Billing prices each utterance, completion and segment by the provider that did it.
-    tts = FallbackTTS([TTSDouble("polly", fail_after=0), TTSDouble("openai")])
-    assert tts.serving() == 0
-    await speak(tts, "Hi.")
-    assert tts.serving() == 1
+    polly = TTSDouble("polly", fail_after=0)
+    tts = FallbackTTS([polly, TTSDouble("openai")], recover_after_s=0)
+    first = tts.synthesis("Hi.")
+    assert [pcm async for pcm in first] and first.served_by == 1
+    # The chain recovers (recover_after_s=0): the next request is the first provider's again,
+    # and the earlier request still names the one that served it.
+    polly.fail_after = None
+    second = tts.synthesis("Again.")
+    assert [pcm async for pcm in second] and second.served_by == 0
+    assert first.served_by == 1
 
     class UsageLLM(LLMDouble):
         async def chat(
