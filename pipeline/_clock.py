@@ -66,6 +66,22 @@ class _CountingExecutor(ThreadPoolExecutor):
         self._loop.call_soon_threadsafe(self._clock._exit_busy)
 
 
+_ACTIVE: dict[asyncio.AbstractEventLoop, VirtualClock] = {}
+"""The VirtualClock started on each loop (work on an engine's own threads reports to it)."""
+
+
+def count_as_busy(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+    """Thread work outside the default executor: under a VirtualClock, time does not jump while
+    it runs (the real clock needs nothing)."""
+    clock = _ACTIVE.get(loop)
+    if clock is None:
+        return
+    clock._enter_busy()
+    # Registered first, this runs before the callbacks and awaiters added later, and it ends
+    # "busy" one loop turn after that: the result reaches them before time can move.
+    future.add_done_callback(lambda _: loop.call_soon(clock._exit_busy))
+
+
 class VirtualClock:
     """Autojumping clock; start() installs it on the running loop, aclose() removes it."""
 
@@ -82,9 +98,12 @@ class VirtualClock:
 
     def start(self) -> None:
         self._loop.set_default_executor(self._executor)
+        _ACTIVE[self._loop] = self
         self._driver = asyncio.create_task(self._drive(), name="virtual-clock")
 
     async def aclose(self) -> None:
+        if _ACTIVE.get(self._loop) is self:
+            del _ACTIVE[self._loop]
         if self._driver is not None:
             self._driver.cancel()
             try:

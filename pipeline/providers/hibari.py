@@ -19,6 +19,7 @@ import structlog
 
 from .._audio import to_internal
 from .._errors import ProviderError
+from .._executors import HIBARI
 from .._tts import TTS
 
 if TYPE_CHECKING:
@@ -133,9 +134,8 @@ class HibariTTS(TTS):
             self._engine = await asyncio.to_thread(_load_engine, self.config.voice, self.config.threads)
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """One chunk per sentence, 16 kHz int16; synthesis runs in the default executor."""
+        """One chunk per sentence, 16 kHz int16; synthesis runs on Hibari's own threads."""
         await self.warm()
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         # A plain generator; each next() synthesizes one sentence in a worker thread. Only one
         # next() is in flight at a time, so the generator is never entered from two threads.
@@ -143,7 +143,7 @@ class HibariTTS(TTS):
             text, speed=self.config.speed, seed=self.config.seed
         )
         first = True
-        while (pcm := await loop.run_in_executor(None, _next_pcm, sentences, text)) is not None:
+        while (pcm := await HIBARI.run(_next_pcm, sentences, text)) is not None:
             if first:
                 first = False
                 log.debug("hibari_first_audio", first_audio_ms=round((time.perf_counter() - started) * 1000),

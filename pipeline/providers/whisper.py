@@ -26,6 +26,7 @@ import structlog
 
 from .._audio import FRAME_S, SAMPLE_RATE
 from .._errors import ProviderError
+from .._executors import WHISPER
 from .._stt import STT, InterimCallback, STTSession, Transcript, Utterance
 
 if TYPE_CHECKING:
@@ -294,9 +295,7 @@ class WhisperUtterance(Utterance):
     def _start(self, kind: DecodeKind, beam_size: int) -> _Decode:
         n = len(self._frames)
         decode = _Decode(kind, n)
-        decode.future = self._loop.run_in_executor(
-            None, self._decode_in_thread, decode, self._frames[:n], beam_size
-        )
+        decode.future = WHISPER.submit(self._decode_in_thread, decode, self._frames[:n], beam_size)
         decode.future.add_done_callback(functools.partial(self._on_future_done, decode))
         self._running = decode
         self._last_decode_frames = n
