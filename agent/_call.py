@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
-import aiohttp
 import structlog
 
-from metering import CallClosed, CallOpened, TurnReported, UsageLine, UsageReported, UsageStage, seconds
-from metering._reporter import Meter
+from metering import (
+    CallClosed,
+    CallOpened,
+    CallStatus,
+    Meter,
+    TurnReported,
+    UsageLine,
+    UsageReported,
+    UsageStage,
+    seconds,
+)
 from pipeline import DEFAULT_BACKCHANNELS as _DEFAULT_BACKCHANNELS
 from pipeline import (
     LLM,
@@ -22,6 +30,7 @@ from pipeline import (
     AgentVoice,
     AudioSink,
     Backchannel,
+    CallerAudio,
     CallSummary,
     Clock,
     EndOfTurnConfig,
@@ -32,6 +41,7 @@ from pipeline import (
     ToolCalled,
     TurnCompleted,
     TurnConfig,
+    TurnMetrics,
     UsageRecorded,
     UserTranscript,
     VADConfig,
@@ -86,33 +96,10 @@ class CallRecord:
     billing_agent_id: str | None = None
 
     @property
-    def status(self) -> str:
-        return "completed" if self.summary is not None else "failed"
-
-
-class CallControl:
-    """Ends a running call from outside (a signal today; the API and a worker's drain later).
-
-    The session ends as if the call had ended there: the reply in progress stops, the report and
-    the ledger record the reason, and usage so far is kept. end() before the session exists (the
-    call is still opening its providers) ends it the moment it starts.
-    """
-
-    def __init__(self) -> None:
-        self._session: VoiceSession | None = None
-        self.reason: str | None = None
-
-    def end(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-            log.info("call_end_requested", reason=reason)
-        if self._session is not None:
-            self._session.end(self.reason)
-
-    def _attach(self, session: VoiceSession) -> None:
-        self._session = session
-        if self.reason is not None:
-            session.end(self.reason)
+    def status(self) -> CallStatus:
+        """completed: the call ran and ended, for whatever reason (its summary says which);
+        failed: it could not run, or every turn it took failed."""
+        return "completed" if self.summary is not None and not self.summary.failed else "failed"
 
 
 def _priced(spec: ProviderSpec) -> tuple[str, str | None]:
@@ -213,7 +200,7 @@ class _Metering:
             self._meter.report(
                 CallClosed(
                     call_id=self._record.call_id,
-                    status="completed" if self._record.summary is not None else "failed",
+                    status=self._record.status,
                     reason=reason,
                     ended_at=self._record.started_at + timedelta(seconds=duration_s),
                     duration_s=duration_s,
@@ -278,69 +265,186 @@ class _Transcript:
         return [e for _, _, e in sorted(self._entries, key=lambda x: (x[0], x[1]))]
 
 
-async def run_call(
-    *,
-    workflow: Workflow,
-    providers: ProviderPool,
-    caller: AsyncIterator[bytes],
-    sink: AudioSink,
-    clock: Clock,
-    user_data: Mapping[str, Any] | None = None,
-    call_id: str | None = None,
-    meter: Meter | None = None,
-    customer_id: str | None = None,
-    billing_agent_id: str | None = None,
-    control: CallControl | None = None,
-) -> CallRecord:
-    """Run one call. Run each call in its own task: the call's log context is bound here.
+ENDED_BY_API = "api_ended"
+ENDED_BY_DRAIN = "drain"
+"""Reasons a call is ended from outside (Call.end); the session's own are user_ended (the caller
+hung up), agent_ended (the workflow ended it) and max_duration."""
 
-    meter: where the call's lifecycle, usage and turn latencies are reported (the ledger);
-    customer_id, billing_agent_id: who the usage API bills, when the call names them (else the
-    configured defaults); control: how the call is ended from outside.
+Observer = Callable[[SessionEvent], None]
+SnapshotStatus = Literal["connecting", "active", "completed", "failed", "abandoned"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallSnapshot:
+    """A running (or ended) call as the control API shows it."""
+
+    call_id: str
+    workflow_slug: str
+    status: SnapshotStatus
+    reason: str | None
+    """Why it ended (None while it runs)."""
+    started_at: datetime
+    current_agent: str | None
+    agent_history: tuple[str, ...]
+    transcript: tuple[dict[str, Any], ...]
+    turns: tuple[TurnMetrics, ...]
+    usage: tuple[UsageLine, ...]
+    faults: tuple[str, ...]
+
+
+class Call:
+    """One call, prepared before it runs: the handle a transport, the control API or a test
+    holds to run it, watch it and end it.
+
+    Preparing checks what can be checked without I/O (user data against the workflow's
+    variables, every agent's LLM against this build); run() opens the providers, runs the session
+    and returns the record, whatever ended the call. Run it in a task of its own: the call's log
+    context is bound there.
     """
-    call_id = call_id or str(uuid.uuid4())
-    agent_name = workflow.start
-    structlog.contextvars.bind_contextvars(call_id=call_id, agent=agent_name)
-    state = CallState.bind(workflow, user_data or {})
-    record = CallRecord(
-        call_id,
-        workflow.slug,
-        datetime.now(UTC),
-        [agent_name],
-        current_agent=agent_name,
-        customer_id=customer_id,
-        billing_agent_id=billing_agent_id,
-    )
-    t0 = clock.now()
-    transcript = _Transcript(record, t0, agent_name)
-    metering = _Metering(record, workflow, meter)
 
-    def on_event(ev: SessionEvent) -> None:
-        transcript.on_event(ev)
-        metering.on_event(ev)
+    def __init__(
+        self,
+        *,
+        workflow: Workflow,
+        providers: ProviderPool,
+        caller: CallerAudio,
+        sink: AudioSink,
+        clock: Clock,
+        user_data: Mapping[str, Any] | None = None,
+        call_id: str | None = None,
+        meter: Meter | None = None,
+        customer_id: str | None = None,
+        billing_agent_id: str | None = None,
+    ) -> None:
+        """meter: where the call's lifecycle, usage and turn latencies are reported (the ledger);
+        customer_id, billing_agent_id: who the usage API bills (else the configured defaults).
+        providers: the process's shared providers, built with the credentials they use."""
+        self.id = call_id or str(uuid.uuid4())
+        self.workflow = workflow
+        self._providers = providers
+        self._caller = caller
+        self._sink = sink
+        self._clock = clock
+        self._meter = meter
+        self._state = CallState.bind(workflow, user_data or {})
+        # Every agent's LLM is checked now: a provider this build lacks fails before the call runs.
+        self._llms: dict[str, LLM | None] = {
+            name: providers.llm(workflow.llm_for(name)) for name in workflow.agents
+        }
+        self.record = CallRecord(
+            self.id,
+            workflow.slug,
+            datetime.now(UTC),
+            [workflow.start],
+            current_agent=workflow.start,
+            customer_id=customer_id,
+            billing_agent_id=billing_agent_id,
+        )
+        self._observers: list[Observer] = []
+        self._session: VoiceSession | None = None
+        self._ended_by: str | None = None
+        self._running = False
+        self._done = False
+        self._transcript: _Transcript | None = None
 
-    # Every agent's LLM is checked now: a provider this build lacks fails before the call starts.
-    llms: dict[str, LLM | None] = {name: providers.llm(workflow.llm_for(name)) for name in workflow.agents}
-    config = SessionConfig(
-        turn=turn_config(workflow.turn_for(agent_name)),
-        max_duration_s=workflow.defaults.max_duration_seconds,
-    )
-    # A call that fails while its providers open is still a call: in the ledger, as failed.
-    metering.opened()
-    failure = "error"
-    # Each LLM's connection is opened while the greeting plays, so the first turn does not pay
-    # the handshakes (best effort; cancelled with the call).
-    unique_llms = {id(llm): llm for llm in llms.values() if llm is not None}.values()
-    warming = [asyncio.create_task(llm.warm(), name="llm-warm") for llm in unique_llms]
-    try:
-        async with aiohttp.ClientSession() as http:
+    # -- from outside ---------------------------------------------------------------------
+
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """Call `observer` with every session event from now on; returns how to stop. An observer
+        that raises is logged and detached: it never ends the call."""
+        self._observers.append(observer)
+        return lambda: self._detach(observer)
+
+    def end(self, reason: str) -> None:
+        """End the call as if it ended there, for `reason` (api_ended, drain, a hang-up the
+        transport saw...): the reply in progress stops, usage so far is kept, and the record and
+        the ledger give the reason. Before the call starts, it ends the moment it does."""
+        if self._ended_by is None and not self._done:
+            self._ended_by = reason
+            log.info("call_end_requested", call_id=self.id, reason=reason)
+        if self._session is not None and self._ended_by is not None:
+            self._session.end(self._ended_by)
+
+    def snapshot(self) -> CallSnapshot:
+        record = self.record
+        summary = record.summary
+        status: SnapshotStatus
+        if self._done:
+            status = record.status
+        else:
+            status = "active" if self._session is not None else "connecting"
+        session = self._session
+        turns = tuple(session.turns) if session is not None and summary is None else ()
+        return CallSnapshot(
+            call_id=record.call_id,
+            workflow_slug=record.workflow_slug,
+            status=status,
+            reason=summary.reason if summary is not None else ("error" if self._done else None),
+            started_at=record.started_at,
+            current_agent=record.current_agent,
+            agent_history=tuple(record.agent_history),
+            transcript=tuple(
+                self._transcript.entries() if self._transcript and not self._done else record.transcript
+            ),
+            turns=summary.turns if summary is not None else turns,
+            usage=tuple(record.usage_lines),
+            faults=tuple(record.faults),
+        )
+
+    # -- the call -------------------------------------------------------------------------
+
+    def _detach(self, observer: Observer) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _notify(self, ev: SessionEvent) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(ev)
+            except Exception:
+                log.exception("call_observer_failed", observer=repr(observer), session_event=ev.kind)
+                self._detach(observer)
+
+    async def run(self) -> CallRecord:
+        if self._running:
+            raise RuntimeError(f"call {self.id} is already running or has run")
+        self._running = True
+        workflow, record, clock = self.workflow, self.record, self._clock
+        agent_name = workflow.start
+        structlog.contextvars.bind_contextvars(call_id=self.id, agent=agent_name)
+        t0 = clock.now()
+        transcript = self._transcript = _Transcript(record, t0, agent_name)
+        metering = _Metering(record, workflow, self._meter)
+
+        def on_event(ev: SessionEvent) -> None:
+            transcript.on_event(ev)
+            metering.on_event(ev)
+            if self._observers:
+                self._notify(ev)
+
+        llms = self._llms
+        config = SessionConfig(
+            turn=turn_config(workflow.turn_for(agent_name)),
+            max_duration_s=workflow.defaults.max_duration_seconds,
+        )
+        # A call that fails while its providers open is still a call: in the ledger, as failed.
+        metering.opened()
+        failure = "error"
+        # Each LLM's connection is opened while the greeting plays, so the first turn does not pay
+        # the handshakes (best effort; cancelled with the call).
+        unique_llms = {id(llm): llm for llm in llms.values() if llm is not None}.values()
+        warming = [asyncio.create_task(llm.warm(), name="llm-warm") for llm in unique_llms]
+        try:
+            http = self._providers.http()
             toolboxes = {
-                name: ToolBox(workflow, spec.tools, state, http=http)
+                name: ToolBox(workflow, spec.tools, self._state, http=http)
                 for name, spec in workflow.agents.items()
             }
-            conversation = WorkflowConversation(workflow, state, toolboxes.__getitem__, llms.__getitem__)
-            # Every agent's voice is ready before the call starts (models loaded, STT sessions open),
-            # so a handoff switches instantly; agents with the same settings share one.
+            conversation = WorkflowConversation(
+                workflow, self._state, toolboxes.__getitem__, llms.__getitem__
+            )
+            # Every agent's voice is ready before the call starts (models loaded, STT sessions
+            # open), so a handoff switches instantly; agents with the same settings share one.
             stt_sessions: dict[str, STTSession] = {}
             try:
                 voices: dict[str, AgentVoice] = {}
@@ -348,10 +452,10 @@ async def run_call(
                     stt_spec = workflow.stt_for(name)
                     key = stt_spec.model_dump_json()
                     if key not in stt_sessions:
-                        stt_sessions[key] = await (await providers.stt(stt_spec)).connect()
+                        stt_sessions[key] = await (await self._providers.stt(stt_spec)).connect()
                     voices[name] = AgentVoice(
                         stt=stt_sessions[key],
-                        tts=await providers.tts(workflow.tts_for(name)),
+                        tts=await self._providers.tts(workflow.tts_for(name)),
                         turn=turn_config(workflow.turn_for(name)),
                     )
                 # One model per process serves every call; loaded before the first call needs it.
@@ -363,16 +467,17 @@ async def run_call(
                     tts=start.tts,
                     voices=voices.__getitem__,
                     dialogue=conversation,
-                    sink=sink,
+                    sink=self._sink,
                     clock=clock,
                     config=config,
                     on_event=on_event,
                     greeting=conversation.greeting(),
                 )
-                if control is not None:
-                    control._attach(session)
+                self._session = session
+                if self._ended_by is not None:
+                    session.end(self._ended_by)
                 log.info("call_started", workflow=workflow.slug)
-                record.summary = await session.run(caller)
+                record.summary = await session.run(self._caller)
             finally:
                 for stt_session in stt_sessions.values():
                     await stt_session.aclose()
@@ -380,22 +485,25 @@ async def run_call(
                 record.agent_history = list(conversation.agent_history)
                 record.handoffs = conversation.handoffs
                 record.current_agent = None
-    except asyncio.CancelledError:
-        failure = "cancelled"
-        raise
-    finally:
-        for task in warming:
-            task.cancel()
-        await asyncio.gather(*warming, return_exceptions=True)
-        summary = record.summary
-        metering.closed(
-            summary.duration_s if summary else clock.now() - t0, summary.reason if summary else failure
+        except asyncio.CancelledError:
+            failure = "cancelled"
+            raise
+        finally:
+            self._done = True
+            for task in warming:
+                task.cancel()
+            await asyncio.gather(*warming, return_exceptions=True)
+            summary = record.summary
+            metering.closed(
+                summary.duration_s if summary else clock.now() - t0, summary.reason if summary else failure
+            )
+        log.info(
+            "call_ended",
+            status=record.status,
+            reason=record.summary.reason,
+            duration_s=round(record.summary.duration_s, 3),
+            turns=len(record.summary.turns),
+            turns_failed=record.summary.turns_failed,
+            agent_history=record.agent_history,
         )
-    log.info(
-        "call_ended",
-        reason=record.summary.reason,
-        duration_s=round(record.summary.duration_s, 3),
-        turns=len(record.summary.turns),
-        agent_history=record.agent_history,
-    )
-    return record
+        return record

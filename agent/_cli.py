@@ -54,6 +54,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
+    load = sub.add_parser(
+        "load",
+        help="run many calls at once in this process and report latency, CPU and memory",
+        description="Size a worker: run N concurrent calls of one workflow, each fed the caller "
+        "recording at real-time pace, starting new ones as calls end until --total have run. "
+        "Prints end of speech -> first agent audio (p50/p95, as the caller hears it), pipeline "
+        "overhead, failures, CPU seconds per call-second and memory per call.",
+    )
+    load.add_argument("--workflow", required=True, metavar="PATH|SLUG", help="workflow YAML file or slug")
+    load.add_argument("--input", required=True, metavar="CALLER.wav", help="what every caller says")
+    load.add_argument("--calls", required=True, type=int, metavar="N", help="calls at once")
+    load.add_argument("--total", type=int, metavar="M", help="calls to run in all (default: N)")
+    load.add_argument(
+        "--ramp",
+        type=float,
+        metavar="S",
+        help="start the first N calls spread over S seconds (default: the recording's length)",
+    )
+    load.add_argument("--report", metavar="REPORT.json", help="write the figures as JSON")
+    load.add_argument(
+        "--instant-providers",
+        action="store_true",
+        help="replace every provider with one that answers at once: measures the pipeline alone",
+    )
+    load.add_argument(
+        "--metered", action="store_true", help="report every call to the configured ledger, as a worker does"
+    )
+    load.set_defaults(func=_cmd_load)
+
     validate = sub.add_parser(
         "validate",
         help="check workflow files; print every problem as PATH:LINE:COL: message",
@@ -259,6 +288,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run.exit_code()
 
 
+LOAD_MAX_CALLS = 10_000
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from pipeline import AudioFormatError, read_wav
+    from workflows import WorkflowError
+
+    report = _writable_file(args.report, "--report")
+    if not 1 <= args.calls <= LOAD_MAX_CALLS:
+        raise UsageError(f"--calls must be between 1 and {LOAD_MAX_CALLS:,}, got {args.calls}")
+    total = args.total if args.total is not None else args.calls
+    if total < args.calls:
+        raise UsageError(f"--total ({total}) must be at least --calls ({args.calls})")
+    if args.ramp is not None and not 0 <= args.ramp <= 3600:
+        raise UsageError(f"--ramp must be between 0 and 3600 seconds, got {args.ramp}")
+    try:
+        workflow = _resolve_workflow(args.workflow, args.settings.workflows)
+    except WorkflowError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        caller = read_wav(args.input)
+    except AudioFormatError as exc:
+        raise UsageError(str(exc)) from None
+    from ._load_cmd import run_load_command
+
+    return run_load_command(args, workflow, caller, total, report)
+
+
 class _Run:
     """One `voicerun run`: the call, its results kept whatever ends it, and the exit status.
 
@@ -279,11 +336,12 @@ class _Run:
         self.metering: Any = None
 
     async def call(self, workflow: Any, caller: Any, user: dict[str, Any], catalog: Any) -> None:
-        from ._call import CallControl
-        from ._metering import open_metering
-        from ._recording import call_from_recording
+        from metering import open_metering
 
-        control = CallControl()
+        from ._recording import recording_call
+
+        ending: list[str] = []  # a signal before the call exists ends it the moment it does
+        running: list[Any] = []
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
         assert main_task is not None
@@ -299,21 +357,29 @@ class _Run:
                     "(again to stop waiting for the usage export)",
                     file=sys.stderr,
                 )
-                control.end("interrupted" if sig == signal.SIGINT else "terminated")
+                ending.append("interrupted" if sig == signal.SIGINT else "terminated")
+                for call in running:
+                    call.end(ending[0])
             else:
                 main_task.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            async with open_metering(self.args.settings, catalog=catalog, drain_s=10.0) as metering:
+            async with open_metering(
+                self.args.settings.metering(), catalog=catalog, drain_s=10.0
+            ) as metering:
                 self.metering = metering
-                record, mix = await call_from_recording(
-                    workflow, caller, fast=self.args.fast, user_data=user, meter=metering.meter,
-                    control=control,
-                )  # fmt: skip
-                # Results first: the export below may be stopped by a second signal.
-                self._keep(record, mix)
+                async with recording_call(
+                    workflow, caller, fast=self.args.fast, user_data=user, meter=metering.meter
+                ) as (call, recording):
+                    running.append(call)
+                    if ending:
+                        call.end(ending[0])
+                    # Its own task, so the call's log context stays with the call.
+                    record = await asyncio.create_task(call.run())
+                    # Results first: the export below may be stopped by a second signal.
+                    self._keep(record, recording.mix())
             self._print_losses()
             self._print_export()
         finally:

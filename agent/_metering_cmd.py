@@ -213,6 +213,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
         }
         for c in rows
     ]
+
     def line(c: dict[str, Any]) -> list[object]:
         duration = "-" if c["duration_s"] is None else f"{c['duration_s']:.1f} s"
         cost = "-" if c["cost"] is None else f"{c['cost']} {c['currency'] or ''}".strip()
@@ -339,11 +340,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 async def _export(settings: Settings, *, until_empty: bool, timeout_s: float | None, lease_s: float) -> int:
-    from ._metering import usage_exporter
+    from metering import usage_exporter
 
     ledger = await _open_ledger(settings, write=True)
     exporter = usage_exporter(
-        settings, ledger, lease_s=lease_s, request_timeout_s=min(REQUEST_TIMEOUT_S, lease_s / 2)
+        settings.metering(), ledger, lease_s=lease_s, request_timeout_s=min(REQUEST_TIMEOUT_S, lease_s / 2)
     )
     assert exporter is not None  # cmd_export checked the URL
     metrics = await _serve_metrics(settings)
@@ -406,7 +407,7 @@ async def _serve_metrics(settings: Settings) -> web.AppRunner | None:
         return None
     import structlog
 
-    from metering._metrics import bound_port, serve_metrics
+    from metering import bound_port, serve_metrics
 
     runner = await serve_metrics(settings.metrics_host, settings.metrics_port)
     structlog.get_logger("voicerun.metering").info(
@@ -418,12 +419,10 @@ async def _serve_metrics(settings: Settings) -> web.AppRunner | None:
 async def _open_ledger(settings: Settings, *, write: bool) -> Ledger:
     """The configured ledger. A command that only reads (write=False) never creates, migrates
     or writes one; a command that writes migrates it first."""
-    from metering import load_catalog
-
-    from ._metering import open_ledger
+    from metering import load_catalog, open_ledger
 
     # The outbox commands price nothing: the bundled catalog satisfies the ledger.
-    return await open_ledger(settings, catalog=load_catalog(), writable=write)
+    return await open_ledger(settings.metering(), catalog=load_catalog(), writable=write)
 
 
 async def _with_ledger(settings: Settings, use: Callable[[Ledger], Awaitable[T]], *, write: bool) -> T:

@@ -8,8 +8,10 @@ names them, so `voicerun --help` and offline calls never pay for them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+
+import aiohttp
 
 from pipeline import LLM, STT, TTS
 from pipeline.providers import PROVIDERS, ProviderRegistry
@@ -29,15 +31,27 @@ class UnknownProviderError(ProviderConfigError):
 
 
 class ProviderPool:
-    """Creates each configured STT/TTS/LLM (or fallback chain) once and reuses it.
+    """What the calls of a process share: each configured STT/TTS/LLM (or fallback chain), built
+    once and reused, and one HTTP client session for workflow tools.
 
     Calls that ask for the same provider at the same moment wait for one build (a lock per
     provider), so none is built twice and leaked; a build that fails is not kept, and the next
     caller tries again.
+
+    credentials: options added to every spec of a provider that does not set them itself, by
+    provider name (e.g. {"openai": {"api_key": ...}}): the keys an operator stored for this pool's
+    calls, instead of the process environment.
     """
 
-    def __init__(self, registry: ProviderRegistry = PROVIDERS) -> None:
+    def __init__(
+        self,
+        registry: ProviderRegistry = PROVIDERS,
+        *,
+        credentials: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self._registry = registry
+        self._credentials = {name: dict(opts) for name, opts in (credentials or {}).items()}
+        self._http: aiohttp.ClientSession | None = None
         self._stt: dict[str, STT] = {}
         self._tts: dict[str, TTS] = {}
         self._llm: dict[str, LLM] = {}
@@ -85,7 +99,19 @@ class ProviderPool:
             self._llm[key] = self._chain(spec, "llm")
         return self._llm[key]
 
+    def http(self) -> aiohttp.ClientSession:
+        """The process's HTTP client session for tools (one connection pool for every call).
+        Cookies are never kept: a cookie one call's tool received must not reach another call."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+            )
+        return self._http
+
     async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
         for stt in self._stt.values():
             await stt.aclose()
         for tts in self._tts.values():
@@ -103,8 +129,11 @@ class ProviderPool:
             raise UnknownProviderError(str(exc)) from None
         if entry.build is None:
             raise UnknownProviderError(f"{stage} provider {spec.provider!r} has nothing to build")
+        options = spec.options
+        if spec.provider in self._credentials:
+            options = {**self._credentials[spec.provider], **options}
         try:
-            return entry.build(spec.model, spec.options)
+            return entry.build(spec.model, options)
         except (TypeError, ValueError) as exc:
             raise ProviderConfigError(f"{stage} provider {spec.provider!r}: {exc}") from exc
 
@@ -115,7 +144,7 @@ def _chain(spec: ProviderSpec, make: Callable[[ProviderSpec], P], stage: str) ->
     providers = [make(s) for s in spec.chain()]
     if len(providers) == 1:
         return providers[0]
-    from metering._metrics import PROVIDER_FALLBACKS
+    from metering import PROVIDER_FALLBACKS
 
     wrap: dict[str, Callable[..., Any]] = {"stt": FallbackSTT, "tts": FallbackTTS, "llm": FallbackLLM}
     result: P = wrap[stage](providers, on_switch=lambda s: PROVIDER_FALLBACKS.labels(stage=s).inc())

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 
-from metering._reporter import Meter
 from pipeline import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, Clock, Int16Array, RealClock, VirtualClock, frames
 from workflows import Workflow
 
-from ._call import CallControl, CallRecord, run_call
+from ._call import Call, CallRecord
 from ._providers import ProviderPool
 
 
@@ -26,12 +26,15 @@ class RecordingCall:
         self._agent: list[tuple[float, bytes]] = []
         self._fed_samples = 0
 
-    async def caller_frames(self) -> AsyncIterator[bytes]:
+    async def caller_frames(self) -> AsyncIterator[tuple[bytes, float]]:
+        """Each frame stamped with when it finished arriving: a late wake-up on a loaded loop
+        is counted in the turn's latency, as the caller would hear it."""
         self._t0 = self._clock.now()
         for k, frame in enumerate(frames(self._caller)):
-            await self._clock.sleep_until(self._t0 + (k + 1) * FRAME_S)
+            arrived = self._t0 + (k + 1) * FRAME_S
+            await self._clock.sleep_until(arrived)
             self._fed_samples = min(len(self._caller), (k + 1) * FRAME_SAMPLES)
-            yield frame
+            yield frame, arrived
 
     async def send(self, pcm: bytes, t: float) -> None:
         self._agent.append((t, pcm))
@@ -53,21 +56,21 @@ class RecordingCall:
         return caller, agent
 
 
-async def call_from_recording(
+@asynccontextmanager
+async def recording_call(
     workflow: Workflow,
     caller: Int16Array,
     *,
     fast: bool,
     providers: ProviderPool | None = None,
-    user_data: Mapping[str, Any] | None = None,
-    call_id: str | None = None,
-    meter: Meter | None = None,
-    control: CallControl | None = None,
-) -> tuple[CallRecord, tuple[Int16Array, Int16Array]]:
-    """Play a recording as the caller of one call; returns the record and (caller, agent) audio.
+    **call: Any,
+) -> AsyncIterator[tuple[Call, RecordingCall]]:
+    """A call whose caller is a recording: yields the prepared Call (not yet run) and the
+    recording, whose mix() is the call audio once the call has run.
 
     fast: a VirtualClock (idle time skipped, compute charged); else the real clock. Providers
     passed in are reused and left open; otherwise a pool is made for this call and closed.
+    `call`: the Call's other options (user_data, call_id, meter...).
     """
     own_pool = providers is None
     pool = providers if providers is not None else ProviderPool()
@@ -79,23 +82,31 @@ async def call_from_recording(
         clock = RealClock()
     try:
         recording = RecordingCall(caller, clock)
-        # Its own task, so the call's log context stays with the call.
-        record = await asyncio.create_task(
-            run_call(
-                workflow=workflow,
-                providers=pool,
-                caller=recording.caller_frames(),
-                sink=recording,
-                clock=clock,
-                user_data=user_data,
-                call_id=call_id,
-                meter=meter,
-                control=control,
-            )
-        )
-        return record, recording.mix()
+        handle = Call(
+            workflow=workflow, providers=pool, caller=recording.caller_frames(), sink=recording,
+            clock=clock, **call,
+        )  # fmt: skip
+        yield handle, recording
     finally:
         if isinstance(clock, VirtualClock):
             await clock.aclose()
         if own_pool:
             await pool.aclose()
+
+
+async def call_from_recording(
+    workflow: Workflow,
+    caller: Int16Array,
+    *,
+    fast: bool,
+    providers: ProviderPool | None = None,
+    **call: Any,
+) -> tuple[CallRecord, tuple[Int16Array, Int16Array]]:
+    """Play a recording as the caller of one call; returns the record and (caller, agent) audio."""
+    async with recording_call(workflow, caller, fast=fast, providers=providers, **call) as (
+        handle,
+        recording,
+    ):
+        # Its own task, so the call's log context stays with the call.
+        record = await asyncio.create_task(handle.run())
+        return record, recording.mix()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from metering import MeteringConfig
 
 
 class Settings(BaseSettings):
@@ -45,6 +48,25 @@ class Settings(BaseSettings):
     """The usage API applies a request once per Idempotency-Key: a request whose answer was lost
     (a timeout, a crash mid-request) is sent again. Unset, such a request is held in doubt for
     an operator (`voicerun metering doubt`), since resending could bill it twice."""
+
+    def metering(self) -> MeteringConfig:
+        """The metering settings, as metering takes them."""
+        from metering import MeteringConfig
+
+        return MeteringConfig(
+            database_url=self.database_url,
+            data_dir=self.data_dir,
+            worker_id=self.worker_id,
+            queue_size=self.metering_queue_size,
+            usage_api_url=self.usage_api_url,
+            usage_api_key=self.usage_api_key.get_secret_value() if self.usage_api_key else None,
+            usage_agent_id=self.usage_agent_id,
+            usage_customer_id=self.usage_customer_id,
+            usage_customer_name=self.usage_customer_name,
+            usage_plan=self.usage_plan,
+            usage_max_attempts=self.usage_max_attempts,
+            usage_api_idempotent=self.usage_api_idempotent,
+        )
 
     @field_validator("usage_api_url")
     @classmethod

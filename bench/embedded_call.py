@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from agent._providers import ProviderPool
-from agent._recording import call_from_recording
+from agent import ProviderPool, call_from_recording
 from pipeline import SAMPLE_RATE, to_internal
 from workflows import load_workflow
 

@@ -33,6 +33,7 @@ from metering import (
     CallClosed,
     CallOpened,
     Ledger,
+    Meter,
     Record,
     TurnReported,
     UsageExporter,
@@ -41,7 +42,6 @@ from metering import (
     database_url,
     load_catalog,
 )
-from metering._reporter import Meter
 
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
 

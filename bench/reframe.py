@@ -31,8 +31,10 @@ def inbound(rate: int, frame_ms: int, channels: int, low_latency: bool) -> None:
         out += sum(1 for _ in r.push(pcm, rate, channels))
         held = max(held, round(i * frame_ms - out * FRAME_S * 1000))
     us = (time.perf_counter() - start) / (SECONDS / FRAME_S) * 1e6
-    print(f"in  {rate:>6} Hz {frame_ms:>2} ms x{channels}{_engine(low_latency)}: {us:5.1f} us per 20 ms, "
-          f"at most {held} ms held")
+    print(
+        f"in  {rate:>6} Hz {frame_ms:>2} ms x{channels}{_engine(low_latency)}: {us:5.1f} us per 20 ms, "
+        f"at most {held} ms held"
+    )
 
 
 def outbound(rate: int, frame_ms: int, low_latency: bool) -> None:
@@ -44,8 +46,10 @@ def outbound(rate: int, frame_ms: int, low_latency: bool) -> None:
         out += sum(1 for _ in r.push(frame))
         held = max(held, round(i * FRAME_S * 1000 - out * frame_ms))
     us = (time.perf_counter() - start) / pushes * 1e6
-    print(f"out {rate:>6} Hz {frame_ms:>2} ms x1{_engine(low_latency)}: {us:5.1f} us per 20 ms, "
-          f"at most {held} ms held")
+    print(
+        f"out {rate:>6} Hz {frame_ms:>2} ms x1{_engine(low_latency)}: {us:5.1f} us per 20 ms, "
+        f"at most {held} ms held"
+    )
 
 
 def _engine(low_latency: bool) -> str:

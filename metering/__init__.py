@@ -14,6 +14,8 @@ from ._ledger import (
     OutboxStatus,
     database_url,
 )
+from ._metrics import PROVIDER_FALLBACKS, bound_port, serve_metrics
+from ._open import Metering, MeteringConfig, open_ledger, open_metering, usage_exporter
 from ._prices import (
     LLMPrice,
     MinutePrice,
@@ -29,6 +31,7 @@ from ._reporter import Meter, MeteringLoss
 __all__ = [
     "ENDPOINTS",
     "PLATFORM",
+    "PROVIDER_FALLBACKS",
     "BillingIdentity",
     "CallClosed",
     "CallOpened",
@@ -41,6 +44,8 @@ __all__ = [
     "LedgerError",
     "LedgerMissingError",
     "Meter",
+    "Metering",
+    "MeteringConfig",
     "MeteringError",
     "MeteringLoss",
     "MinutePrice",
@@ -57,11 +62,16 @@ __all__ = [
     "UsageLine",
     "UsageReported",
     "UsageStage",
+    "bound_port",
     "cost_breakdown",
     "database_url",
     "load_catalog",
     "merge_lines",
+    "open_ledger",
+    "open_metering",
     "parse_catalog",
     "seconds",
+    "serve_metrics",
+    "usage_exporter",
     "utcnow",
 ]

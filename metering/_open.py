@@ -1,5 +1,6 @@
 """A process's metering: the ledger, the Meter that calls report to, and (when the usage API is
-configured) the exporter delivering the outbox in the background."""
+configured) the exporter delivering the outbox in the background. Any process opens it from a
+MeteringConfig: a worker, a one-shot command, the control API."""
 
 from __future__ import annotations
 
@@ -7,40 +8,56 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from metering import (
-    BillingIdentity,
-    Ledger,
-    Meter,
-    MeteringLoss,
-    OutboxStatus,
-    PriceCatalog,
-    UsageExporter,
-    database_url,
-)
-
-from ._settings import Settings
+from ._exporter import UsageExporter
+from ._ledger import BillingIdentity, Ledger, OutboxStatus, database_url
+from ._prices import PriceCatalog
+from ._reporter import Meter, MeteringLoss
 
 log = structlog.get_logger("voicerun.metering")
 
 
-def billing_identity(settings: Settings) -> BillingIdentity | None:
-    if not settings.usage_api_url:
-        return None
-    assert settings.usage_agent_id and settings.usage_customer_id  # Settings checks they are set
-    return BillingIdentity(
-        agent_id=settings.usage_agent_id,
-        customer_id=settings.usage_customer_id,
-        customer_name=settings.usage_customer_name,
-        plan=settings.usage_plan,
-    )
+@dataclass(frozen=True, kw_only=True)
+class MeteringConfig:
+    """Where the ledger is, who this process is in it, and where usage is exported (the
+    VOICERUN_* settings of docs/metering.md; the caller checks and reads them)."""
+
+    database_url: str | None = None
+    """postgresql://... for a pool of workers; None: a SQLite file in data_dir."""
+    data_dir: Path = Path("data")
+    worker_id: str = "voicerun"
+    queue_size: int = 10_000
+    usage_api_url: str | None = None
+    usage_api_key: str | None = field(default=None, repr=False)
+    usage_agent_id: str | None = None
+    usage_customer_id: str | None = None
+    usage_customer_name: str | None = None
+    usage_plan: str = "default"
+    usage_max_attempts: int = 20
+    usage_api_idempotent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.usage_api_url and not (self.usage_api_key and self.usage_agent_id and self.usage_customer_id):
+            raise ValueError("a usage API URL needs its key, agent id and customer id")
+
+    def billing_identity(self) -> BillingIdentity | None:
+        if not self.usage_api_url:
+            return None
+        assert self.usage_agent_id and self.usage_customer_id  # checked above
+        return BillingIdentity(
+            agent_id=self.usage_agent_id,
+            customer_id=self.usage_customer_id,
+            customer_name=self.usage_customer_name,
+            plan=self.usage_plan,
+        )
 
 
 async def open_ledger(
-    settings: Settings, *, catalog: PriceCatalog, migrate: bool = True, writable: bool = True
+    config: MeteringConfig, *, catalog: PriceCatalog, migrate: bool = True, writable: bool = True
 ) -> Ledger:
     """The configured ledger (DATABASE_URL, else SQLite in the data dir), billing as configured.
 
@@ -49,10 +66,10 @@ async def open_ledger(
     migrated or closed, and a missing embedded ledger is a LedgerMissingError. Raises LedgerConfigError for a configuration that
     cannot work (a malformed URL, an unwritable data dir or ledger file)."""
     ledger = await Ledger.open(
-        database_url(settings.database_url, settings.data_dir),
+        database_url(config.database_url, config.data_dir),
         catalog=catalog,
-        worker_id=settings.worker_id,
-        billing=billing_identity(settings),
+        worker_id=config.worker_id,
+        billing=config.billing_identity(),
         migrate=migrate and writable,
         writable=writable,
     )
@@ -67,17 +84,17 @@ async def open_ledger(
     return ledger
 
 
-def usage_exporter(settings: Settings, ledger: Ledger, **options: Any) -> UsageExporter | None:
+def usage_exporter(config: MeteringConfig, ledger: Ledger, **options: Any) -> UsageExporter | None:
     """The exporter to the configured usage API (None without one); `options` tune it."""
-    if not settings.usage_api_url:
+    if not config.usage_api_url:
         return None
-    assert settings.usage_api_key is not None  # Settings checks it is set with the URL
+    assert config.usage_api_key is not None  # MeteringConfig checks it is set with the URL
     return UsageExporter(
         ledger,
-        base_url=settings.usage_api_url,
-        api_key=settings.usage_api_key.get_secret_value(),
-        max_attempts=settings.usage_max_attempts,
-        api_idempotent=settings.usage_api_idempotent,
+        base_url=config.usage_api_url,
+        api_key=config.usage_api_key,
+        max_attempts=config.usage_max_attempts,
+        api_idempotent=config.usage_api_idempotent,
         **options,
     )
 
@@ -96,7 +113,7 @@ class Metering:
 
 @asynccontextmanager
 async def open_metering(
-    settings: Settings, *, catalog: PriceCatalog, recover: bool = False, drain_s: float = 0.0
+    config: MeteringConfig, *, catalog: PriceCatalog, recover: bool = False, drain_s: float = 0.0
 ) -> AsyncIterator[Metering]:
     """Open the ledger (migrating it), start the Meter and, with a usage API, the exporter.
 
@@ -105,16 +122,14 @@ async def open_metering(
     drain_s: on exit, keep delivering for up to this long (a one-shot command's last chance;
     whatever is left is delivered by the next exporter to run).
     """
-    ledger = await open_ledger(settings, catalog=catalog)
-    exporter = usage_exporter(settings, ledger)
+    ledger = await open_ledger(config, catalog=catalog)
+    exporter = usage_exporter(config, ledger)
     stop = asyncio.Event()
     export_task: asyncio.Task[None] | None = None
     try:
         if recover:
             await ledger.recover()
-        meter = Meter(
-            ledger, queue_size=settings.metering_queue_size, on_commit=exporter.wake if exporter else None
-        )
+        meter = Meter(ledger, queue_size=config.queue_size, on_commit=exporter.wake if exporter else None)
         meter.start()
         if exporter is not None:
             export_task = asyncio.create_task(exporter.run(stop), name="usage-export")

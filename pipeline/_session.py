@@ -311,6 +311,9 @@ class VoiceSession:
                     self._start_reply(_Reply(user_text=None, fixed_text=self._greeting, t_commit=t_start))
                 await self._ended.wait()
                 self._sync_log_agent()
+                reply, self._reply = self._reply, None
+                if reply is not None:  # ended mid-reply: what the caller heard of it is kept
+                    self._finish_turn(reply, reply.heard(), interrupted=True)
                 for task in (playout, feed, watchdog, *self._work):
                     if task is not None:
                         task.cancel()

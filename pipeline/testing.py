@@ -4,6 +4,7 @@ predictable output, so the pipeline's own behaviour and overhead can be measured
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +13,9 @@ from ._audio import SAMPLE_RATE
 from ._llm import LLM, LLMEvent, LLMUsage, Message, TextDelta, ToolSpec
 from ._stt import STT, InterimCallback, STTSession, Transcript, Utterance
 from ._tts import TTS
+
+if TYPE_CHECKING:
+    from .providers import ProviderRegistry
 
 
 class _ScriptedUtterance(Utterance):
@@ -122,3 +126,32 @@ def fricative(seconds: float, dbfs: float, *, seed: int = 1) -> npt.NDArray[np.i
     x = np.fft.irfft(spectrum, n)
     x *= 10 ** (dbfs / 20) / (np.sqrt(np.mean(x**2)) or 1.0)
     return (x * 32767).astype(np.int16)
+
+
+INSTANT_TRANSCRIPT = "what time is it"
+INSTANT_REPLY = "It is noon. Anything else?"
+
+
+def instant_providers(
+    transcript: str = INSTANT_TRANSCRIPT, reply: str = INSTANT_REPLY, tts_seconds: float = 0.2
+) -> ProviderRegistry:
+    """A provider registry in which every provider of this build answers at once: the STT with
+    `transcript` as each utterance ends, the LLM with `reply` in three chunks, the TTS with
+    `tts_seconds` of tone per sentence. Any workflow runs on it unchanged (`rules` stays the
+    rules), so `voicerun load --instant-providers` and the benchmarks measure the pipeline alone."""
+    import dataclasses
+
+    from .providers import PROVIDERS, ProviderRegistry
+
+    stt, llm, tts = ScriptedSTT([transcript]), ScriptedLLM(reply, chunks=3), ToneTTS(tts_seconds)
+    fakes: dict[str, Any] = {"stt": stt, "llm": llm, "tts": tts}
+
+    def entries(stage: str) -> dict[str, Any]:
+        out = {}
+        for name in PROVIDERS.names(stage):
+            entry = PROVIDERS.entry(stage, name)
+            build = None if entry.build is None else (lambda m, o, fake=fakes[stage]: fake)
+            out[name] = dataclasses.replace(entry, build=build)
+        return out
+
+    return ProviderRegistry(stt=entries("stt"), llm=entries("llm"), tts=entries("tts"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import json
 import re
@@ -204,6 +205,15 @@ def _builtin_specs(state: CallState) -> dict[str, ToolSpec]:
     }
 
 
+@functools.lru_cache(maxsize=1024)
+def _validator(schema: str) -> Draft202012Validator:
+    """A checked validator per parameters schema, shared by every call of the process: checking
+    a schema costs more than a whole call's audio path."""
+    parameters = json.loads(schema)
+    Draft202012Validator.check_schema(parameters)
+    return Draft202012Validator(parameters)
+
+
 class ToolBox:
     """The tools one agent may call (workflow-defined and built-in) during one call.
 
@@ -247,12 +257,11 @@ class ToolBox:
         self._validators: dict[str, Draft202012Validator] = {}
         for name, spec in self._specs.items():
             try:
-                Draft202012Validator.check_schema(spec.parameters)
+                self._validators[name] = _validator(json.dumps(spec.parameters, sort_keys=True))
             except SchemaError as exc:
                 raise ToolError(
                     f"tool {name!r}: parameters is not a valid JSON Schema: {exc.message}"
                 ) from exc
-            self._validators[name] = Draft202012Validator(spec.parameters)
 
     @property
     def names(self) -> tuple[str, ...]:
