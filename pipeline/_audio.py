@@ -231,12 +231,17 @@ def rms_dbfs(pcm: bytes) -> float:
 def band_levels_dbfs(pcm: bytes) -> tuple[float, float]:
     """Levels of a PCM frame in dBFS: the whole band, and its high band (the first difference,
     which rises 6 dB an octave: fricatives stand out of it, low-frequency room noise does not)."""
-    x = np.frombuffer(pcm, "<i2").astype(np.float32)
-    if x.size < 2:
+    # Runs on every caller frame of every call: the first difference's energy is taken from two
+    # dot products (sum d^2 = 2 sum x^2 - x0^2 - xn^2 - 2 sum x[i]x[i+1]) instead of building it.
+    # float64 keeps the subtraction exact enough for a high band 90 dB under the whole band.
+    x = np.frombuffer(pcm, "<i2").astype(np.float64)
+    n = x.size
+    if n < 2:
         return -120.0, -120.0
-    d = np.diff(x)
-    full = float(np.dot(x, x)) / x.size
-    high = float(np.dot(d, d)) / d.size
+    energy = float(x @ x)
+    cross = float(x[1:] @ x[:-1])
+    high = (2.0 * energy - float(x[0] * x[0]) - float(x[-1] * x[-1]) - 2.0 * cross) / (n - 1)
+    full = energy / n
     scale = 32768.0 * 32768.0
     return (
         10.0 * math.log10(full / scale) if full > 0.0 else -120.0,

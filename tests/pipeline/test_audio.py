@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import pipeline._audio
@@ -310,3 +312,23 @@ def test_write_wav_writes_16_bit_pcm_that_reads_back(tmp_path: Path) -> None:
 def test_write_wav_to_a_directory_raises_the_os_error(tmp_path: Path) -> None:
     with pytest.raises(IsADirectoryError):
         write_wav(tmp_path, [np.zeros(10, np.int16)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    level=st.floats(min_value=1.0, max_value=8000.0),
+    offset=st.integers(min_value=-20000, max_value=20000),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_band_levels_match_their_definition_even_under_a_dc_offset(
+    level: float, offset: int, seed: int
+) -> None:
+    # The high band is the first difference's energy; a DC offset or a loud hum must not bury it
+    # in rounding (it is computed without building the difference).
+    rng = np.random.default_rng(seed)
+    x = np.clip(rng.standard_normal(320) * level + offset, -32768, 32767).astype("<i2")
+    full, high = pipeline._audio.band_levels_dbfs(x.tobytes())
+    f = x.astype(np.float64)
+    d = np.diff(f)
+    assert full == pytest.approx(10 * np.log10(np.mean(f * f) / 32768.0**2), abs=1e-6)
+    assert high == pytest.approx(10 * np.log10(np.mean(d * d) / 32768.0**2), abs=1e-3)
