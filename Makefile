@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint lock bench bench-conversation clean
+.PHONY: demo test lint lock bench bench-conversation bench-peers clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: $(STAMP)
 bench-conversation: $(STAMP)
 	@command -v espeak-ng >/dev/null || { echo "bench-conversation needs espeak-ng: apt-get install espeak-ng" >&2; exit 2; }
 	$(BIN)/python -m bench.conversation $(BENCH_ARGS)
+
+# bench/overhead.py's workload on voicerun, LiveKit Agents and Pipecat, each peer in its own pinned
+# venv under out/bench-peers/venvs (built once per pins); the table and results.json (bench/peers/README.md).
+bench-peers: $(STAMP)
+	$(BIN)/python -m bench.peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

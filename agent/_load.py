@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,8 +63,8 @@ class _LoadCaller:
     """One call's caller and ear: plays the recording, stamped with each frame's arrival, and
     times the first agent frame after each end of speech."""
 
-    def __init__(self, caller: Int16Array, ends: list[float], clock: Clock, turns: _Turns) -> None:
-        self._frames = list(frames(caller))
+    def __init__(self, caller: Sequence[bytes], ends: list[float], clock: Clock, turns: _Turns) -> None:
+        self._frames = caller  # shared by every call: one copy of the recording per run
         self._ends = ends
         self._clock = clock
         self._turns = turns
@@ -196,6 +196,7 @@ async def run_load(
     vad = VADConfig(mode=settings.vad_mode, start_voiced_ms=settings.start_of_speech_ms,
                     end_silence_ms=settings.end_of_speech_ms, preroll_ms=settings.preroll_ms)  # fmt: skip
     ends = speech_ends(caller, vad)
+    caller_frames = tuple(frames(caller))
     endpoint_ms = settings.end_of_speech_ms if settings.end_of_turn == "silence" else None
 
     turns = _Turns()
@@ -230,7 +231,7 @@ async def run_load(
         try:
             if delay_s:
                 await clock.sleep_until(clock.now() + delay_s)
-            ear = _LoadCaller(caller, ends, clock, turns)
+            ear = _LoadCaller(caller_frames, ends, clock, turns)
             call = Call(workflow=workflow, providers=providers, caller=ear.frames(), sink=ear,
                         clock=clock, call_id=f"load-{index}", meter=meter)  # fmt: skip
             try:
