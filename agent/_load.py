@@ -25,6 +25,7 @@ import structlog
 
 from metering import Meter
 from pipeline import (
+    ENGINES,
     FRAME_S,
     SAMPLE_RATE,
     Clock,
@@ -34,6 +35,7 @@ from pipeline import (
     VADConfig,
     VirtualClock,
     frames,
+    loaded_end_of_turn_model,
 )
 from workflows import Workflow
 
@@ -143,6 +145,9 @@ class LoadReport:
     least twice the concurrency, had ended; with fewer calls, once the first wave had)."""
     leaks: Leaks
     wall_s: float
+    engines: dict[str, float]
+    """How busy each engine's threads were over the run (0-1: thread time in jobs / wall time x
+    threads): the one near 1 is what limits calls per process. Only engines the run used."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +159,15 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _engine_busy() -> dict[str, tuple[float, int]]:
+    """Busy thread-seconds and thread count of each engine so far."""
+    out = {e.name: (e.busy_s, e.max_workers) for e in ENGINES}
+    model = loaded_end_of_turn_model()
+    if model is not None:
+        out["end-of-turn"] = (model.busy_s, 1)
+    return out
 
 
 def _open_files() -> int:
@@ -208,6 +222,7 @@ async def run_load(
     # drift is measured from there, after a fifth of the run and at least twice the concurrency.
     warm_after = max(2 * calls, total // 5) if total > 2 * calls else calls
     gc.collect()
+    engines0 = _engine_busy()
     before = (len(asyncio.all_tasks()), threading.active_count(), _open_files())
     rss0 = peak = rss_mb()
     clock: Clock
@@ -310,4 +325,9 @@ async def run_load(
             tasks=(before[0], after[0]), threads=(before[1], after[1]), open_files=(before[2], after[2])
         ),
         wall_s=round(wall, 2),
+        engines={
+            name: round((busy - engines0.get(name, (0.0, 1))[0]) / (wall * threads), 3)
+            for name, (busy, threads) in _engine_busy().items()
+            if busy > engines0.get(name, (0.0, 1))[0]
+        },
     )

@@ -99,4 +99,7 @@ def _summary(r: Any, cores: int | None) -> str:
         f"  RSS                   {r.rss_start_mb:.0f} MB at start, {r.rss_peak_mb:.0f} MB peak, "
         f"{r.rss_per_call_mb:.3f} MB per call, drift {r.rss_drift_mb:+.1f} MB",
     ]
+    if r.engines:
+        busy = ", ".join(f"{name} {share:.0%}" for name, share in sorted(r.engines.items()))
+        lines.append(f"  engine threads busy   {busy}")
     return "\n".join(lines)

@@ -51,6 +51,7 @@ from ._end_of_turn import (
     closing_cue,
     decide_end_of_turn,
     doubtful_cue,
+    loaded_end_of_turn_model,
     shared_end_of_turn_model,
     smart_turn_features,
     unfinished_cue,
@@ -71,6 +72,7 @@ from ._events import (
     UserSpeechStarted,
     UserTranscript,
 )
+from ._executors import ENGINES, EngineExecutor
 from ._llm import LLM, LLMEvent, LLMUsage, Message, TextDelta, ToolCall, ToolCallRequest, ToolSpec
 from ._playout import AudioSink, BufferedSink, Playback, Playout
 from ._reframe import InboundReframer, OutboundReframer
@@ -91,6 +93,7 @@ from ._vad import Endpointer, VADConfig, VADResult
 
 __all__ = [
     "DEFAULT_BACKCHANNELS",
+    "ENGINES",
     "FRAME_BYTES",
     "FRAME_MS",
     "FRAME_S",
@@ -120,6 +123,7 @@ __all__ = [
     "EndOfTurnModel",
     "EndOfTurnPrediction",
     "Endpointer",
+    "EngineExecutor",
     "FillerLookup",
     "HandoffEvent",
     "InboundReframer",
@@ -170,6 +174,7 @@ __all__ = [
     "doubtful_cue",
     "frames",
     "is_backchannel",
+    "loaded_end_of_turn_model",
     "read_wav",
     "rms_dbfs",
     "shared_end_of_turn_model",

@@ -386,6 +386,9 @@ class EndOfTurnModel:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._closed = False
+        self.scored = 0
+        self.busy_s = 0.0
+        """Time its one thread spent scoring: against wall time, how saturated the model is."""
 
     @classmethod
     def load(
@@ -461,6 +464,9 @@ class EndOfTurnModel:
         t1 = time.perf_counter()
         p = self._infer(features)
         t2 = time.perf_counter()
+        with self._lock:
+            self.scored += 1
+            self.busy_s += t2 - t0
         return EndOfTurnPrediction(p, "scored", queued_ms, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
     def _release(self, _future: Future[EndOfTurnPrediction]) -> None:
@@ -521,6 +527,10 @@ class _LoadOnce(Generic[T]):
                 self._value = self._build()
             return self._value
 
+    @property
+    def loaded(self) -> T | None:
+        return self._value
+
     async def get(self) -> T:
         value = self._value
         if value is not None:
@@ -535,3 +545,8 @@ async def shared_end_of_turn_model() -> EndOfTurnModel:
     """The process's EndOfTurnModel (the vendored file, 2 threads), loaded on first use: ~0.3 s and
     ~+75 MB RSS, once. Raises EndOfTurnError if the file is missing or corrupt."""
     return await _shared.get()
+
+
+def loaded_end_of_turn_model() -> EndOfTurnModel | None:
+    """The process's model if a call has loaded it (for its statistics), else None."""
+    return _shared.loaded

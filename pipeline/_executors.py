@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -27,6 +28,10 @@ class EngineExecutor:
         self.max_workers = max_workers
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.jobs = 0
+        self.busy_s = 0.0
+        """Thread time spent in jobs so far: against wall time x max_workers, how saturated the
+        engine is (`voicerun load` reports it, to name the bottleneck)."""
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -38,12 +43,21 @@ class EngineExecutor:
         """Run fn(*args) on this engine's threads; the loop's future for its result. Under a
         VirtualClock the work counts as busy, so time does not jump past it."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor(), fn, *args)
+        future = loop.run_in_executor(self._executor(), self._timed, fn, *args)
         count_as_busy(loop, future)
         return future
 
     async def run(self, fn: Callable[..., T], /, *args: object) -> T:
         return await self.submit(fn, *args)
+
+    def _timed(self, fn: Callable[..., T], *args: object) -> T:
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self.jobs += 1
+                self.busy_s += time.perf_counter() - start
 
 
 def _workers(default: int) -> int:
@@ -57,3 +71,4 @@ WHISPER = EngineExecutor("whisper", _workers(2))
 (num_workers=1) on its own intra-op threads, so more threads here would only wait on its lock."""
 HIBARI = EngineExecutor("hibari", _workers(2))
 """Sentences of every Hibari synthesis in the process."""
+ENGINES = (WHISPER, HIBARI)

@@ -29,6 +29,7 @@ async def test_a_burst_of_engine_work_neither_grows_past_its_bound_nor_starves_t
     release.set()
     assert await asyncio.gather(*jobs) == list(range(6))
     assert set(running) <= set(threads)
+    assert engine.jobs == 6 and engine.busy_s > 0  # what `voicerun load` reports as how busy it was
 
 
 async def test_a_virtual_clock_does_not_jump_past_engine_work_in_flight() -> None:
