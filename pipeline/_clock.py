@@ -91,6 +91,7 @@ class VirtualClock:
         self._busy = 0
         self._anchor = 0.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._cancelled = 0
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         self._executor = _CountingExecutor(self, self._loop, max_workers)
@@ -124,7 +125,17 @@ class VirtualClock:
         fut: asyncio.Future[None] = self._loop.create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._seq), fut))
         self._changed.set()
-        await fut
+        try:
+            await fut
+        except asyncio.CancelledError:
+            # A cancelled sleeper (a call's max-duration watchdog) would stay in the heap until
+            # its deadline, hours away: drop them once they are most of it.
+            self._cancelled += 1
+            if self._cancelled > 64 and 2 * self._cancelled > len(self._sleepers):
+                self._sleepers = [s for s in self._sleepers if not s[2].done()]
+                heapq.heapify(self._sleepers)
+                self._cancelled = 0
+            raise
 
     @asynccontextmanager
     async def busy(self) -> AsyncIterator[None]:

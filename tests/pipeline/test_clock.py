@@ -60,3 +60,21 @@ async def test_a_deadline_inside_thread_work_is_not_jumped_over() -> None:
     await asyncio.gather(work(), tick())
     assert order == ["tick", "work"]
     await clock.aclose()
+
+
+async def test_cancelled_sleepers_do_not_pile_up_until_their_deadline() -> None:
+    # Each call's max-duration watchdog sleeps for an hour and is cancelled when the call ends:
+    # thousands of calls on one clock must not keep thousands of them.
+    clock = VirtualClock()
+    clock.start()
+    try:
+        for _ in range(20):
+            sleepers = [asyncio.create_task(clock.sleep_until(clock.now() + 3600)) for _ in range(100)]
+            await asyncio.sleep(0)
+            for task in sleepers:
+                task.cancel()
+            await asyncio.gather(*sleepers, return_exceptions=True)
+        assert len(clock._sleepers) <= 200
+        await clock.sleep_until(clock.now() + 1.0)  # the clock still keeps time
+    finally:
+        await clock.aclose()
