@@ -8,7 +8,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,25 +249,13 @@ def _existing_file(path: Path) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline import AudioFormatError, ProviderError, read_wav
-    from workflows import TemplateError, VariableError, WorkflowError
-
-    from ._providers import ProviderConfigError
-
     output = _writable_file(args.output, "--output")
     report = _writable_file(args.report, "--report")
     if output is not None and report is not None and output.resolve() == report.resolve():
         raise UsageError(f"--output and --report are the same file: {output}")
-    try:
-        workflow = _resolve_workflow(args.workflow, args.settings.workflows)
-    except WorkflowError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        caller = read_wav(args.input)
-    except AudioFormatError as exc:
-        raise UsageError(str(exc)) from None
+    workflow, caller = _workflow_and_caller(args)
     user = _user_data(args.user_data)
-    from metering import LedgerConfigError, LedgerError, MeteringError
+    from metering import MeteringError
 
     from ._report import price_catalog
 
@@ -276,33 +265,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     run = _Run(args, output, report)
     try:
-        asyncio.run(run.call(workflow, caller, user, catalog))
-    except (TemplateError, VariableError, ProviderConfigError, ProviderError) as exc:
-        raise UsageError(f"{args.workflow}: {exc}") from None
-    except LedgerConfigError as exc:  # found when the ledger opens, before the call
-        raise UsageError(str(exc).splitlines()[0]) from None
-    except LedgerError as exc:
-        raise CommandError(str(exc).splitlines()[0]) from None
+        with calls_errors(args.workflow):
+            asyncio.run(run.call(workflow, caller, user, catalog))
     except asyncio.CancelledError:
         pass  # a second signal stopped the wait for the usage export; the results are written
     return run.exit_code()
 
 
-LOAD_MAX_CALLS = 10_000
-
-
-def _cmd_load(args: argparse.Namespace) -> int:
+def _workflow_and_caller(args: argparse.Namespace) -> tuple[Any, Any]:
+    """--workflow and --input, or a UsageError naming what is wrong with them."""
     from pipeline import AudioFormatError, read_wav
     from workflows import WorkflowError
 
-    report = _writable_file(args.report, "--report")
-    if not 1 <= args.calls <= LOAD_MAX_CALLS:
-        raise UsageError(f"--calls must be between 1 and {LOAD_MAX_CALLS:,}, got {args.calls}")
-    total = args.total if args.total is not None else args.calls
-    if total < args.calls:
-        raise UsageError(f"--total ({total}) must be at least --calls ({args.calls})")
-    if args.ramp is not None and not 0 <= args.ramp <= 3600:
-        raise UsageError(f"--ramp must be between 0 and 3600 seconds, got {args.ramp}")
     try:
         workflow = _resolve_workflow(args.workflow, args.settings.workflows)
     except WorkflowError as exc:
@@ -311,6 +285,42 @@ def _cmd_load(args: argparse.Namespace) -> int:
         caller = read_wav(args.input)
     except AudioFormatError as exc:
         raise UsageError(str(exc)) from None
+    return workflow, caller
+
+
+@contextmanager
+def calls_errors(workflow_ref: str) -> Iterator[None]:
+    """What running calls raises, as the command's one-line errors: the workflow's templates,
+    variables or providers (usage), the ledger's configuration (usage) or the ledger itself."""
+    from metering import LedgerConfigError, LedgerError
+    from pipeline import ProviderError
+    from workflows import TemplateError, VariableError
+
+    from ._providers import ProviderConfigError
+
+    try:
+        yield
+    except (TemplateError, VariableError, ProviderConfigError, ProviderError) as exc:
+        raise UsageError(f"{workflow_ref}: {exc}") from None
+    except LedgerConfigError as exc:  # found when the ledger opens, before any call
+        raise UsageError(str(exc).splitlines()[0]) from None
+    except LedgerError as exc:
+        raise CommandError(str(exc).splitlines()[0]) from None
+
+
+LOAD_MAX_CALLS = 10_000
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    report = _writable_file(args.report, "--report")
+    if not 1 <= args.calls <= LOAD_MAX_CALLS:
+        raise UsageError(f"--calls must be between 1 and {LOAD_MAX_CALLS:,}, got {args.calls}")
+    total = args.total if args.total is not None else args.calls
+    if total < args.calls:
+        raise UsageError(f"--total ({total}) must be at least --calls ({args.calls})")
+    if args.ramp is not None and not 0 <= args.ramp <= 3600:
+        raise UsageError(f"--ramp must be between 0 and 3600 seconds, got {args.ramp}")
+    workflow, caller = _workflow_and_caller(args)
     from ._load_cmd import run_load_command
 
     return run_load_command(args, workflow, caller, total, report)

@@ -11,26 +11,19 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from ._cli import EXIT_FAILED, EXIT_OK, CommandError, UsageError
+from ._cli import EXIT_FAILED, EXIT_OK, CommandError, UsageError, calls_errors
 
 
 def run_load_command(
     args: argparse.Namespace, workflow: Any, caller: Any, total: int, report_path: Path | None
 ) -> int:
-    from metering import LedgerConfigError, LedgerError, MeteringError
-    from pipeline import ProviderError
-    from workflows import TemplateError, VariableError
-
-    from ._providers import ProviderConfigError
+    from metering import MeteringError
 
     try:
-        report = asyncio.run(_load(args, workflow, caller, total))
-    except (TemplateError, VariableError, ProviderConfigError, ProviderError) as exc:
-        raise UsageError(f"{args.workflow}: {exc}") from None
-    except (LedgerConfigError, MeteringError) as exc:
+        with calls_errors(args.workflow):
+            report = asyncio.run(_load(args, workflow, caller, total))
+    except MeteringError as exc:  # the price catalog, for --metered
         raise UsageError(str(exc).splitlines()[0]) from None
-    except LedgerError as exc:
-        raise CommandError(str(exc).splitlines()[0]) from None
     print(_summary(report, os.cpu_count()))
     if report_path is not None:
         try:
