@@ -373,8 +373,10 @@ class Call:
             status = record.status
         else:
             status = "active" if self._session is not None else "connecting"
-        session = self._session
-        turns = tuple(session.turns) if session is not None and summary is None else ()
+        if summary is not None:
+            turns = summary.turns
+        else:
+            turns = tuple(self._session.turns) if self._session is not None else ()
         return CallSnapshot(
             call_id=record.call_id,
             workflow_slug=record.workflow_slug,
@@ -386,7 +388,7 @@ class Call:
             transcript=tuple(
                 self._transcript.entries() if self._transcript and not self._done else record.transcript
             ),
-            turns=summary.turns if summary is not None else turns,
+            turns=turns,
             usage=tuple(record.usage_lines),
             faults=tuple(record.faults),
         )
