@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import structlog
 from sqlalchemy import Insert, and_, delete, event, exists, func, select, text, update
@@ -32,10 +32,21 @@ from . import _migrate
 from ._clock import Clock, utcnow
 from ._cost import UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError
+from ._json import plain
 from ._owner import ProcessIdentity, is_gone
 from ._prices import PriceCatalog
-from ._records import CallClosed, CallOpened, Record, TurnReported, UsageReported
+from ._records import (
+    CallClosed,
+    CallOpened,
+    CallProgressed,
+    Record,
+    RecordingStored,
+    RunningStatus,
+    TurnReported,
+    UsageReported,
+)
 from ._schema import Base, Call, DeadLetter, OutboxEvent, TurnMetric, UsageEvent, WorkerLease
+from ._view import CallView, call_view
 
 log = structlog.get_logger("voicerun.metering")
 
@@ -46,6 +57,10 @@ class LedgerError(MeteringError):
 
 class LedgerMissingError(LedgerError):
     """A command that only reads found no embedded ledger (it never creates one)."""
+
+
+class UnknownCallError(LedgerError):
+    """A record names a call the ledger has no row for (its CallOpened never landed)."""
 
 
 class LedgerConfigError(LedgerError):
@@ -118,6 +133,10 @@ class OutboxStatus:
     counted delivered until an operator says which (`voicerun metering doubt`)."""
     delivered: int
     oldest_pending_at: datetime | None
+
+
+RUNNING: tuple[RunningStatus, ...] = get_args(RunningStatus)
+"""The statuses of an open call, in the order a call goes through them."""
 
 
 def _minutes(secs: Decimal) -> float:
@@ -215,15 +234,21 @@ class Ledger:
         return dialect_insert(table).on_conflict_do_nothing()
 
     async def write(self, records: Sequence[Record]) -> None:
-        """Apply `records` in one transaction: calls opened first, then usage and turns, then
-        calls closed, so a close always prices the usage reported before it."""
+        """Apply `records` in one transaction: calls opened first, then usage, turns and
+        progress, then calls closed (so a close always prices the usage reported before it),
+        then recordings. A recording of a call the ledger does not have is an UnknownCallError,
+        like usage of one (which its foreign key refuses): the Meter then sets it aside as lost."""
         opened = [r for r in records if isinstance(r, CallOpened)]
+        progressed = [r for r in records if isinstance(r, CallProgressed)]
         usage = [r for r in records if isinstance(r, UsageReported)]
         turns = [r for r in records if isinstance(r, TurnReported)]
         closed = [r for r in records if isinstance(r, CallClosed)]
+        recordings = [r for r in records if isinstance(r, RecordingStored)]
         async with self._writes.begin() as s:
             for o in opened:
                 await self._open_call(s, o)
+            for p in progressed:
+                await self._progress_call(s, p)
             if usage:
                 await s.execute(
                     self._insert_ignoring_duplicates(UsageEvent),
@@ -266,6 +291,8 @@ class Ledger:
                 )
             for c in closed:
                 await self._close_call(s, c)
+            for rec in recordings:
+                await self._store_recording(s, rec)
 
     async def _open_call(self, s: AsyncSession, r: CallOpened) -> None:
         customer = r.customer_id or (self.billing.customer_id if self.billing else None)
@@ -276,8 +303,13 @@ class Ledger:
                 workflow_slug=r.workflow_slug,
                 worker_id=self.worker_id,
                 customer_id=customer,
-                status="active",
+                status=r.status,
+                status_at=r.started_at,
                 started_at=r.started_at,
+                user_id=r.user_id,
+                tenant=r.tenant,
+                direction=r.direction,
+                call_metadata=None if r.metadata is None else plain(r.metadata),
                 owner_host=self.process.host,
                 owner_machine=self.process.machine,
                 owner_pid=self.process.pid,
@@ -307,14 +339,44 @@ class Ledger:
             start_seq=0,
         )
 
+    async def _progress_call(self, s: AsyncSession, r: CallProgressed) -> None:
+        # Forward only: records can arrive late (a reporter's queue, a retried batch), and a
+        # late one must neither move a call back nor reopen a closed one.
+        earlier = RUNNING[: RUNNING.index(r.status)]
+        moved = await s.execute(
+            update(Call)
+            .where(Call.id == r.call_id, Call.status.in_(earlier))
+            .values(status=r.status, status_at=r.at)
+            .returning(Call.id)
+        )
+        if moved.first() is None:
+            log.debug("call_progress_ignored", call_id=r.call_id, status=r.status)
+
+    async def _store_recording(self, s: AsyncSession, r: RecordingStored) -> None:
+        # Whatever the call's status: recordings are uploaded after the call ends.
+        stored = await s.execute(
+            update(Call)
+            .where(Call.id == r.call_id)
+            .values(
+                recording_location=r.location,
+                recording_format=r.format,
+                recording_seconds=r.duration_s,
+                recording_stored_at=r.at,
+            )
+            .returning(Call.id)
+        )
+        if stored.first() is None:
+            raise UnknownCallError(f"recording of call {r.call_id!r}: the ledger has no such call")
+
     async def _close_call(self, s: AsyncSession, r: CallClosed) -> None:
         lines = await self._lines(s, r.call_id)
         costs = cost_breakdown(lines, call_seconds=r.duration_s, telephony=r.telephony, catalog=self.catalog)
         closed = await s.execute(
             update(Call)
-            .where(Call.id == r.call_id, Call.status == "active")
+            .where(Call.id == r.call_id, Call.status.in_(RUNNING))
             .values(
                 status=r.status,
+                status_at=r.ended_at,
                 ended_reason=r.reason,
                 ended_at=r.ended_at,
                 duration_seconds=seconds(r.duration_s),
@@ -322,6 +384,8 @@ class Ledger:
                 cost_breakdown=costs,
                 cost_total=Decimal(str(costs["total"])),
                 currency=self.catalog.currency,
+                transcript=plain(r.transcript),
+                agent_history=list(r.agent_history),
             )
             .returning(Call.id)
         )
@@ -419,7 +483,7 @@ class Ledger:
         async with self._sessions() as s:
             ids = (
                 await s.scalars(
-                    select(Call.id).where(Call.status == "active", Call.worker_id == self.worker_id)
+                    select(Call.id).where(Call.status.in_(RUNNING), Call.worker_id == self.worker_id)
                 )
             ).all()
         return await self._abandon(list(ids), reason="worker_lost")
@@ -441,7 +505,7 @@ class Ledger:
                         WorkerLease.lease_until,
                     )
                     .outerjoin(WorkerLease, WorkerLease.worker_id == Call.worker_id)
-                    .where(Call.status == "active")
+                    .where(Call.status.in_(RUNNING))
                 )
             ).all()
         lost_workers = [
@@ -493,7 +557,7 @@ class Ledger:
                         select(func.max(TurnMetric.recorded_at))
                         .where(TurnMetric.call_id == Call.id)
                         .scalar_subquery(),
-                    ).where(Call.id.in_(call_ids), Call.status == "active")
+                    ).where(Call.id.in_(call_ids), Call.status.in_(RUNNING))
                 )
             ).all()
         records = []
@@ -516,9 +580,11 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def call(self, call_id: str) -> Call | None:
+    async def call(self, call_id: str) -> CallView | None:
+        """The call as the ledger has it now; None if it never opened here."""
         async with self._sessions() as s:
-            return await s.get(Call, call_id)
+            row = await s.get(Call, call_id)
+            return None if row is None else call_view(row)
 
     async def recent_calls(self, *, limit: int, status: str | None = None) -> list[Call]:
         """The latest calls first (by start), optionally only those with `status`."""

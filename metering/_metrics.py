@@ -45,7 +45,7 @@ __all__ = [
 ACTIVE_CALLS = Gauge("voicerun_active_calls", "Calls in progress in this process (opened, not yet closed).")
 CALLS = Counter(
     "voicerun_calls",
-    "Calls closed, by final status (completed, failed, abandoned).",
+    "Calls closed, by final status (completed, failed, disconnected, timeout, no_answer, busy, abandoned).",
     ["status"],
 )
 CALL_SECONDS = Counter(

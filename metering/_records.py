@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from ._cost import UsageLine
+from ._json import JSONValue
 
-CallStatus = Literal["completed", "failed", "abandoned"]
+RunningStatus = Literal["pending", "connecting", "active"]
+"""A call not yet ended, in the order it goes through them: dispatched and waiting for a worker
+or a line (pending), the worker joining the room or dialling (connecting), talking (active)."""
+
+CallStatus = Literal["completed", "failed", "disconnected", "timeout", "no_answer", "busy", "abandoned"]
+"""How a call ended: normally (completed); it could not run (failed); the line or the room
+dropped (disconnected); it ran out of time (timeout); a dialled phone did not answer (no_answer)
+or was busy (busy); its process died and another one closed it (abandoned)."""
+
+CALL_STATUSES: tuple[RunningStatus | CallStatus, ...] = (*get_args(RunningStatus), *get_args(CallStatus))
+"""Every status a call has in the ledger, running ones first."""
+
+CallDirection = Literal["inbound", "outbound", "web"]
+"""Who started the call: the caller dialled in, the platform dialled out, or a browser joined."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -16,10 +31,29 @@ class CallOpened:
     call_id: str
     workflow_slug: str
     started_at: datetime
+    status: RunningStatus = "active"
+    """The status it opens with. A call that runs as soon as it is opened (a recording, a local
+    run) is active; a LiveKit worker opens it connecting and reports CallProgressed(active)."""
     customer_id: str | None = None
     """The billing customer's external id; None: the exporter's default customer."""
     billing_agent_id: str | None = None
     """The usage API's agent id for this call; None: the configured one (VOICERUN_USAGE_AGENT_ID)."""
+    user_id: str | None = None
+    """The caller as the application knows them (the control API's `user_id`)."""
+    tenant: str | None = None
+    direction: CallDirection | None = None
+    metadata: Mapping[str, JSONValue] | None = None
+    """What the application stored with the call (the control API's `metadata`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallProgressed:
+    """A running call moved on. The ledger only moves a call forward (pending, connecting,
+    active), so a record that arrives late never puts a call back, and never reopens one."""
+
+    call_id: str
+    status: Literal["connecting", "active"]
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +89,24 @@ class CallClosed:
     duration_s: float
     telephony: tuple[str, float] | None = None
     """(provider, seconds) of the phone line, for calls that had one."""
+    transcript: tuple[Mapping[str, JSONValue], ...] = ()
+    """The call's transcript entries: role, content, timestamp, agent_name, and tool_call,
+    tool_result, handoff, interrupted or backchannel where they apply."""
+    agent_history: tuple[str, ...] = ()
+    """The agents that took the call, in order."""
 
 
-Record = CallOpened | UsageReported | TurnReported | CallClosed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingStored:
+    """The call's recording was saved: it is encoded and uploaded after the call ends, so this
+    usually arrives after CallClosed."""
+
+    call_id: str
+    location: str
+    """Where the recording store put it (a URL or a path)."""
+    format: str
+    duration_s: float
+    at: datetime
+
+
+Record = CallOpened | CallProgressed | UsageReported | TurnReported | CallClosed | RecordingStored

@@ -6,7 +6,7 @@ transaction, so a slow database costs the audio path nothing and a busy one gets
 When the queue is full (the database has fallen behind by `queue_size` records):
 - usage is never dropped: it is summed per call, stage, agent and model into one record that the
   next batch writes (memory grows with calls, not with audio);
-- a call's open and close are never dropped (two per call);
+- a call's open, progress, close and recording are never dropped (a few per call);
 - per-turn latencies are dropped and counted in `voicerun_metering_dropped_total{kind="turn"}`;
   they are diagnostics, and the Prometheus histograms still saw every turn.
 """
@@ -17,13 +17,22 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import assert_never
 
 import structlog
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from . import _metrics as m
-from ._ledger import Ledger
-from ._records import CallClosed, CallOpened, Record, TurnReported, UsageReported
+from ._ledger import Ledger, UnknownCallError
+from ._records import (
+    CallClosed,
+    CallOpened,
+    CallProgressed,
+    Record,
+    RecordingStored,
+    TurnReported,
+    UsageReported,
+)
 
 log = structlog.get_logger("voicerun.metering")
 
@@ -33,7 +42,7 @@ _RETRY_MAX_S = 5.0
 def _rejected(exc: BaseException) -> bool:
     """An error about the records, not the database: retrying the same batch would fail forever.
     (A StatementError that is not a DBAPIError is a value that could not be bound.)"""
-    if isinstance(exc, IntegrityError | DataError | ValueError | TypeError):
+    if isinstance(exc, IntegrityError | DataError | ValueError | TypeError | UnknownCallError):
         return True
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
@@ -70,7 +79,7 @@ class Meter:
         on_commit: called after each committed batch (the exporter's wake-up)."""
         self.ledger = ledger
         self._queue: asyncio.Queue[Record] = asyncio.Queue(queue_size)
-        self._lifecycle: list[CallOpened | CallClosed] = []
+        self._lifecycle: list[CallOpened | CallProgressed | CallClosed | RecordingStored] = []
         self._usage: dict[tuple[str, str, str | None, str, str | None], UsageReported] = {}
         self._on_commit = on_commit
         self._writer: asyncio.Task[None] | None = None
@@ -113,51 +122,58 @@ class Meter:
         self._pending.set()
 
     def _overflow(self, record: Record) -> None:
-        if isinstance(record, UsageReported):
-            line = record.line
-            key = (record.call_id, line.stage, record.agent, line.provider, line.model)
-            held = self._usage.get(key)
-            # The merged record keeps the first seq: its idempotency key stays unique and stable.
-            self._usage[key] = replace(held, line=held.line + line) if held else record
-        elif isinstance(record, CallOpened | CallClosed):
-            self._lifecycle.append(record)
-        else:
-            self.dropped_turns += 1
-            m.METERING_DROPPED.labels(kind="turn").inc()
-            if self.dropped_turns == 1 or self.dropped_turns % 1000 == 0:
-                log.warning(
-                    "metering_turns_dropped", dropped=self.dropped_turns, queue_size=self._queue.maxsize
-                )
+        match record:
+            case UsageReported(line=line):
+                key = (record.call_id, line.stage, record.agent, line.provider, line.model)
+                held = self._usage.get(key)
+                # The merged record keeps the first seq: its idempotency key stays unique and stable.
+                self._usage[key] = replace(held, line=held.line + line) if held else record
+            case CallOpened() | CallProgressed() | CallClosed() | RecordingStored():
+                # A few per call, and what the call went through: never dropped.
+                self._lifecycle.append(record)
+            case TurnReported():
+                self.dropped_turns += 1
+                m.METERING_DROPPED.labels(kind="turn").inc()
+                if self.dropped_turns == 1 or self.dropped_turns % 1000 == 0:
+                    log.warning(
+                        "metering_turns_dropped", dropped=self.dropped_turns, queue_size=self._queue.maxsize
+                    )
+            case _:
+                assert_never(record)
 
     @staticmethod
     def _observe(record: Record) -> None:
-        if isinstance(record, UsageReported):
-            line = record.line
-            m.observe_usage(
-                line.stage,
-                line.provider,
-                line.model,
-                audio_seconds=float(line.audio_seconds),
-                prompt_tokens=line.prompt_tokens,
-                completion_tokens=line.completion_tokens,
-                cached_tokens=line.cached_tokens,
-                characters=line.characters,
-            )
-        elif isinstance(record, TurnReported):
-            m.observe_turn(
-                record.eou_delay_ms,
-                record.stt_latency_ms,
-                record.llm_ttft_ms,
-                record.tts_ttfb_ms,
-                record.e2e_latency_ms,
-                record.interrupted,
-            )
-        elif isinstance(record, CallOpened):
-            m.ACTIVE_CALLS.inc()
-        else:
-            m.ACTIVE_CALLS.dec()
-            m.CALLS.labels(status=record.status).inc()
-            m.CALL_SECONDS.inc(record.duration_s)
+        match record:
+            case UsageReported(line=line):
+                m.observe_usage(
+                    line.stage,
+                    line.provider,
+                    line.model,
+                    audio_seconds=float(line.audio_seconds),
+                    prompt_tokens=line.prompt_tokens,
+                    completion_tokens=line.completion_tokens,
+                    cached_tokens=line.cached_tokens,
+                    characters=line.characters,
+                )
+            case TurnReported():
+                m.observe_turn(
+                    record.eou_delay_ms,
+                    record.stt_latency_ms,
+                    record.llm_ttft_ms,
+                    record.tts_ttfb_ms,
+                    record.e2e_latency_ms,
+                    record.interrupted,
+                )
+            case CallOpened():
+                m.ACTIVE_CALLS.inc()
+            case CallClosed():
+                m.ACTIVE_CALLS.dec()
+                m.CALLS.labels(status=record.status).inc()
+                m.CALL_SECONDS.inc(record.duration_s)
+            case CallProgressed() | RecordingStored():
+                pass
+            case _:
+                assert_never(record)
 
     # -- the writer ----------------------------------------------------------------------------
 

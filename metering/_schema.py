@@ -32,6 +32,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # Autoincrementing ids: BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
+# None is SQL NULL (not JSON null), so "no metadata" and "not closed yet" read as IS NULL.
+JSONOrNull = JSON(none_as_null=True)
+
 # Unique slugs of the billing API's endpoints, also the `step` of an outbox event.
 STEPS = ("customer", "session", "stt", "llm", "tts", "indicator")
 
@@ -77,8 +80,10 @@ class Call(Base):
     worker_id: Mapped[str] = mapped_column(String(200))
     customer_id: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
-    """active, completed, failed, or abandoned (its process died; closed by the next process
-    that opened the ledger and could prove it)."""
+    """Running (pending, connecting, active) or how it ended (metering.CallStatus); abandoned:
+    its process died, and the next process that opened the ledger could prove it."""
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """Since when it has had its status: its start, a CallProgressed's time, or its end."""
     ended_reason: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -87,6 +92,19 @@ class Call(Base):
     cost_total: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
     currency: Mapped[str | None] = mapped_column(String(8))
     cost_breakdown: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    tenant: Mapped[str | None] = mapped_column(String(200))
+    direction: Mapped[str | None] = mapped_column(String(16))
+    # `metadata` is the declarative base's own attribute: the column keeps the plain name.
+    call_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONOrNull)
+    transcript: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONOrNull)
+    """Written when the call closes (None until then)."""
+    agent_history: Mapped[list[str] | None] = mapped_column(JSONOrNull)
+    recording_location: Mapped[str | None] = mapped_column(Text)
+    """Set when the recording is stored, usually after the call closed."""
+    recording_format: Mapped[str | None] = mapped_column(String(16))
+    recording_seconds: Mapped[float | None] = mapped_column(Float)
+    recording_stored_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     owner_host: Mapped[str | None] = mapped_column(String(255))
     """The process that recorded the call: its host name (for people),"""
     owner_machine: Mapped[str | None] = mapped_column(String(100))

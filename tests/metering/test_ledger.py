@@ -101,7 +101,7 @@ async def test_a_known_call_has_exact_totals_cost_and_turns(ledger: Ledger) -> N
         "acme",
     )
     assert call.started_at == T0 and call.ended_at == T0 + timedelta(seconds=95.25)
-    assert call.duration_seconds == Decimal("95.250")
+    assert call.duration_s == 95.25
     lines = {(ln.stage, ln.provider, ln.model): ln for ln in await ledger.usage_lines("call-1")}
     assert lines["stt", "deepgram", "nova-3"].audio_seconds == Decimal("7.000")
     llm = lines["llm", "openai", "gpt-4o-mini"]
@@ -262,11 +262,7 @@ async def test_recover_closes_only_this_workers_open_calls(database_url: str) ->
         call = await w1.call("crashed")
         assert call is not None
         # It lasted until its last sign of life (usage at T0 + 8 s), not until it was found.
-        assert (call.status, call.ended_reason, call.duration_seconds) == (
-            "abandoned",
-            "worker_lost",
-            Decimal("8.000"),
-        )
+        assert (call.status, call.ended_reason, call.duration_s) == ("abandoned", "worker_lost", 8.0)
         assert call.cost_breakdown is not None and call.cost_breakdown["voice"]["characters"] == 210
         alive = await w1.call("alive")
         assert alive is not None and alive.status == "active"

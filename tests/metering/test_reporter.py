@@ -114,7 +114,7 @@ async def test_a_whole_call_lands_in_the_ledger_with_exact_totals(ledger: Ledger
 
     call = await ledger.call("metered-1")
     assert call is not None and call.status == "completed" and call.ended_reason == record.summary.reason
-    assert call.duration_seconds == seconds(record.summary.duration_s)
+    assert call.duration_s is not None and seconds(call.duration_s) == seconds(record.summary.duration_s)
     lines = {(ln.stage, ln.provider, ln.model): ln for ln in await ledger.usage_lines("metered-1")}
     # What each agent said was spoken and priced by that agent's voice.
     host_words = "Welcome to the metered line." + "Sure." + "Let me pass you to payments."
