@@ -125,6 +125,10 @@ class TurnConfig:
 class SessionConfig:
     turn: TurnConfig = field(default_factory=TurnConfig)
     max_duration_s: float | None = None
+    silence_timeout_s: float | None = None
+    """Caller and agent both silent this long: the agent says `check_in`; silent as long again
+    after it, the call ends with reason "silence_timeout". None: no limit."""
+    check_in: str = "Are you still there?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +295,10 @@ class VoiceSession:
         self._greeting_failed = False
         self._last_final: asyncio.Task[None] | None = None
         """The latest utterance's transcript task: each one commits after the one before it."""
+        self._last_heard = 0.0
+        """When the caller was last voiced, or the agent last finished a reply (silence timeout)."""
+        self._caller_heard = 0.0
+        """When the caller was last voiced (or pressed a key)."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -307,6 +315,10 @@ class VoiceSession:
                 watchdog = None
                 if self.config.max_duration_s:
                     watchdog = tg.create_task(self._watchdog(t_start + self.config.max_duration_s))
+                self._last_heard = t_start
+                silence = None
+                if self.config.silence_timeout_s:
+                    silence = tg.create_task(self._silence_watch(self.config.silence_timeout_s))
                 if self._greeting:
                     self._start_reply(_Reply(user_text=None, fixed_text=self._greeting, t_commit=t_start))
                 await self._ended.wait()
@@ -314,7 +326,7 @@ class VoiceSession:
                 reply, self._reply = self._reply, None
                 if reply is not None:  # ended mid-reply: what the caller heard of it is kept
                     self._finish_turn(reply, reply.heard(), interrupted=True)
-                for task in (playout, feed, watchdog, *self._work):
+                for task in (playout, feed, watchdog, silence, *self._work):
                     if task is not None:
                         task.cancel()
         finally:
@@ -341,6 +353,53 @@ class VoiceSession:
         await self._clock.sleep_until(deadline)
         log.info("call_max_duration_reached", max_duration_s=self.config.max_duration_s)
         self.end("max_duration")
+
+    async def _silence_watch(self, timeout_s: float) -> None:
+        """End a call nobody is in any more (a line left open): check in once, then end."""
+        checked_in_at: float | None = None
+        clock = self._clock
+        while True:
+            now = clock.now()
+            if self._reply is not None or self._endpointer.in_speech or self._work:
+                await clock.sleep_until(now + timeout_s)  # busy now: look again a timeout later
+                continue
+            if checked_in_at is not None and self._caller_heard > checked_in_at:
+                checked_in_at = None  # the caller answered the check-in
+            quiet_until = self._last_heard + timeout_s
+            if now < quiet_until:
+                await clock.sleep_until(quiet_until)
+                continue
+            if checked_in_at is None and self.config.check_in:
+                log.info("caller_silent", silent_s=round(now - self._last_heard, 1), action="check_in")
+                checked_in_at = now
+                self._start_reply(_Reply(user_text=None, fixed_text=self.config.check_in, t_commit=now))
+                continue
+            log.info("caller_silent", silent_s=round(now - self._last_heard, 1), action="end_call")
+            self.end("silence_timeout")
+            return
+
+    def submit_turn(self, text: str) -> None:
+        """A caller turn that did not come through the microphone (keys pressed on a phone):
+        answered like a spoken one, after any spoken turn still being transcribed, and it
+        interrupts the agent. Ignored unless the call is running."""
+        if self._tg is None or self._ended.is_set():
+            return
+        before = self._last_final
+        self._last_final = self._spawn(self._submitted_turn(text, before), "submitted-turn")
+
+    async def _submitted_turn(self, text: str, before: asyncio.Task[None] | None) -> None:
+        if before is not None and not before.done():
+            await asyncio.wait([before])
+        now = self._clock.now()
+        self._last_heard = self._caller_heard = now
+        reply = self._reply
+        if reply is not None:
+            self._interrupt(reply, "submitted_turn", duration_ms=0.0)
+        self._emit(UserTranscript(text=text, final=True, t=now))
+        if self._interrupting is not None:
+            await self._interrupting
+            self._interrupting = None
+        self._start_reply(_Reply(user_text=text, t_last_voiced=now, t_final=now, t_commit=now))
 
     async def _consume(self, caller: CallerAudio) -> None:
         clock = self._clock
@@ -391,7 +450,11 @@ class VoiceSession:
             # A handoff changed turn-taking; it applies from the next utterance, never mid-way.
             self._apply_turn(self._next_turn)
         r = self._endpointer.process(pcm, now - FRAME_S)
-        self._voiced_run = self._voiced_run + 1 if r.voiced else 0
+        if r.voiced:
+            self._voiced_run += 1
+            self._last_heard = self._caller_heard = now
+        else:
+            self._voiced_run = 0
         model_turn = self._turn.end_of_turn == "model"
         if r.event == "start":
             self._utt_onset = r.onset_s
@@ -708,6 +771,7 @@ class VoiceSession:
                 self._emit(PipelineFault(stage=exc.stage, error=str(exc), t=self._clock.now()))
         if self._reply is reply:
             self._reply = None
+            self._last_heard = self._clock.now()
             heard = reply.heard()
             if reply.user_text is None and heard:
                 self.dialogue.add_assistant(heard)

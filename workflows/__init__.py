@@ -15,6 +15,8 @@ from ._model import (
     ToolCallSpec,
     TurnSettings,
     Workflow,
+    keypad_digits,
+    keypad_turn,
 )
 from ._registry import WorkflowRegistry
 from ._runtime import WorkflowConversation
@@ -28,6 +30,6 @@ __all__ = [
     "RuleSpec", "Severity", "TemplateError", "TestSpec", "ToolBox", "ToolCallSpec", "ToolError",
     "Transfer", "TurnSettings", "UnknownWorkflowError", "VariableError", "VariableValue", "Workflow",
     "WorkflowConversation", "WorkflowError", "WorkflowRegistry", "WorkflowRuntimeError", "WorkflowsError",
-    "bind_user_data", "load_workflow", "load_workflow_text", "placeholders", "render", "validate_file",
+    "bind_user_data", "keypad_digits", "keypad_turn", "load_workflow", "load_workflow_text", "placeholders", "render", "validate_file",
     "validate_text", "workflow_json_schema",
 ]  # fmt: skip

@@ -180,6 +180,10 @@ class Defaults(_Strict):
     tts: TTSSpec = TTSSpec(provider="hibari")
     turn: TurnSettings = TurnSettings()
     max_duration_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600
+    silence_timeout_seconds: Annotated[float, Field(gt=0, le=3_600)] | None = 30
+    """Caller and agent both silent this long: the agent says `check_in`; as long again, the
+    call ends (status timeout). null: an open line is never ended for silence."""
+    check_in: Annotated[str, Field(min_length=1, max_length=500)] = "Are you still there?"
 
 
 class VariableSpec(_Strict):
@@ -247,6 +251,7 @@ class HttpSpec(_Strict):
     def _json_body(cls, body: Any) -> Any:
         # YAML has dates and sets that JSON has not; the body is sent as JSON
         return json_safe(body)
+
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
     max_response_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = MAX_RESULT_BYTES
     """A larger response is an error result: it would flood the LLM's context (and its bill)."""
@@ -337,6 +342,20 @@ class ToolCallSpec(_Strict):
         return json_safe(arguments)
 
 
+KEYPAD_PREFIX = "[keypad] "
+"""How keys pressed on a phone reach the conversation: one caller turn, this prefix and the
+digits ("[keypad] 123#"), which the LLM reads as such and `dtmf` rules match."""
+
+
+def keypad_turn(digits: str) -> str:
+    return KEYPAD_PREFIX + digits
+
+
+def keypad_digits(text: str) -> str | None:
+    """The keys of a keypad turn; None for a spoken one."""
+    return text[len(KEYPAD_PREFIX) :] if text.startswith(KEYPAD_PREFIX) else None
+
+
 class RuleSpec(_Strict):
     """Checked in order on each final caller transcript, before any LLM; the first match acts."""
 
@@ -344,12 +363,15 @@ class RuleSpec(_Strict):
     """A regular expression, searched case-insensitively."""
     keywords: tuple[str, ...] | None = None
     """Any of these words or phrases, as whole words."""
+    dtmf: str | None = None
+    """A regular expression the keys pressed on a phone must match whole ("1", "[0-9]{4}#");
+    only keypad turns are matched against it, and only it matches them."""
     say: str | None = None
     tool: ToolCallSpec | None = None
     handoff: str | None = None
     end_call: bool = False
 
-    @field_validator("match")
+    @field_validator("match", "dtmf")
     @classmethod
     def _regex_compiles(cls, v: str | None) -> str | None:
         if v is not None:
@@ -361,13 +383,22 @@ class RuleSpec(_Strict):
 
     @model_validator(mode="after")
     def _trigger_and_action(self) -> RuleSpec:
-        if (self.match is None) == (self.keywords is None):
-            raise ValueError("a rule needs exactly one of 'match' or 'keywords'")
+        if sum(t is not None for t in (self.match, self.keywords, self.dtmf)) != 1:
+            raise ValueError("a rule needs exactly one of 'match', 'keywords' or 'dtmf'")
         if self.say is None and self.tool is None and self.handoff is None and not self.end_call:
             raise ValueError("a rule needs an action: 'say', 'tool', 'handoff' or 'end_call: true'")
         return self
 
+    def matches(self, text: str) -> bool:
+        """Whether this rule acts on the caller's turn `text` (spoken, or a keypad turn)."""
+        digits = keypad_digits(text)
+        if self.dtmf is not None:
+            return digits is not None and re.fullmatch(self.dtmf, digits) is not None
+        return digits is None and self.pattern().search(text) is not None
+
     def pattern(self) -> re.Pattern[str]:
+        if self.dtmf is not None:
+            return re.compile(self.dtmf)
         if self.match is not None:
             return re.compile(self.match, re.IGNORECASE)
         words = "|".join(re.escape(k.strip()) for k in self.keywords or () if k.strip())

@@ -268,7 +268,7 @@ class WorkflowConversation:
         return last is not None and last.content == self._turn_user
 
     def _match(self, text: str) -> RuleSpec | None:
-        return next((r for r in self.spec.rules if r.pattern().search(text)), None)
+        return next((r for r in self.spec.rules if r.matches(text)), None)
 
     async def _say(self, line: str) -> AsyncIterator[ReplyEvent]:
         if not line:
@@ -278,7 +278,7 @@ class WorkflowConversation:
         yield TextDelta(text=sep + line)
 
     async def _run_rule(self, rule: RuleSpec) -> AsyncIterator[ReplyEvent]:
-        log.info("rule_matched", pattern=rule.match or ",".join(rule.keywords or ()))
+        log.info("rule_matched", pattern=rule.match or rule.dtmf or ",".join(rule.keywords or ()))
         if rule.say:
             async for ev in self._say(self._render(rule.say)):
                 yield ev

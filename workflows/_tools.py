@@ -444,9 +444,7 @@ class ToolBox:
         except VariableError as exc:
             raise _ToolFailedError(f"tool {name}: cannot save the response: {exc}") from exc
 
-    async def _call_python(
-        self, name: str, target: str, args: Mapping[str, Any], timeout_s: float
-    ) -> object:
+    async def _call_python(self, name: str, target: str, args: Mapping[str, Any], timeout_s: float) -> object:
         fn = self._functions.get(target)
         if fn is None:
             try:

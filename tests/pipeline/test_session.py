@@ -72,6 +72,7 @@ async def run_call(
     greeting: str | None = None,
     turn: TurnConfig | None = None,
     max_duration_s: float | None = None,
+    silence_timeout_s: float | None = None,
     tools: ToolRunner | None = None,
     sessions: list[VoiceSession] | None = None,
 ) -> tuple[Run, CallSummary]:
@@ -97,7 +98,9 @@ async def run_call(
         dialogue=run.dialogue,
         sink=Sink(),
         clock=clock,
-        config=SessionConfig(turn=turn or TurnConfig(), max_duration_s=max_duration_s),
+        config=SessionConfig(
+            turn=turn or TurnConfig(), max_duration_s=max_duration_s, silence_timeout_s=silence_timeout_s
+        ),
         on_event=run.events.append,
         greeting=greeting,
     )
@@ -300,6 +303,25 @@ async def test_max_duration_ends_the_call() -> None:
     _, summary = await run_call(audio, ["x"], ScriptedLLM("x"), max_duration_s=5.0)
     assert summary.reason == "max_duration"
     assert summary.duration_s == pytest.approx(5.0, abs=0.05)
+
+
+async def test_an_open_line_gets_one_check_in_then_ends_for_silence() -> None:
+    audio = timeline(("speech", 1.0), ("silence", 60.0))
+    run, summary = await run_call(audio, ["hello"], ScriptedLLM("Hi there."), silence_timeout_s=10.0)
+    assert [e.text for e in run.of(AgentSpeech)] == ["Hi there.", "Are you still there?"]
+    assert summary.reason == "silence_timeout"
+    check_in, _ = runs_of_audio(run.sent)[1]
+    reply_end = runs_of_audio(run.sent)[0][1]
+    assert check_in == pytest.approx(reply_end + 10.0, abs=0.1)  # silence counts from the reply's end
+    assert summary.duration_s == pytest.approx(runs_of_audio(run.sent)[1][1] + 10.0, abs=0.1)
+
+
+async def test_a_caller_who_answers_the_check_in_keeps_the_call() -> None:
+    audio = timeline(("speech", 1.0), ("silence", 12.0), ("speech", 1.0), ("silence", 8.0), ("speech", 1.0),
+                     ("silence", 3.0))  # fmt: skip
+    run, summary = await run_call(audio, ["hello", "yes", "bye"], ScriptedLLM("Okay."), silence_timeout_s=10.0)
+    assert [e.text for e in run.of(AgentSpeech)] == ["Okay.", "Are you still there?", "Okay.", "Okay."]
+    assert summary.reason == "user_ended"  # the recording ended: the line was never left silent again
 
 
 async def test_hang_up_mid_reply_leaves_no_task_behind() -> None:

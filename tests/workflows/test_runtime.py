@@ -179,6 +179,46 @@ async def test_a_matching_rule_answers_without_calling_the_llm() -> None:
     assert tools == ["book_table", "end_call", "transfer_to_payments", "transfer_to_human"]
 
 
+KEYPAD = """
+version: 1
+slug: menu
+start: menu
+agents:
+  menu:
+    instructions: Phone menu.
+    rules:
+      - dtmf: "1"
+        say: Bookings.
+      - dtmf: "[0-9]{4}#"
+        say: Account found.
+      - match: "1"
+        say: You said one.
+"""
+
+
+async def test_keys_pressed_match_dtmf_rules_only_and_speech_never_does() -> None:
+    from workflows import keypad_turn
+
+    llm = PlayLLM([say("The LLM reads the keys.")])
+    conv = make({"menu": llm}, text=KEYPAD)
+    assert spoken(await turn(conv, keypad_turn("1"))) == "Bookings."
+    assert spoken(await turn(conv, keypad_turn("1234#"))) == "Account found."
+    assert spoken(await turn(conv, "1")) == "You said one."  # spoken "1" is not a key
+    assert spoken(await turn(conv, keypad_turn("12"))) == "The LLM reads the keys."  # no dtmf rule: fullmatch
+    assert llm.seen[0][0][-1].content == "[keypad] 12"
+
+
+def test_a_rule_has_exactly_one_trigger() -> None:
+    from workflows import WorkflowError
+
+    for triggers in ('dtmf: "1"\n        match: one', "say: x"):
+        text = KEYPAD.replace('dtmf: "1"', triggers, 1)
+        with pytest.raises(WorkflowError, match="exactly one of 'match', 'keywords' or 'dtmf'"):
+            load_workflow_text(text)
+    with pytest.raises(WorkflowError, match="invalid regular expression"):
+        load_workflow_text(KEYPAD.replace('dtmf: "1"', 'dtmf: "[1"', 1))
+
+
 async def test_with_no_llm_the_fallback_answers_and_a_rule_hands_off() -> None:
     conv = make({})
     assert spoken(await turn(conv, "do you do pizza")) == (
