@@ -14,8 +14,10 @@ import structlog
 from metering import (
     CallClosed,
     CallOpened,
+    CallProgressed,
     CallStatus,
     Meter,
+    RunningStatus,
     TurnReported,
     UsageLine,
     UsageReported,
@@ -48,7 +50,15 @@ from pipeline import (
     VoiceSession,
     shared_end_of_turn_model,
 )
-from workflows import CallState, ProviderSpec, ToolBox, TurnSettings, Workflow, WorkflowConversation
+from workflows import (
+    CallState,
+    ProviderSpec,
+    ToolBox,
+    Transfer,
+    TurnSettings,
+    Workflow,
+    WorkflowConversation,
+)
 
 from ._providers import ProviderPool
 
@@ -78,6 +88,23 @@ def turn_config(s: TurnSettings) -> TurnConfig:
     )
 
 
+ENDED_BY_API = "api_ended"
+ENDED_BY_DRAIN = "drain"
+DISCONNECTED = "disconnected"
+"""Reasons a call is ended from outside (Call.end): the control API, a draining worker, a
+transport that lost the call. The session's own are user_ended (the caller hung up),
+agent_ended (the workflow ended it), max_duration and silence_timeout."""
+
+FINAL_STATUS: dict[str, CallStatus] = {
+    "max_duration": "timeout",
+    "silence_timeout": "timeout",
+    DISCONNECTED: "disconnected",
+}
+"""End reasons whose status is not `completed`."""
+
+Direction = Literal["inbound", "outbound", "web"]
+
+
 @dataclass
 class CallRecord:
     call_id: str
@@ -94,12 +121,24 @@ class CallRecord:
     """What each provider did, attributed to the agent in charge: priced into cost_breakdown."""
     customer_id: str | None = None
     billing_agent_id: str | None = None
+    user_id: str | None = None
+    tenant: str | None = None
+    direction: Direction | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    not_connected: tuple[CallStatus, str] | None = None
+    """(status, reason) of a call that never reached its caller (Call.not_connected)."""
 
     @property
     def status(self) -> CallStatus:
-        """completed: the call ran and ended, for whatever reason (its summary says which);
-        failed: it could not run, or every turn it took failed."""
-        return "completed" if self.summary is not None and not self.summary.failed else "failed"
+        """Seed 004's final statuses: failed (it could not run, or every turn it took failed),
+        timeout (max duration, or nobody spoke after the check-in), disconnected (the transport
+        dropped it), else completed (its summary's reason says why it ended)."""
+        if self.not_connected is not None:
+            return self.not_connected[0]
+        summary = self.summary
+        if summary is None or summary.failed:
+            return "failed"
+        return FINAL_STATUS.get(summary.reason, "completed")
 
 
 def _priced(spec: ProviderSpec) -> tuple[str, str | None]:
@@ -142,6 +181,11 @@ class _Metering:
                     started_at=self._record.started_at,
                     customer_id=self._record.customer_id,
                     billing_agent_id=self._record.billing_agent_id,
+                    user_id=self._record.user_id,
+                    tenant=self._record.tenant,
+                    direction=self._record.direction,
+                    metadata=dict(self._record.metadata) or None,
+                    status="connecting",
                 )
             )
         # The start agent's providers, at zero: the cost breakdown names them even when a stage
@@ -195,15 +239,24 @@ class _Metering:
             )
             self._turn += 1
 
-    def closed(self, duration_s: float, reason: str) -> None:
+    def active(self) -> None:
         if self._meter is not None:
             self._meter.report(
+                CallProgressed(call_id=self._record.call_id, status="active", at=datetime.now(UTC))
+            )
+
+    def closed(self, duration_s: float, reason: str, status: CallStatus | None = None) -> None:
+        if self._meter is not None:
+            record = self._record
+            self._meter.report(
                 CallClosed(
-                    call_id=self._record.call_id,
-                    status=self._record.status,
+                    call_id=record.call_id,
+                    status=status or record.status,
                     reason=reason,
-                    ended_at=self._record.started_at + timedelta(seconds=duration_s),
+                    ended_at=record.started_at + timedelta(seconds=duration_s),
                     duration_s=duration_s,
+                    transcript=tuple(record.transcript),
+                    agent_history=tuple(record.agent_history),
                 )
             )
 
@@ -265,13 +318,8 @@ class _Transcript:
         return [e for _, _, e in sorted(self._entries, key=lambda x: (x[0], x[1]))]
 
 
-ENDED_BY_API = "api_ended"
-ENDED_BY_DRAIN = "drain"
-"""Reasons a call is ended from outside (Call.end); the session's own are user_ended (the caller
-hung up), agent_ended (the workflow ended it) and max_duration."""
-
 Observer = Callable[[SessionEvent], None]
-SnapshotStatus = Literal["connecting", "active", "completed", "failed", "abandoned"]
+SnapshotStatus = RunningStatus | CallStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,10 +363,19 @@ class Call:
         meter: Meter | None = None,
         customer_id: str | None = None,
         billing_agent_id: str | None = None,
+        user_id: str | None = None,
+        tenant: str | None = None,
+        direction: Direction | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        max_duration_s: float | None = None,
+        transfer: Transfer | None = None,
     ) -> None:
         """meter: where the call's lifecycle, usage and turn latencies are reported (the ledger);
         customer_id, billing_agent_id: who the usage API bills (else the configured defaults).
-        providers: the process's shared providers, built with the credentials they use."""
+        providers: the process's shared providers, built with the credentials they use.
+        user_id, tenant, direction, metadata: stored with the call. max_duration_s: instead of
+        the workflow's. transfer: how `transfer_call` moves the caller (a phone transport's);
+        None, the tool fails with NO_TELEPHONY."""
         self.id = call_id or str(uuid.uuid4())
         self.workflow = workflow
         self._providers = providers
@@ -326,6 +383,8 @@ class Call:
         self._sink = sink
         self._clock = clock
         self._meter = meter
+        self._max_duration_s = max_duration_s
+        self._transfer = transfer
         self._state = CallState.bind(workflow, user_data or {})
         # Every agent's LLM is checked now: a provider this build lacks fails before the call runs.
         self._llms: dict[str, LLM | None] = {
@@ -339,6 +398,10 @@ class Call:
             current_agent=workflow.start,
             customer_id=customer_id,
             billing_agent_id=billing_agent_id,
+            user_id=user_id,
+            tenant=tenant,
+            direction=direction,
+            metadata=dict(metadata or {}),
         )
         self._observers: list[Observer] = []
         self._session: VoiceSession | None = None
@@ -346,6 +409,8 @@ class Call:
         self._running = False
         self._done = False
         self._transcript: _Transcript | None = None
+        self._metering = _Metering(self.record, workflow, meter)
+        self._opened = False
 
     # -- from outside ---------------------------------------------------------------------
 
@@ -364,6 +429,34 @@ class Call:
             log.info("call_end_requested", call_id=self.id, reason=reason)
         if self._session is not None and self._ended_by is not None:
             self._session.end(self._ended_by)
+
+    def open(self) -> None:
+        """Report the call to the ledger now (status connecting), before run(): a transport
+        that waits for its caller makes the call visible while it waits. Idempotent."""
+        if not self._opened:
+            self._opened = True
+            self._metering.opened()
+
+    def submit(self, text: str) -> None:
+        """A caller turn that did not come as speech (`workflows.keypad_turn(digits)` for keys
+        pressed on a phone): answered like a spoken one. Ignored unless the call is running."""
+        if self._session is not None and not self._done:
+            self._session.submit_turn(text)
+
+    def not_connected(self, status: CallStatus, reason: str) -> CallRecord:
+        """Record a call that never reached its caller (no answer, busy, a room that could not
+        be joined, a dispatch that could not start): in the ledger as opened and closed at once,
+        with `status` and `reason`. Instead of run()."""
+        if self._running:
+            raise RuntimeError(f"call {self.id} is already running or has run")
+        self._running = self._done = True
+        self.open()
+        self.record.current_agent = None
+        self.record.faults.append(reason)
+        self.record.not_connected = (status, reason)
+        self._metering.closed(0.0, reason, status)
+        log.info("call_not_connected", call_id=self.id, status=status, reason=reason)
+        return self.record
 
     def snapshot(self) -> CallSnapshot:
         record = self.record
@@ -416,7 +509,7 @@ class Call:
         structlog.contextvars.bind_contextvars(call_id=self.id, agent=agent_name)
         t0 = clock.now()
         transcript = self._transcript = _Transcript(record, t0, agent_name)
-        metering = _Metering(record, workflow, self._meter)
+        metering = self._metering
 
         def on_event(ev: SessionEvent) -> None:
             transcript.on_event(ev)
@@ -427,10 +520,12 @@ class Call:
         llms = self._llms
         config = SessionConfig(
             turn=turn_config(workflow.turn_for(agent_name)),
-            max_duration_s=workflow.defaults.max_duration_seconds,
+            max_duration_s=self._max_duration_s or workflow.defaults.max_duration_seconds,
+            silence_timeout_s=workflow.defaults.silence_timeout_seconds,
+            check_in=workflow.defaults.check_in,
         )
         # A call that fails while its providers open is still a call: in the ledger, as failed.
-        metering.opened()
+        self.open()
         failure = "error"
         # Each LLM's connection is opened while the greeting plays, so the first turn does not pay
         # the handshakes (best effort; cancelled with the call).
@@ -439,7 +534,7 @@ class Call:
         try:
             http = self._providers.http()
             toolboxes = {
-                name: ToolBox(workflow, spec.tools, self._state, http=http)
+                name: ToolBox(workflow, spec.tools, self._state, http=http, transfer=self._transfer)
                 for name, spec in workflow.agents.items()
             }
             conversation = WorkflowConversation(
@@ -476,6 +571,7 @@ class Call:
                     greeting=conversation.greeting(),
                 )
                 self._session = session
+                metering.active()
                 if self._ended_by is not None:
                     session.end(self._ended_by)
                 log.info("call_started", workflow=workflow.slug)

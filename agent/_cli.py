@@ -108,8 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_cmd_schema)
 
     from ._metering_cmd import add_metering_commands  # here: it imports this module
+    from ._worker_cmd import add_worker_command
 
     add_metering_commands(sub)
+    add_worker_command(sub)
     return p
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -40,6 +40,12 @@ class Dispatch(BaseModel):
     """Stored with the call, never interpreted."""
     tenant: str | None = Field(default=None, pattern=_ID)
     """Whose provider keys and billing identity the call uses."""
+    direction: Literal["inbound", "outbound", "web"] | None = None
+    """outbound: the control API dialled a phone; web: a client joined; inbound: a phone called."""
+    recording: bool = False
+    """Record the call (caller left, agent right) to the worker's recording store."""
+    max_duration: float | None = Field(default=None, gt=0, le=86_400)
+    """Seconds; instead of the workflow's max_duration_seconds."""
 
     @classmethod
     def parse(cls, raw: str | bytes) -> Dispatch:

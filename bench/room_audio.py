@@ -342,20 +342,9 @@ async def run_sdk(
 
 
 def route_by_handle(stream: rtc.AudioStream) -> None:
-    """Experiment (--routed): narrow the stream's FFI subscription from "every audio_stream_event"
-    to its own handle's, so a frame event is queued onto the loop for its stream only. The filter
-    still runs once per stream per event, on the SDK's callback thread."""
-    from livekit.rtc._ffi_client import FfiClient
+    from agent._rtc_events import bind_stream
 
-    handle = stream._ffi_handle.handle
-    subs = FfiClient.instance.queue._subscribers
-
-    def mine(e: object, h: int = handle) -> bool:
-        return e.WhichOneof("message") == "audio_stream_event" and e.audio_stream_event.stream_handle == h  # type: ignore[attr-defined]
-
-    for i, (q, lp, _) in enumerate(subs):
-        if q is stream._ffi_queue:
-            subs[i] = (q, lp, mine)
+    bind_stream(stream)
 
 
 def fmt(v: float, spec: str = ".1f") -> str:
