@@ -96,7 +96,7 @@ class LiveKitServices:
         except api.TwirpError as exc:
             if exc.status in (401, 403):
                 raise WorkerStartError(
-                    f"LiveKit at {url} refused LIVEKIT_API_KEY / LIVEKIT_API_SECRET ({exc.code}: {exc.message})"
+                    f"LiveKit at {url} refused LIVEKIT_API_KEY / LIVEKIT_API_SECRET (HTTP {exc.status})"
                 ) from None
             raise WorkerStartError(
                 f"LiveKit at {url} answered {exc.status} {exc.code}: {exc.message}"
@@ -143,7 +143,9 @@ class Worker:
         recordings: RecordingStore | None = None,
         room_factory: RoomFactory = rtc.Room,
         services: RoomServices | None = None,
+        cpu: Callable[[], float] | None = None,
     ) -> None:
+        """cpu: this process's recent CPU as a share of one core (default: measured)."""
         self.config = config
         self._room_factory = room_factory
         self._services = services
@@ -163,7 +165,7 @@ class Worker:
         self.port: int | None = None
         self.draining = False
         self._stopped = asyncio.Event()
-        self._cpu = _CpuLoad()
+        self._cpu = cpu or _CpuLoad().sample
         self.jobs_failed = 0
 
     # -- capacity ---------------------------------------------------------------------------
@@ -174,7 +176,7 @@ class Worker:
         if self.draining:
             return 1.0
         calls = self._jobs / self.config.max_calls
-        cpu = self._cpu.sample() / self.config.max_cpu
+        cpu = self._cpu() / self.config.max_cpu
         return min(1.0, max(calls, cpu))
 
     async def _on_request(self, request: JobRequest) -> None:
@@ -205,6 +207,11 @@ class Worker:
         try:
             if isinstance(self._services, LiveKitServices):
                 await self._services.check_credentials()
+            if len(self.config.api_secret.encode()) < 32:
+                log.warning(
+                    "short_api_secret",
+                    detail="LIVEKIT_API_SECRET is under 32 bytes: for livekit-server --dev only",
+                )
             await self.prewarm()
             await self._serve_http()
             server = self._server = self._agent_server()

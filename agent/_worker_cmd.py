@@ -105,7 +105,13 @@ def _check_url(url: str | None) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import warnings
+
     from ._cli import UsageError
+
+    # PyJWT warns on every token signed with a secret under 32 bytes (livekit-server --dev's is
+    # "secret"); the operator hears it once, from us, instead of a warning per request.
+    warnings.filterwarnings("ignore", message="The HMAC key is")
 
     url = _check_url(args.url)
     for option, value in (

@@ -58,15 +58,26 @@ class Rooms:
 
 
 @contextlib.asynccontextmanager
-async def running(lk: FakeLiveKitServer, tmp_path: Path, **options: object) -> AsyncIterator[tuple[Worker, Rooms, object]]:
+async def running(
+    lk: FakeLiveKitServer, tmp_path: Path, **options: object
+) -> AsyncIterator[tuple[Worker, Rooms, object]]:
     workflow = load_workflow_text(WORKFLOW)
-    options = {"drain_timeout_s": 1.0, **options}  # the fixture's end ends what a test left running
+    # drain_timeout_s: the fixture's end ends what a test left running; the load is the calls
+    # alone (this process's CPU also runs the server and the rooms: see the test of load())
+    options = {"drain_timeout_s": 1.0, **options}
     config = WorkerConfig(
-        url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret, agent_name=AGENT, port=0, **options  # type: ignore[arg-type]
+        url=lk.url,
+        api_key=lk.api_key,
+        api_secret=lk.api_secret,
+        agent_name=AGENT,
+        port=0,
+        **options,  # type: ignore[arg-type]
     )
     rooms = Rooms()
     providers = ProviderPool(instant_providers(transcript="where is my order"))
-    async with open_metering(MeteringConfig(data_dir=tmp_path, worker_id="w-test"), catalog=_catalog(), recover=True) as metering:
+    async with open_metering(
+        MeteringConfig(data_dir=tmp_path, worker_id="w-test"), catalog=_catalog(), recover=True
+    ) as metering:
         worker = Worker(
             config,
             registry=WorkflowRegistry({workflow.slug: (workflow, Path("desk.yaml"))}),
@@ -74,6 +85,7 @@ async def running(lk: FakeLiveKitServer, tmp_path: Path, **options: object) -> A
             meter=metering.meter,
             room_factory=rooms,
             services=LiveKitServices(config),
+            cpu=lambda: 0.0,
         )
         task = asyncio.create_task(worker.run())
         try:
@@ -97,7 +109,9 @@ async def call_row(metering: object, call_id: str) -> object:
     return await metering.ledger.call(call_id)  # type: ignore[attr-defined]
 
 
-async def test_a_dispatched_call_runs_in_its_room_and_lands_in_the_ledger(lk: FakeLiveKitServer, tmp_path: Path) -> None:
+async def test_a_dispatched_call_runs_in_its_room_and_lands_in_the_ledger(
+    lk: FakeLiveKitServer, tmp_path: Path
+) -> None:
     async with running(lk, tmp_path) as (worker, rooms, metering):
         meta = {"workflow_slug": "desk", "call_id": "call-1", "user_id": "u-7", "tenant": "acme",
                 "direction": "web", "metadata": {"ticket": 42}}  # fmt: skip
@@ -114,7 +128,10 @@ async def test_a_dispatched_call_runs_in_its_room_and_lands_in_the_ledger(lk: Fa
                     streams.clear()
                     await streams.wait()
             # while it runs, the process reports it
-            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{worker.port}/worker") as r:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{worker.port}/worker") as r,
+            ):
                 info = await r.json()
             assert info["calls"] == 1 and info["max_calls"] == 10 and info["registered"] is True
             room.leave(caller)
@@ -144,7 +161,7 @@ async def test_a_dispatched_call_runs_in_its_room_and_lands_in_the_ledger(lk: Fa
 async def test_a_bad_dispatch_fails_its_job_with_one_log_line_and_a_failed_call(
     lk: FakeLiveKitServer, tmp_path: Path, metadata: str, problem: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with running(lk, tmp_path) as (worker, rooms, metering):
+    async with running(lk, tmp_path) as (worker, _rooms, metering):
         job = await lk.dispatch(agent_name=AGENT, room="bad-room", metadata=metadata)
         async with asyncio.timeout(HANG_S):
             await job.status_reached(agent.JS_SUCCESS)  # ended, not hung (livekit reports success)
@@ -156,8 +173,28 @@ async def test_a_bad_dispatch_fails_its_job_with_one_log_line_and_a_failed_call(
     assert len(logged) == 1 and problem in logged[0]
 
 
+async def test_load_is_calls_against_the_maximum_or_cpu_against_its_ceiling_whichever_is_higher() -> None:
+    cpu = [0.0]
+    worker = Worker(
+        WorkerConfig(url="ws://x", api_key="k", api_secret="s", max_calls=20, max_cpu=0.8),
+        registry=WorkflowRegistry({}), providers=ProviderPool(instant_providers()), meter=None,
+        cpu=lambda: cpu[0],
+    )  # fmt: skip
+    assert worker.load() == 0.0
+    worker._jobs = 5
+    assert worker.load() == pytest.approx(0.25)
+    cpu[0] = 0.6  # 0.6 of a core against a ceiling of 0.8
+    assert worker.load() == pytest.approx(0.75)
+    cpu[0] = 1.5
+    assert worker.load() == 1.0  # full: LiveKit sends the next call elsewhere
+    cpu[0], worker._jobs = 0.0, 20
+    assert worker.load() == 1.0
+    worker._jobs, worker.draining = 0, True
+    assert worker.load() == 1.0
+
+
 async def test_a_full_worker_is_not_offered_more_calls(lk: FakeLiveKitServer, tmp_path: Path) -> None:
-    async with running(lk, tmp_path, max_calls=1) as (worker, rooms, metering):
+    async with running(lk, tmp_path, max_calls=1) as (_worker, rooms, _metering):
         first = await lk.dispatch(agent_name=AGENT, room="r1", metadata='{"workflow_slug": "desk"}')
         assert first.accepted
         await rooms.next(1)  # waiting for its caller: a call in progress
@@ -168,9 +205,13 @@ async def test_a_full_worker_is_not_offered_more_calls(lk: FakeLiveKitServer, tm
         assert not second.accepted and len(rooms.made) == 1
 
 
-async def test_drain_ends_calls_still_running_at_its_timeout_with_reason_drain(lk: FakeLiveKitServer, tmp_path: Path) -> None:
+async def test_drain_ends_calls_still_running_at_its_timeout_with_reason_drain(
+    lk: FakeLiveKitServer, tmp_path: Path
+) -> None:
     async with running(lk, tmp_path, drain_timeout_s=1) as (worker, rooms, metering):
-        job = await lk.dispatch(agent_name=AGENT, room="r1", metadata='{"workflow_slug": "desk", "call_id": "call-d"}')
+        job = await lk.dispatch(
+            agent_name=AGENT, room="r1", metadata='{"workflow_slug": "desk", "call_id": "call-d"}'
+        )
         room = await rooms.next(1)
         mic = Microphone()
         async with speaking(mic):
@@ -186,3 +227,24 @@ async def test_drain_ends_calls_still_running_at_its_timeout_with_reason_drain(l
         await mic.aclose()
         row = await call_row(metering, "call-d")
     assert row.status == "completed" and row.ended_reason == "drain"
+
+
+async def test_one_process_takes_a_hundred_jobs_at_once(lk: FakeLiveKitServer, tmp_path: Path) -> None:
+    async with running(lk, tmp_path, max_calls=100) as (worker, rooms, metering):
+        # one after another, as rooms are created: an idle livekit-agents worker declines a second
+        # offer while its first job is still being launched (its own estimate of a job's load)
+        jobs = []
+        for i in range(100):
+            meta = json.dumps({"workflow_slug": "desk", "call_id": f"c{i}"})
+            jobs.append(await lk.dispatch(agent_name=AGENT, room=f"r{i}", metadata=meta))
+            await rooms.next(i + 1)
+        assert all(job.accepted for job in jobs)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{worker.port}/worker") as r:
+            assert (await r.json())["calls"] == 100  # all waiting for their callers, at once
+        for room in rooms.made:
+            room.close()  # each room is deleted before its caller came
+        async with asyncio.timeout(HANG_S):
+            for job in jobs:
+                await job.status_reached(agent.JS_SUCCESS)
+        rows = [await call_row(metering, f"c{i}") for i in range(100)]
+    assert {(row.status, row.ended_reason) for row in rows} == {("failed", "room_closed")}

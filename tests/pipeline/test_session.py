@@ -319,7 +319,9 @@ async def test_an_open_line_gets_one_check_in_then_ends_for_silence() -> None:
 async def test_a_caller_who_answers_the_check_in_keeps_the_call() -> None:
     audio = timeline(("speech", 1.0), ("silence", 12.0), ("speech", 1.0), ("silence", 8.0), ("speech", 1.0),
                      ("silence", 3.0))  # fmt: skip
-    run, summary = await run_call(audio, ["hello", "yes", "bye"], ScriptedLLM("Okay."), silence_timeout_s=10.0)
+    run, summary = await run_call(
+        audio, ["hello", "yes", "bye"], ScriptedLLM("Okay."), silence_timeout_s=10.0
+    )
     assert [e.text for e in run.of(AgentSpeech)] == ["Okay.", "Are you still there?", "Okay.", "Okay."]
     assert summary.reason == "user_ended"  # the recording ended: the line was never left silent again
 
