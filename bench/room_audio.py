@@ -57,6 +57,12 @@ CYCLE_S = SPEECH_S + SILENCE_S
 SILENT_PEAK = 100
 """An ear frame whose peak is above this is agent audio: the tone is ~10 000, resampled silence
 is 0 or a dither LSB or two."""
+THREAD_PER_CALL = False
+"""--thread-per-call: each call on its own thread and event loop, as livekit-agents' THREAD
+executor runs jobs; default: every call on one loop, as the worker runs them."""
+ROUTED = True
+"""Each stream's frames go to it alone (agent._rtc_events, as the worker does); --unrouted: the
+SDK's own fan-out to every stream."""
 STOP_AFTER_S = 0.2
 """The caller hangs up this long after its audio has played (the last reply is long over: it
 ends ~1 s into the final 2 s of silence)."""
@@ -208,12 +214,16 @@ async def one_call(index: int, delay_s: float, shared: Shared, tally: Tally) -> 
     caller_track = rtc.LocalAudioTrack.create_audio_track(f"caller-{index}", caller_source)
     stream = rtc.AudioStream(caller_track, loop=loop, sample_rate=shared.subscribe_rate, num_channels=1,
                              frame_size_ms=shared.subscribe_ms)  # fmt: skip
+    if ROUTED:
+        route_by_handle(stream)
     feeder = Feeder(caller_source, shared.feed)
     caller = CallerUntil(stream, feeder.t0, shared.length_s)
     sink = RoomSink()
     ear_track = rtc.LocalAudioTrack.create_audio_track(f"agent-{index}", sink.source)
-    ear = Ear(rtc.AudioStream(ear_track, loop=loop, sample_rate=ROOM_RATE, num_channels=1), feeder.t0,
-              shared.ends, tally)  # fmt: skip
+    ear_stream = rtc.AudioStream(ear_track, loop=loop, sample_rate=ROOM_RATE, num_channels=1)
+    if ROUTED:
+        route_by_handle(ear_stream)
+    ear = Ear(ear_stream, feeder.t0, shared.ends, tally)
     clock = RealClock()
     call = Call(workflow=shared.workflow, providers=shared.providers, caller=RoomCaller(caller, clock),
                 sink=sink, clock=clock, call_id=f"room-{index}")  # fmt: skip
@@ -268,13 +278,27 @@ async def run_calls(n: int, subscribe_rate: int) -> dict[str, float]:
     pool = ProviderPool(instant_providers())
     try:
         shared = make_shared(subscribe_rate, pool)
+        start = shared.workflow.start
+        await pool.stt(shared.workflow.stt_for(start))  # built once, here: each loop then reuses them
+        await pool.tts(shared.workflow.tts_for(start))
         tally = Tally()
         sampler = Sampler()
         sampler.start()
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        async with asyncio.TaskGroup() as tg:
-            for i in range(n):
-                tg.create_task(one_call(i, CYCLE_S * i / n, shared, tally))
+        if THREAD_PER_CALL:
+            # livekit-agents' THREAD executor: each job on a thread with an event loop of its own.
+            from concurrent.futures import ThreadPoolExecutor
+
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(max_workers=n) as threads:
+                await asyncio.gather(*(
+                    loop.run_in_executor(threads, asyncio.run, one_call(i, CYCLE_S * i / n, shared, tally))
+                    for i in range(n)
+                ))  # fmt: skip
+        else:
+            async with asyncio.TaskGroup() as tg:
+                for i in range(n):
+                    tg.create_task(one_call(i, CYCLE_S * i / n, shared, tally))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         await sampler.stop()
     finally:
@@ -359,10 +383,19 @@ def main() -> None:
                     help="caller stream: 48 kHz 10 ms frames, or 16 kHz 20 ms (native resampling)")  # fmt: skip
     ap.add_argument("--sdk-only", action="store_true", help="sources + streams only, no Call")
     ap.add_argument("--seconds", type=float, default=8.0, help="--sdk-only: measured seconds per size")
-    ap.add_argument("--routed", action="store_true", help="--sdk-only: also streams filtered by handle")
+    ap.add_argument("--routed", action="store_true", help="--sdk-only: also streams routed by handle")
+    ap.add_argument(
+        "--thread-per-call", action="store_true", help="each call on a thread and loop of its own"
+    )
+    ap.add_argument(
+        "--unrouted", action="store_true", help="the SDK's fan-out of every frame to every stream"
+    )
     args = ap.parse_args()
+    global ROUTED, THREAD_PER_CALL
+    ROUTED = not args.unrouted
+    THREAD_PER_CALL = args.thread_per_call
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, livekit rtc {rtc.__version__}; "
-          f"subscribe {args.subscribe} Hz; load average before {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+          f"subscribe {args.subscribe} Hz; {'unrouted' if args.unrouted else 'routed'}; {'thread per call' if args.thread_per_call else 'one loop'}; load average before {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     if args.sdk_only:
         sdk_only(args)
         return
