@@ -50,7 +50,7 @@ def add_worker_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     w.add_argument(
         "--max-calls",
         type=_positive("--max-calls"),
-        default=env("VOICERUN_MAX_CALLS_PER_PROCESS", "25"),
+        default=env("VOICERUN_MAX_CALLS_PER_PROCESS", "20"),
         help="calls one process takes at once (env VOICERUN_MAX_CALLS_PER_PROCESS; default %(default)s)",
     )
     w.add_argument(

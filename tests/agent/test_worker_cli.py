@@ -107,3 +107,30 @@ async def test_sigterm_drains_a_real_worker_process(lk: FakeLiveKitServer, tmp_p
             proc.kill()
             await proc.wait()
     assert code == 0, err
+
+
+async def test_a_worker_process_that_dies_is_restarted_and_registers_again(
+    lk: FakeLiveKitServer, tmp_path: Path
+) -> None:
+    import psutil
+
+    environ = env(tmp_path, LIVEKIT_URL=lk.url, LIVEKIT_API_KEY=lk.api_key, LIVEKIT_API_SECRET=lk.api_secret)
+    proc = await worker("--processes", "2", "--agent-name", "pool", environ=environ)
+    try:
+        async with asyncio.timeout(HANG_S):
+            first = await lk.worker_registered("pool")
+            second = await lk.worker_registered("pool", after=1)
+        assert first.id != second.id
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == 2
+        children[0].kill()  # a crash: SIGKILL, nothing runs on the way out
+        async with asyncio.timeout(HANG_S):
+            await lk.worker_registered("pool", after=2)  # the replacement
+        assert len(psutil.Process(proc.pid).children()) == 2
+        proc.send_signal(signal.SIGTERM)
+        code, err = await finished(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0, err
