@@ -30,5 +30,4 @@ COPY --from=build /opt/voicerun /opt/voicerun
 COPY --chown=voicerun:voicerun workflows /app/workflows
 WORKDIR /app
 USER voicerun
-# `voicerun worker` arrives with the LiveKit worker; until then the image shows its commands.
-CMD ["voicerun", "--help"]
+CMD ["voicerun", "worker"]

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint lock bench bench-conversation bench-peers clean
+.PHONY: demo test lint lock bench bench-conversation bench-peers livekit-check clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench-conversation: $(STAMP)
 # venv under out/bench-peers/venvs (built once per pins); the table and results.json (bench/peers/README.md).
 bench-peers: $(STAMP)
 	$(BIN)/python -m bench.peers $(BENCH_ARGS)
+
+# One real call end to end through LiveKit (docs/deploy.md): needs `livekit-server --dev` running
+# and a worker started with LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey
+# LIVEKIT_API_SECRET=secret voicerun worker. CHECK_ARGS: --workflow, --input, --timeout, --url...
+livekit-check: $(STAMP)
+	$(BIN)/python -m agent._livekit_check $(CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
