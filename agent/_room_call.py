@@ -356,7 +356,14 @@ class RoomCall:
             callers = watch.callers()
             if self._caller is None and callers:
                 self._caller = callers[0]
-                log.info("caller_joined", identity=self._caller.identity, kind=int(self._caller.kind))
+                attributes = self._caller.attributes
+                log.info(
+                    "caller_joined",
+                    identity=self._caller.identity,
+                    kind=rtc.ParticipantKind.Name(self._caller.kind),
+                    phone_number=attributes.get("sip.phoneNumber"),
+                    trunk_number=attributes.get("sip.trunkPhoneNumber"),
+                )
             if self._caller is not None and self._caller.identity in watch.left:
                 outcome = SIP_OUTCOMES.get(watch.left[self._caller.identity])
                 return outcome if outcome is not None else ("failed", "caller_left_before_answer")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 from livekit.protocol import agent
 
@@ -59,7 +60,7 @@ class Rooms:
 
 @contextlib.asynccontextmanager
 async def running(
-    lk: FakeLiveKitServer, tmp_path: Path, **options: object
+    lk: FakeLiveKitServer, tmp_path: Path, recordings: object = None, **options: object
 ) -> AsyncIterator[tuple[Worker, Rooms, object]]:
     workflow = load_workflow_text(WORKFLOW)
     # drain_timeout_s: the fixture's end ends what a test left running; the load is the calls
@@ -86,6 +87,7 @@ async def running(
             room_factory=rooms,
             services=LiveKitServices(config),
             cpu=lambda: 0.0,
+            recordings=recordings,  # type: ignore[arg-type]
         )
         task = asyncio.create_task(worker.run())
         try:
@@ -133,7 +135,9 @@ async def test_a_dispatched_call_runs_in_its_room_and_lands_in_the_ledger(
                 http.get(f"http://127.0.0.1:{worker.port}/worker") as r,
             ):
                 info = await r.json()
-            assert info["calls"] == 1 and info["max_calls"] == 10 and info["registered"] is True
+                assert info["calls"] == 1 and info["max_calls"] == 10 and info["registered"] is True
+                async with http.get(f"http://127.0.0.1:{worker.port}/metrics") as m:
+                    assert m.status == 200 and "voicerun_turn_latency_seconds" in await m.text()
             room.leave(caller)
             async with asyncio.timeout(HANG_S):
                 await job.status_reached(agent.JS_SUCCESS)
@@ -248,3 +252,39 @@ async def test_one_process_takes_a_hundred_jobs_at_once(lk: FakeLiveKitServer, t
                 await job.status_reached(agent.JS_SUCCESS)
         rows = [await call_row(metering, f"c{i}") for i in range(100)]
     assert {(row.status, row.ended_reason) for row in rows} == {("failed", "room_closed")}
+
+
+async def test_a_call_that_asks_for_it_is_recorded_caller_left_agent_right(
+    lk: FakeLiveKitServer, tmp_path: Path
+) -> None:
+    import soundfile
+
+    from agent._recording_store import LocalRecordingStore
+
+    store = LocalRecordingStore(tmp_path / "recordings")
+    async with running(lk, tmp_path, recordings=store) as (_worker, rooms, metering):
+        meta = {"workflow_slug": "desk", "call_id": "call-rec", "recording": True}
+        job = await lk.dispatch(agent_name=AGENT, room="rec-room", metadata=json.dumps(meta))
+        room = await rooms.next(1)
+        mic = Microphone()
+        streams = room.local_participant.streams_changed
+        async with speaking(mic, 1.0):
+            caller = room.join("caller", microphone=mic)
+            async with asyncio.timeout(HANG_S):
+                while len(room.captions(track="TR_agent1", final=True)) < 2:
+                    streams.clear()
+                    await streams.wait()
+            room.leave(caller)
+            async with asyncio.timeout(HANG_S):
+                await job.status_reached(agent.JS_SUCCESS)
+        await mic.aclose()
+        row = await call_row(metering, "call-rec")
+    assert row.recording is not None and row.recording.format == "flac"
+    path = Path(row.recording.location.removeprefix("file://"))
+    audio, rate = soundfile.read(path, dtype="int16")
+    assert rate == 16_000 and audio.shape[1] == 2
+    caller_side, agent_side = np.abs(audio[:, 0]).astype(int), np.abs(audio[:, 1]).astype(int)
+    # the caller spoke (about 1 s above the noise floor) and the agent answered on its own channel
+    assert (caller_side > 1000).sum() > 0.3 * rate and (agent_side > 1000).sum() > 0.2 * rate
+    # each side's audio is on its own channel: the agent's tone is absent from the caller's side
+    assert (caller_side[agent_side > 1000] > 1000).mean() < 0.2
