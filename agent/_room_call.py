@@ -9,6 +9,7 @@ they drive. Everything here runs on the worker's call loop.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from metering import CallStatus, Meter, RecordingStored
 from pipeline import Clock
 from workflows import Workflow, WorkflowRegistry, keypad_turn
 
-from ._call import DISCONNECTED, Call, CallRecord
+from ._call import DISCONNECTED, ENDED_BY_API, Call, CallRecord
 from ._call_recording import CallRecorder, save_recording
 from ._captions import Captions
 from ._dispatch import Dispatch
@@ -38,6 +39,10 @@ ANSWER_TIMEOUT_S = 90.0
 """A dialled phone still ringing after this long counts as not answered."""
 FIRST_AUDIO_WAIT_S = 5.0
 """The greeting waits for the caller's first audio (they are listening then), this long at most."""
+END_REASON_KEY = "voicerun.end_reason"
+"""In the room's metadata (JSON): the control API's reason for ending the call."""
+EXTERNAL_END_REASONS = frozenset({ENDED_BY_API})
+
 KEYPAD_GAP_S = 1.0
 """Keys pressed with gaps shorter than this are one keypad turn (or up to #)."""
 
@@ -86,6 +91,7 @@ class _RoomWatch:
         self.left: dict[str, int] = {}
         """Identity -> disconnect reason, for participants who left."""
         self.on_digit: Callable[[str], None] | None = None
+        self.on_end: Callable[[str], None] | None = None
         self.ended: str | None = None
         """Why the call was ended from outside before its caller was there (Call.end covers after)."""
         self.seen: dict[str, rtc.RemoteParticipant] = dict(room.remote_participants)
@@ -98,6 +104,7 @@ class _RoomWatch:
             ("track_subscribed", self._changed),
             ("participant_disconnected", self._participant_left),
             ("sip_dtmf_received", self._dtmf),
+            ("room_metadata_changed", self._room_metadata),
             ("disconnected", self._disconnected),
         ):
             room.on(event, fn)
@@ -127,6 +134,8 @@ class _RoomWatch:
     def end(self, reason: str) -> None:
         if self.ended is None:
             self.ended = reason
+            if self.on_end is not None:
+                self.on_end(reason)
         self.changed.set()
 
     def _joined(self, participant: rtc.RemoteParticipant) -> None:
@@ -141,6 +150,17 @@ class _RoomWatch:
     def _participant_left(self, participant: rtc.RemoteParticipant) -> None:
         self.left[participant.identity] = int(participant.disconnect_reason or 0)
         self.changed.set()
+
+    def _room_metadata(self, _old: str, new: str) -> None:
+        # The control API ends a call by naming why in the room's metadata, then deleting the
+        # room: the worker sees the reason before the deletion (the server keeps their order).
+        try:
+            reason = json.loads(new).get(END_REASON_KEY) if new else None
+        except (ValueError, AttributeError):
+            return
+        if reason in EXTERNAL_END_REASONS:
+            log.info("room_asks_to_end", reason=reason)
+            self.end(reason)
 
     def _dtmf(self, dtmf: rtc.SipDTMF) -> None:
         if self.on_digit is not None and dtmf.digit:
@@ -239,6 +259,7 @@ class RoomCall:
         self.workflow = workflow
         self._caller: rtc.RemoteParticipant | None = None
         self._watch = _RoomWatch(room)
+        self._watch.on_end = self._end_call
         self.sink = RoomSink(sample_rate=48_000)
         self._recorder = (
             CallRecorder(host.clock) if dispatch.recording and host.recordings is not None else None
@@ -265,8 +286,10 @@ class RoomCall:
     def end(self, reason: str) -> None:
         """End the call (drain, the control API): at once if it runs, and if it is still
         waiting for its caller, it stops waiting and is recorded as not connected."""
-        self.call.end(reason)
         self._watch.end(reason)
+
+    def _end_call(self, reason: str) -> None:
+        self.call.end(reason)
 
     # The Call reads the caller's audio from here, once run() has found the caller's track.
     def __aiter__(self) -> RoomCall:

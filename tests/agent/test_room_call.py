@@ -206,3 +206,19 @@ async def test_a_dialled_phone_that_does_not_answer_sets_the_calls_status(
     assert record.status == status and record.summary is None
     assert not room.local_participant.published  # nobody answered: the agent never spoke
     assert [c.request.room for c in livekit.calls_to("DeleteRoom")] == ["call-dial"]
+
+
+async def test_the_control_api_ends_a_call_by_naming_its_reason_in_the_rooms_metadata() -> None:
+    room, mic, h = TestRoom(), Microphone(), host("unused")
+    task = start(room, h)
+    streams = room.local_participant.streams_changed
+    async with speaking(mic):
+        room.join("caller", microphone=mic)
+        await until(streams, lambda: len(room.captions(track="TR_agent1")) >= 1)
+        room.set_metadata('{"other": 1}')  # anything else in the metadata is not an end
+        room.set_metadata('{"voicerun.end_reason": "made-up"}')  # nor a reason it does not know
+        room.set_metadata('{"voicerun.end_reason": "api_ended"}')
+        record = await asyncio.wait_for(task, WAIT_S)
+    assert record.status == "completed" and record.summary is not None
+    assert record.summary.reason == "api_ended"
+    await mic.aclose()

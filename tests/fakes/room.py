@@ -116,6 +116,7 @@ class TestRoom(rtc.EventEmitter[str]):
     def __init__(self, name: str = "room-1") -> None:
         super().__init__()
         self.name = name
+        self.metadata = ""
         self.remote_participants: dict[str, Participant] = {}
         self.local_participant = LocalParticipant(self)
         self.connected_with: tuple[str, str] | None = None
@@ -161,6 +162,10 @@ class TestRoom(rtc.EventEmitter[str]):
         p.disconnect_reason = reason
         self.remote_participants.pop(p.identity, None)
         self.emit("participant_disconnected", p)
+
+    def set_metadata(self, metadata: str) -> None:
+        old, self.metadata = self.metadata, metadata
+        self.emit("room_metadata_changed", old, metadata)
 
     def close(self, reason: int = rtc.DisconnectReason.ROOM_DELETED) -> None:
         self.emit("disconnected", reason)
