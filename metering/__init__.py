@@ -5,7 +5,9 @@ from ._cost import PLATFORM, CostBreakdown, UsageLine, UsageStage, cost_breakdow
 from ._errors import MeteringError, PriceCatalogError, PriceNotFoundError
 from ._exporter import ENDPOINTS, UsageExporter
 from ._json import JSONValue
+from ._keys import TENANT_RULE, ApiKeyView, NewApiKey
 from ._ledger import (
+    PAGE_SIZE_MAX,
     BillingIdentity,
     Ledger,
     LedgerConfigError,
@@ -16,7 +18,7 @@ from ._ledger import (
     UnknownCallError,
     database_url,
 )
-from ._metrics import PROVIDER_FALLBACKS, bound_port, metrics_app, serve_metrics
+from ._metrics import PROVIDER_FALLBACKS, bound_port, metrics_app, metrics_handler, serve_metrics
 from ._open import Metering, MeteringConfig, open_ledger, open_metering, usage_exporter
 from ._prices import (
     LLMPrice,
@@ -41,17 +43,21 @@ from ._records import (
     UsageReported,
 )
 from ._reporter import Meter, MeteringLoss
-from ._view import CallRecording, CallView
+from ._view import CallPage, CallRecording, CallView, TurnView, UsageTotals
 
 __all__ = [
     "CALL_STATUSES",
     "ENDPOINTS",
+    "PAGE_SIZE_MAX",
     "PLATFORM",
     "PROVIDER_FALLBACKS",
+    "TENANT_RULE",
+    "ApiKeyView",
     "BillingIdentity",
     "CallClosed",
     "CallDirection",
     "CallOpened",
+    "CallPage",
     "CallProgressed",
     "CallRecording",
     "CallStatus",
@@ -70,6 +76,7 @@ __all__ = [
     "MeteringError",
     "MeteringLoss",
     "MinutePrice",
+    "NewApiKey",
     "OutboxItem",
     "OutboxStatus",
     "PriceCatalog",
@@ -81,17 +88,20 @@ __all__ = [
     "STTPrice",
     "TTSPrice",
     "TurnReported",
+    "TurnView",
     "UnknownCallError",
     "UsageExporter",
     "UsageLine",
     "UsageReported",
     "UsageStage",
+    "UsageTotals",
     "bound_port",
     "cost_breakdown",
     "database_url",
     "load_catalog",
     "merge_lines",
     "metrics_app",
+    "metrics_handler",
     "open_ledger",
     "open_metering",
     "parse_catalog",

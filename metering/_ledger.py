@@ -11,6 +11,7 @@ so an event is either both in the ledger and queued for billing, or in neither.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast, get_args
 
 import structlog
-from sqlalchemy import Insert, and_, delete, event, exists, func, select, text, update
+from sqlalchemy import Insert, and_, case, delete, event, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -33,9 +34,11 @@ from ._clock import Clock, utcnow
 from ._cost import UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError
 from ._json import plain
+from ._keys import ApiKeyView, NewApiKey, check_name, check_tenant, key_hash, new_key
 from ._owner import ProcessIdentity, is_gone
 from ._prices import PriceCatalog
 from ._records import (
+    CALL_STATUSES,
     CallClosed,
     CallOpened,
     CallProgressed,
@@ -45,8 +48,8 @@ from ._records import (
     TurnReported,
     UsageReported,
 )
-from ._schema import Base, Call, DeadLetter, OutboxEvent, TurnMetric, UsageEvent, WorkerLease
-from ._view import CallView, call_view
+from ._schema import ApiKey, Base, Call, DeadLetter, OutboxEvent, TurnMetric, UsageEvent, WorkerLease
+from ._view import CallPage, CallView, TurnView, UsageTotals, call_view
 
 log = structlog.get_logger("voicerun.metering")
 
@@ -134,6 +137,8 @@ class OutboxStatus:
     delivered: int
     oldest_pending_at: datetime | None
 
+
+PAGE_SIZE_MAX = 100
 
 RUNNING: tuple[RunningStatus, ...] = get_args(RunningStatus)
 """The statuses of an open call, in the order a call goes through them."""
@@ -295,6 +300,7 @@ class Ledger:
                 await self._store_recording(s, rec)
 
     async def _open_call(self, s: AsyncSession, r: CallOpened) -> None:
+        """Insert the call; a second open of it adopts it if it is pending, else is ignored."""
         customer = r.customer_id or (self.billing.customer_id if self.billing else None)
         inserted = await s.execute(
             self._insert_ignoring_duplicates(Call)
@@ -317,10 +323,60 @@ class Ledger:
             )
             .returning(Call.id)
         )
-        if inserted.first() is None or self.billing is None:
+        fresh = inserted.first() is not None
+        if not fresh and not await self._adopt_pending(s, r):
             return
+        if self.billing is not None:
+            await self._enqueue_start(s, r, fresh=fresh)
+
+    async def _adopt_pending(self, s: AsyncSession, r: CallOpened) -> bool:
+        """The worker's open of a call the control API opened `pending`: the worker takes it
+        (its id and process become the owner) and moves it forward; what the worker leaves None
+        (user, tenant, direction, metadata, customer) stays the API's, and so does `started_at`
+        (the call began when it was created). Anything else is a duplicate open: ignored.
+        True if adopted (its customer and session may still need queueing for billing)."""
+        if RUNNING.index(r.status) <= RUNNING.index("pending"):
+            return False
+        values: dict[str, Any] = {
+            "status": r.status,
+            "status_at": r.started_at,
+            "worker_id": self.worker_id,
+            "owner_host": self.process.host,
+            "owner_machine": self.process.machine,
+            "owner_pid": self.process.pid,
+            "owner_started": self.process.started,
+        }
+        default_customer = self.billing.customer_id if self.billing else None
+        given = {
+            "customer_id": r.customer_id or func.coalesce(Call.customer_id, default_customer),
+            "user_id": r.user_id,
+            "tenant": r.tenant,
+            "direction": r.direction,
+            "call_metadata": None if r.metadata is None else plain(r.metadata),
+        }
+        values |= {k: v for k, v in given.items() if v is not None}
+        adopted = await s.execute(
+            update(Call)
+            .where(Call.id == r.call_id, Call.status == "pending")
+            .values(**values)
+            .returning(Call.id)
+        )
+        if adopted.first() is None:
+            log.debug("call_open_ignored", call_id=r.call_id, status=r.status)
+            return False
+        log.debug("call_adopted", call_id=r.call_id, status=r.status, worker_id=self.worker_id)
+        return True
+
+    async def _enqueue_start(self, s: AsyncSession, r: CallOpened, *, fresh: bool) -> None:
+        """Queue the call's customer and session steps. An adopted call has them already if the
+        ledger that opened it pending had billing (the control API's may have none)."""
         b = self.billing
-        assert customer is not None
+        assert b is not None
+        if not fresh and await s.scalar(select(exists().where(OutboxEvent.call_id == r.call_id))):
+            return
+        customer = r.customer_id or b.customer_id
+        if not fresh:  # the row's: the worker's, else the API's, else b's (see _adopt_pending)
+            customer = await s.scalar(select(Call.customer_id).where(Call.id == r.call_id)) or customer
         self._enqueue(
             s,
             r.call_id,
@@ -580,11 +636,195 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
 
-    async def call(self, call_id: str) -> CallView | None:
-        """The call as the ledger has it now; None if it never opened here."""
+    async def call(self, call_id: str, *, tenant: str | None = None) -> CallView | None:
+        """The call as the ledger has it now; None if it never opened here, or, with `tenant`
+        given, if it is not that tenant's (a call of another tenant is not there for it)."""
+        query = select(Call).where(Call.id == call_id)
+        if tenant is not None:
+            query = query.where(Call.tenant == check_tenant(tenant))
         async with self._sessions() as s:
-            row = await s.get(Call, call_id)
+            row = await s.scalar(query)
             return None if row is None else call_view(row)
+
+    async def list_calls(
+        self,
+        *,
+        tenant: str,
+        page: int = 1,
+        page_size: int = 20,
+        status: str | None = None,
+        workflow_slug: str | None = None,
+        user_id: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+    ) -> CallPage:
+        """A page of the tenant's calls, newest first (by start, then id), and the count of all
+        that match. started_after is inclusive and started_before exclusive, so consecutive
+        windows never share a call. ValueError: page below 1, page_size outside 1..100, a status
+        not in CALL_STATUSES, a naive datetime, a malformed tenant."""
+        check_tenant(tenant)
+        if page < 1:
+            raise ValueError(f"page {page} is out of range: pages start at 1")
+        if not 1 <= page_size <= PAGE_SIZE_MAX:
+            raise ValueError(f"page_size {page_size} is out of range (1-{PAGE_SIZE_MAX})")
+        if status is not None and status not in CALL_STATUSES:
+            raise ValueError(f"status {status!r} is not a call status: one of {', '.join(CALL_STATUSES)}")
+        for name, at in (("started_after", started_after), ("started_before", started_before)):
+            if at is not None and at.tzinfo is None:
+                raise ValueError(f"{name} {at.isoformat()} has no time zone: the ledger compares aware times")
+        where = [Call.tenant == tenant]
+        if status is not None:
+            where.append(Call.status == status)
+        if workflow_slug is not None:
+            where.append(Call.workflow_slug == workflow_slug)
+        if user_id is not None:
+            where.append(Call.user_id == user_id)
+        if started_after is not None:
+            where.append(Call.started_at >= started_after)
+        if started_before is not None:
+            where.append(Call.started_at < started_before)
+        query = (
+            select(Call)
+            .where(*where)
+            .order_by(Call.started_at.desc(), Call.id)
+            .limit(page_size)
+            .offset((page - 1) * page_size)
+        )
+        async with self._sessions() as s:
+            total = await s.scalar(select(func.count()).select_from(Call).where(*where)) or 0
+            rows = (await s.scalars(query)).all() if (page - 1) * page_size < total else ()
+        return CallPage(
+            items=tuple(call_view(row) for row in rows),
+            total=total,
+            page=page,
+            page_size=page_size,
+            pages=-(-total // page_size),
+        )
+
+    async def active_calls(self, *, tenant: str) -> tuple[CallView, ...]:
+        """The tenant's running calls (pending, connecting, active), newest first."""
+        query = (
+            select(Call)
+            .where(Call.tenant == check_tenant(tenant), Call.status.in_(RUNNING))
+            .order_by(Call.started_at.desc(), Call.id)
+        )
+        async with self._sessions() as s:
+            return tuple(call_view(row) for row in (await s.scalars(query)).all())
+
+    async def call_turns(self, call_id: str) -> tuple[TurnView, ...]:
+        """The call's turn latencies in turn order (empty for an unknown call: check it with
+        `call(call_id, tenant=...)` first)."""
+        async with self._sessions() as s:
+            rows = (
+                await s.scalars(
+                    select(TurnMetric).where(TurnMetric.call_id == call_id).order_by(TurnMetric.turn)
+                )
+            ).all()
+        return tuple(
+            TurnView(
+                turn=t.turn,
+                agent=t.agent,
+                eou_delay_ms=t.eou_delay_ms,
+                stt_latency_ms=t.stt_latency_ms,
+                llm_ttft_ms=t.llm_ttft_ms,
+                tts_ttfb_ms=t.tts_ttfb_ms,
+                e2e_latency_ms=t.e2e_latency_ms,
+                interrupted=t.interrupted,
+                at=t.recorded_at,
+            )
+            for t in rows
+        )
+
+    async def call_usage_totals(self, call_id: str) -> UsageTotals:
+        """The call's usage summed in SQL over its usage events: tokens of its LLM lines,
+        characters of its TTS lines, seconds of its STT lines (zeros if it has none)."""
+
+        def total(column: Any, stage: str) -> Any:
+            return func.coalesce(func.sum(case((UsageEvent.stage == stage, column), else_=0)), 0)
+
+        query = select(
+            total(UsageEvent.prompt_tokens, "llm"),
+            total(UsageEvent.completion_tokens, "llm"),
+            total(UsageEvent.cached_tokens, "llm"),
+            total(UsageEvent.characters, "tts"),
+            total(UsageEvent.audio_seconds, "stt"),
+        ).where(UsageEvent.call_id == call_id)
+        async with self._sessions() as s:
+            prompt, completion, cached, chars, audio = (await s.execute(query)).one()
+        return UsageTotals(
+            prompt_tokens=int(prompt),
+            completion_tokens=int(completion),
+            cached_tokens=int(cached),
+            tts_characters=int(chars),
+            # SQLite sums NUMERIC as a float: back to the 3 decimals it was stored with.
+            stt_audio_seconds=seconds(Decimal(str(audio))),
+        )
+
+    # -- the control API's keys ------------------------------------------------------------
+
+    async def create_api_key(self, tenant: str, name: str = "") -> NewApiKey:
+        """A new key for `tenant`. Its secret is in the result only: the ledger keeps its hash."""
+        check_tenant(tenant)
+        check_name(name)
+        key, prefix = new_key()
+        row = ApiKey(
+            id=str(uuid.uuid4()),
+            tenant=tenant,
+            name=name,
+            key_hash=key_hash(key),
+            prefix=prefix,
+            created_at=self.clock(),
+            revoked_at=None,
+        )
+        async with self._writes.begin() as s:
+            s.add(row)
+        log.info("api_key_created", tenant=tenant, key_id=row.id, prefix=prefix)
+        return NewApiKey(
+            id=row.id, tenant=tenant, name=name, key=key, prefix=prefix, created_at=row.created_at
+        )
+
+    async def api_key_tenant(self, key: str) -> str | None:
+        """The tenant `key` authenticates; None for a key unknown or revoked."""
+        query = select(ApiKey.tenant).where(ApiKey.key_hash == key_hash(key), ApiKey.revoked_at.is_(None))
+        async with self._sessions() as s:
+            return await s.scalar(query)
+
+    async def revoke_api_key(self, key_id: str, *, tenant: str) -> bool:
+        """Revoke the tenant's key `key_id` (from then on it authenticates nothing). True if the
+        tenant has that key, revoked now or before (its first revocation time is kept); False
+        for a key that is not the tenant's, so no tenant can revoke, or learn of, another's."""
+        check_tenant(tenant)
+        mine = and_(ApiKey.id == key_id, ApiKey.tenant == tenant)
+        async with self._writes.begin() as s:
+            revoked = await s.execute(
+                update(ApiKey)
+                .where(mine, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=self.clock())
+                .returning(ApiKey.id)
+            )
+            if revoked.first() is not None:
+                log.info("api_key_revoked", tenant=tenant, key_id=key_id)
+                return True
+            return bool(await s.scalar(select(exists().where(mine))))
+
+    async def api_keys(self, tenant: str) -> tuple[ApiKeyView, ...]:
+        """The tenant's keys, revoked ones included, oldest first."""
+        query = (
+            select(ApiKey).where(ApiKey.tenant == check_tenant(tenant)).order_by(ApiKey.created_at, ApiKey.id)
+        )
+        async with self._sessions() as s:
+            rows = (await s.scalars(query)).all()
+        return tuple(
+            ApiKeyView(
+                id=k.id,
+                tenant=k.tenant,
+                name=k.name,
+                prefix=k.prefix,
+                created_at=k.created_at,
+                revoked_at=k.revoked_at,
+            )
+            for k in rows
+        )
 
     async def recent_calls(self, *, limit: int, status: str | None = None) -> list[Call]:
         """The latest calls first (by start), optionally only those with `status`."""

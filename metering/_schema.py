@@ -113,7 +113,13 @@ class Call(Base):
     owner_started: Mapped[int | None] = mapped_column(BigInteger)
     """and its start time in clock ticks since boot, so a reused pid is not taken for it."""
 
-    __table_args__ = (Index(None, "status", "worker_id"), Index(None, "started_at"))
+    __table_args__ = (
+        Index(None, "status", "worker_id"),
+        Index(None, "started_at"),
+        # The control API's reads: a tenant's calls newest first, and its running ones.
+        Index(None, "tenant", "started_at"),
+        Index(None, "tenant", "status"),
+    )
 
 
 class WorkerLease(Base):
@@ -210,3 +216,23 @@ class DeadLetter(Base):
     failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(Text)
+
+
+class ApiKey(Base):
+    """A key of the control API: what it authenticates is its tenant.
+
+    Only the SHA-256 of the key is stored. A key is 32 random bytes, so a fast hash is enough
+    (no password hashing: there is nothing to guess), and a lookup by hash is an index probe.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """Hex SHA-256 of the whole key (`vr_<prefix>_<secret>`)."""
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The key's `<prefix>`: not secret, shown so people can tell their keys apart."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -85,3 +85,45 @@ def call_view(row: Call) -> CallView:
         currency=row.currency,
         cost_breakdown=row.cost_breakdown,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallPage:
+    """One page of a tenant's calls, newest first, and how many there are in all."""
+
+    items: tuple[CallView, ...]
+    total: int
+    """Calls matching the filters, on every page."""
+    page: int
+    """From 1; past the last page, `items` is empty."""
+    page_size: int
+    pages: int
+    """ceil(total / page_size): 0 when nothing matches."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnView:
+    """One caller turn's latencies (TurnReported, as stored), in milliseconds."""
+
+    turn: int
+    agent: str | None
+    eou_delay_ms: float
+    stt_latency_ms: float
+    llm_ttft_ms: float | None
+    tts_ttfb_ms: float | None
+    e2e_latency_ms: float | None
+    interrupted: bool
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageTotals:
+    """A call's usage summed over its providers and agents; zeros for a call with none."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    """Part of prompt_tokens (served from the provider's cache)."""
+    tts_characters: int
+    stt_audio_seconds: Decimal
+    """Exact, as billed (3 decimals)."""
