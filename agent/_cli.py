@@ -107,11 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the workflow language as a JSON Schema (for editors)")
     schema.set_defaults(func=_cmd_schema)
 
+    from ._api_cmd import add_api_commands
     from ._metering_cmd import add_metering_commands  # here: it imports this module
     from ._worker_cmd import add_worker_command
 
     add_metering_commands(sub)
     add_worker_command(sub)
+    add_api_commands(sub)
     return p
 
 

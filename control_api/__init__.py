@@ -1,1 +1,7 @@
-"""The control API (arrives with the control API issue)."""
+"""The control API: start, watch and end calls over HTTP (aiohttp), on the ledger's database."""
+
+from ._app import create_app
+from ._errors import ApiError
+from ._livekit import END_REASON_KEY, LiveKitCalls, LiveKitConfig
+
+__all__ = ["END_REASON_KEY", "ApiError", "LiveKitCalls", "LiveKitConfig", "create_app"]

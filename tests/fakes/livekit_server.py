@@ -367,6 +367,10 @@ class FakeLiveKitServer:
             ("RoomService", "CreateRoom"): (room_pb.CreateRoomRequest, self._create_room),
             ("RoomService", "ListRooms"): (room_pb.ListRoomsRequest, self._list_rooms),
             ("RoomService", "DeleteRoom"): (room_pb.DeleteRoomRequest, self._delete_room),
+            ("RoomService", "UpdateRoomMetadata"): (
+                room_pb.UpdateRoomMetadataRequest,
+                self._update_room_metadata,
+            ),
             ("RoomService", "ListParticipants"): (
                 room_pb.ListParticipantsRequest,
                 self._list_participants,
@@ -921,6 +925,17 @@ class FakeLiveKitServer:
             raise _TwirpError("unauthenticated", "permissions denied")
         rooms = [r.info for r in self.rooms.values() if not req.names or r.name in req.names]
         return room_pb.ListRoomsResponse(rooms=rooms)
+
+    async def _update_room_metadata(
+        self, req: room_pb.UpdateRoomMetadataRequest, claims: Claims | None
+    ) -> Message:
+        """Like the server: needs roomAdmin for that room (a room-scoped token)."""
+        _ensure_admin(claims, req.room)
+        room = self.rooms.get(req.room)
+        if room is None:
+            raise _TwirpError("not_found", "room not found")
+        room.info.metadata = req.metadata
+        return _clone(room.info)
 
     async def _delete_room(self, req: room_pb.DeleteRoomRequest, claims: Claims | None) -> Message:
         """Deletes the room; its running agent jobs get a JobTermination (the agents would

@@ -1,0 +1,112 @@
+"""`voicerun api` (the control API server) and `voicerun keys` (its tenants' API keys)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("voicerun.api")
+
+
+def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    env = os.environ.get
+    a = sub.add_parser(
+        "api",
+        help="serve the control API (start, watch and end calls over HTTP)",
+        description="Serve /api/v1 on the ledger's database (DATABASE_URL; SQLite by default), "
+        "creating calls in LiveKit (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET).",
+    )
+    a.add_argument("--host", default=env("VOICERUN_API_HOST", "127.0.0.1"), help="(env VOICERUN_API_HOST)")
+    a.add_argument(
+        "--port", type=int, default=int(env("VOICERUN_API_PORT", "8000")), help="(env VOICERUN_API_PORT)"
+    )
+    a.add_argument(
+        "--agent-name", default=env("VOICERUN_AGENT_NAME", "voicerun"), help="the workers' agent name"
+    )
+    a.set_defaults(func=cmd_api, default_log_level="info")
+
+    keys = sub.add_parser("keys", help="API keys of the control API's tenants")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    create = ksub.add_parser("create", help="create a key for a tenant and print it (shown once)")
+    create.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    create.add_argument("--name", default="", help="a label for the key")
+    create.set_defaults(func=cmd_keys_create)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from metering import open_ledger
+
+    from ._cli import UsageError
+    from ._report import price_catalog
+
+    async def create() -> Any:
+        ledger = await open_ledger(args.settings.metering(), catalog=price_catalog())
+        try:
+            return await ledger.create_api_key(args.tenant, args.name)
+        finally:
+            await ledger.aclose()
+
+    try:
+        key = asyncio.run(create())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(key.key)
+    print(f"(tenant {key.tenant}, id {key.id}: store it now, it is not shown again)", flush=True)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from ._cli import UsageError
+
+    missing = [v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not os.environ.get(v)]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not set: the API creates calls in LiveKit")
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from control_api import LiveKitCalls, LiveKitConfig, create_app
+    from metering import open_ledger
+    from workflows import WorkflowRegistry
+
+    from ._report import price_catalog
+
+    import dataclasses
+
+    settings = args.settings
+    registry = WorkflowRegistry.load(settings.workflows)
+    # Its own id in the ledger: a worker sharing the API's id would close the API's pending
+    # calls as abandoned when it starts (recover()).
+    config = dataclasses.replace(settings.metering(), worker_id=f"{settings.worker_id}-api")
+    ledger = await open_ledger(config, catalog=price_catalog())
+    livekit = LiveKitCalls(
+        LiveKitConfig(
+            url=os.environ["LIVEKIT_URL"],
+            api_key=os.environ["LIVEKIT_API_KEY"],
+            api_secret=os.environ["LIVEKIT_API_SECRET"],
+            agent_name=args.agent_name,
+        )
+    )
+    runner = web.AppRunner(create_app(ledger, registry, livekit), shutdown_timeout=10.0)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, args.host, args.port).start()
+        log.info("api_listening", host=args.host, port=runner.addresses[0][1])
+        await stop.wait()
+        log.info("api_stopping")
+    finally:
+        await runner.cleanup()
+        await livekit.aclose()
+        await ledger.aclose()
+    return 0

@@ -1,0 +1,258 @@
+"""/api/v1/calls: start, read, list and end calls (seed 004's shapes), scoped to the key's tenant."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from metering import CallClosed, CallOpened, CallView, Ledger
+from workflows import UnknownWorkflowError, VariableError, WorkflowRegistry, bind_user_data
+
+from ._errors import TENANT, ApiError
+from ._livekit import LiveKitCalls
+
+ENDED_BY_API = "api_ended"
+"""The reason a call ended through POST /calls/{id}/end carries (the worker's ENDED_BY_API)."""
+RUNNING = ("pending", "connecting", "active")
+
+
+class StartCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    workflow_slug: str = Field(min_length=1, max_length=64)
+    user_id: str | None = Field(default=None, max_length=256)
+    user_data: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError(415, "send JSON: Content-Type must be application/json")
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid request", _field_errors(exc)) from None
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "(body)"
+        message = "is not a field" if error["type"] == "extra_forbidden" else str(error["msg"])
+        out.append({"field": field, "message": message})
+    return out
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def call_summary(view: CallView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "workflow_slug": view.workflow_slug,
+        "user_id": view.user_id,
+        "status": view.status,
+        "direction": view.direction,
+        "duration_seconds": None if view.duration_s is None else round(view.duration_s, 3),
+        "agent_history": list(view.agent_history),
+        "started_at": _iso(view.started_at),
+        "ended_at": _iso(view.ended_at),
+    }
+
+
+class CallRoutes:
+    def __init__(self, ledger: Ledger, registry: WorkflowRegistry, livekit: LiveKitCalls) -> None:
+        self.ledger = ledger
+        self.registry = registry
+        self.livekit = livekit
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/api/v1/calls", self.start),
+            web.get("/api/v1/calls", self.list),
+            web.get("/api/v1/calls/active", self.active),
+            web.get("/api/v1/calls/{id}", self.get),
+            web.get("/api/v1/calls/{id}/transcript", self.transcript),
+            web.get("/api/v1/calls/{id}/metrics", self.metrics),
+            web.post("/api/v1/calls/{id}/end", self.end),
+        ]
+
+    async def _call(self, request: web.Request) -> CallView:
+        view = await self.ledger.call(request.match_info["id"], tenant=request[TENANT])
+        if view is None:  # another tenant's call is as absent as a call that never was
+            raise ApiError(404, "no such call")
+        return view
+
+    async def start(self, request: web.Request) -> web.Response:
+        body: StartCall = await body_of(request, StartCall)
+        try:
+            workflow = self.registry.get(body.workflow_slug)
+        except UnknownWorkflowError as exc:
+            raise ApiError(
+                422, "invalid request", [{"field": "workflow_slug", "message": str(exc)}]
+            ) from None
+        try:
+            bind_user_data(workflow, body.user_data)
+        except VariableError as exc:
+            details = [{"field": "user_data", "message": p} for p in exc.problems]
+            raise ApiError(422, "invalid request", details) from None
+        tenant: str = request[TENANT]
+        call_id = str(uuid.uuid4())
+        room = f"call-{call_id}"
+        now = datetime.now(UTC)
+        await self.ledger.write(
+            [
+                CallOpened(
+                    call_id=call_id, workflow_slug=workflow.slug, started_at=now, status="pending",
+                    tenant=tenant, user_id=body.user_id, direction="web", metadata=body.metadata or None,
+                )
+            ]
+        )  # fmt: skip
+        job = {
+            "workflow_slug": workflow.slug, "call_id": call_id, "user_id": body.user_id,
+            "user_data": body.user_data, "metadata": body.metadata, "tenant": tenant, "direction": "web",
+        }  # fmt: skip
+        try:
+            await self.livekit.start(room, job)
+        except Exception as exc:
+            reason = f"livekit: {type(exc).__name__}: {exc}"[:500]
+            closed = CallClosed(call_id=call_id, status="failed", reason=reason, ended_at=now, duration_s=0.0)
+            await self.ledger.write([closed])
+            raise ApiError(502, f"LiveKit could not start the call: {type(exc).__name__}") from None
+        return web.json_response(
+            {
+                "call_id": call_id,
+                "room_name": room,
+                "livekit_url": self.livekit.config.url,
+                "token": self.livekit.caller_token(room, f"caller-{call_id[:8]}"),
+                "status": "pending",
+            },
+            status=201,
+        )
+
+    async def get(self, request: web.Request) -> web.Response:
+        view = await self._call(request)
+        metrics = await self._metrics(view)
+        return web.json_response(
+            {
+                **call_summary(view),
+                "current_agent": None if view.status not in RUNNING else (view.agent_history or (None,))[-1],
+                "metrics": metrics,
+                "metadata": view.metadata,
+                "recording": None if view.recording is None else {"format": view.recording.format},
+                "ended_reason": view.ended_reason,
+                "created_at": _iso(view.started_at),
+            }
+        )
+
+    async def transcript(self, request: web.Request) -> web.Response:
+        view = await self._call(request)
+        return web.json_response([dict(e) for e in view.transcript])
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        view = await self._call(request)
+        return web.json_response(await self._metrics(view))
+
+    async def _metrics(self, view: CallView) -> dict[str, Any]:
+        turns = await self.ledger.call_turns(view.id)
+        totals = await self.ledger.call_usage_totals(view.id)
+
+        def mean(values: list[float | None]) -> float | None:
+            got = [v for v in values if v is not None]
+            return round(sum(got) / len(got), 1) if got else None
+
+        return {
+            "duration_seconds": None if view.duration_s is None else round(view.duration_s, 3),
+            "stt_latency_ms": mean([t.stt_latency_ms for t in turns]),
+            "llm_latency_ms": mean([t.llm_ttft_ms for t in turns]),
+            "tts_latency_ms": mean([t.tts_ttfb_ms for t in turns]),
+            "e2e_latency_ms": mean([t.e2e_latency_ms for t in turns]),
+            "turns": len(turns),
+            "total_tokens": totals.prompt_tokens + totals.completion_tokens,
+            "agent_handoffs": max(0, len(view.agent_history) - 1),
+        }
+
+    async def list(self, request: web.Request) -> web.Response:
+        q = request.query
+        unknown = set(q) - {"page", "page_size", "status", "workflow", "workflow_slug", "user_id",
+                            "started_after", "started_before"}  # fmt: skip
+        if unknown:
+            raise ApiError(400, f"unknown query parameters: {', '.join(sorted(unknown))}")
+        page = _int(q, "page", 1, 1, 1_000_000)
+        page_size = _int(q, "page_size", 20, 1, 100)
+        result = await self.ledger.list_calls(
+            tenant=request[TENANT],
+            page=page,
+            page_size=page_size,
+            status=q.get("status"),
+            workflow_slug=q.get("workflow_slug") or q.get("workflow"),
+            user_id=q.get("user_id"),
+            started_after=_when(q, "started_after"),
+            started_before=_when(q, "started_before"),
+        )
+        return web.json_response(
+            {
+                "items": [call_summary(v) for v in result.items],
+                "total": result.total,
+                "page": result.page,
+                "page_size": result.page_size,
+                "pages": result.pages,
+            }
+        )
+
+    async def active(self, request: web.Request) -> web.Response:
+        limit = _int(request.query, "limit", 50, 1, 100)
+        calls = await self.ledger.active_calls(tenant=request[TENANT])
+        return web.json_response(
+            [{**call_summary(v), "current_agent": (v.agent_history or (None,))[-1]} for v in calls[:limit]]
+        )
+
+    async def end(self, request: web.Request) -> web.Response:
+        view = await self._call(request)
+        if view.status in RUNNING:
+            await self.livekit.end(f"call-{view.id}", ENDED_BY_API)
+        if view.status == "pending":  # no worker has it: nobody else will close it
+            now = datetime.now(UTC)
+            closed = CallClosed(
+                call_id=view.id, status="completed", reason=ENDED_BY_API, ended_at=now, duration_s=0.0
+            )
+            await self.ledger.write([closed])
+        view = await self._call(request)
+        return web.json_response({"id": view.id, "status": view.status, "ended_reason": view.ended_reason})
+
+
+def _int(q: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = q.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be between {low} and {high}")
+    return value
+
+
+def _when(q: Any, name: str) -> datetime | None:
+    raw = q.get(name)
+    if raw is None:
+        return None
+    try:
+        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"{name} must be an ISO 8601 date-time, e.g. 2026-01-17T10:30:00Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
