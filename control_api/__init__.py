@@ -1,7 +1,15 @@
 """The control API: start, watch and end calls over HTTP (aiohttp), on the ledger's database."""
 
-from ._app import create_app
+from ._app import OPENAPI_PATH, create_app, route_table
 from ._errors import ApiError
 from ._livekit import END_REASON_KEY, LiveKitCalls, LiveKitConfig
 
-__all__ = ["END_REASON_KEY", "ApiError", "LiveKitCalls", "LiveKitConfig", "create_app"]
+__all__ = [
+    "END_REASON_KEY",
+    "OPENAPI_PATH",
+    "ApiError",
+    "LiveKitCalls",
+    "LiveKitConfig",
+    "create_app",
+    "route_table",
+]

@@ -1,6 +1,9 @@
-"""The control API's aiohttp application: auth, limits, errors, routes."""
+"""The control API's aiohttp application: auth, limits, errors, and the route table."""
 
 from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
@@ -11,16 +14,20 @@ from workflows import WorkflowRegistry
 from ._calls import CallRoutes
 from ._errors import MAX_BODY, TENANT, ApiError, Handler, errors
 from ._livekit import LiveKitCalls
+from ._models import Health
+from ._openapi import ApiRoute, openapi
 from ._workflows import WorkflowRoutes
 
-PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
 LEDGER = web.AppKey("ledger", Ledger)
+PUBLIC = web.AppKey("public", frozenset)
+OPENAPI_PATH = "/api/v1/openapi.json"
 
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC:
-        return await handler(request)
+    route = request.match_info.route.resource
+    if route is None or route.canonical in request.app[PUBLIC]:
+        return await handler(request)  # a public route, or a 404/405 the router answers
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -32,23 +39,59 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
+def _version() -> str:
+    try:
+        return version("voicerun")
+    except PackageNotFoundError:
+        return "0"
+
+
 def create_app(ledger: Ledger, registry: WorkflowRegistry, livekit: LiveKitCalls) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[LEDGER] = ledger
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response(Health(status="ok").model_dump())
 
     async def readyz(_: web.Request) -> web.Response:
         try:
             await ledger.schema_revision()
         except (SQLAlchemyError, OSError) as exc:
             raise ApiError(503, f"database unreachable: {type(exc).__name__}") from None
-        return web.json_response({"status": "ready"})
+        return web.json_response(Health(status="ready").model_dump())
 
-    app.add_routes(
-        [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_handler)]
-    )
-    app.add_routes(CallRoutes(ledger, registry, livekit).routes())
-    app.add_routes(WorkflowRoutes(registry).routes())
+    routes: list[ApiRoute] = [
+        ApiRoute(
+            "GET", "/healthz", healthz, "The process is up", Health, public=True, errors=(), tags=("ops",)
+        ),
+        ApiRoute(
+            "GET",
+            "/readyz",
+            readyz,
+            "The database answers",
+            Health,
+            public=True,
+            errors=(503,),
+            tags=("ops",),
+        ),
+        *CallRoutes(ledger, registry, livekit).routes(),
+        *WorkflowRoutes(registry).routes(),
+    ]
+    document = openapi(routes, title="voicerun control API", version=_version())
+
+    async def openapi_json(_: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    app[PUBLIC] = frozenset({r.path for r in routes if r.public} | {"/metrics", OPENAPI_PATH})
+    app.add_routes([r.aiohttp() for r in routes])
+    app.add_routes([web.get("/metrics", metrics_handler), web.get(OPENAPI_PATH, openapi_json)])
+    app[ROUTES] = tuple(routes)
     return app
+
+
+ROUTES = web.AppKey("routes", tuple)
+"""The app's route table (ApiRoute), for tests that must cover every route."""
+
+
+def route_table(app: web.Application) -> tuple[Any, ...]:
+    return app[ROUTES]

@@ -8,26 +8,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from metering import CallClosed, CallOpened, CallView, Ledger
 from workflows import UnknownWorkflowError, VariableError, WorkflowRegistry, bind_user_data
 
 from ._errors import TENANT, ApiError
 from ._livekit import LiveKitCalls
+from ._models import (
+    ActiveCall,
+    CallDetail,
+    CallMetrics,
+    CallPage,
+    CallSummary,
+    EndedCall,
+    StartCall,
+    StartedCall,
+    TranscriptEntry,
+)
+from ._openapi import ApiRoute, Query
 
 ENDED_BY_API = "api_ended"
 """The reason a call ended through POST /calls/{id}/end carries (the worker's ENDED_BY_API)."""
 RUNNING = ("pending", "connecting", "active")
-
-
-class StartCall(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    workflow_slug: str = Field(min_length=1, max_length=64)
-    user_id: str | None = Field(default=None, max_length=256)
-    user_data: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
@@ -68,9 +71,17 @@ def call_summary(view: CallView) -> dict[str, Any]:
         "direction": view.direction,
         "duration_seconds": None if view.duration_s is None else round(view.duration_s, 3),
         "agent_history": list(view.agent_history),
-        "started_at": _iso(view.started_at),
+        "started_at": _iso(view.started_at) or "",
         "ended_at": _iso(view.ended_at),
     }
+
+
+def _current_agent(view: CallView) -> str | None:
+    return (view.agent_history or (None,))[-1] if view.status in RUNNING else None
+
+
+def answer(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(model.model_dump(mode="json"), status=status)
 
 
 class CallRoutes:
@@ -79,16 +90,33 @@ class CallRoutes:
         self.registry = registry
         self.livekit = livekit
 
-    def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/api/v1/calls", self.start),
-            web.get("/api/v1/calls", self.list),
-            web.get("/api/v1/calls/active", self.active),
-            web.get("/api/v1/calls/{id}", self.get),
-            web.get("/api/v1/calls/{id}/transcript", self.transcript),
-            web.get("/api/v1/calls/{id}/metrics", self.metrics),
-            web.post("/api/v1/calls/{id}/end", self.end),
+    def routes(self) -> list[ApiRoute]:
+        integer = {"type": "integer"}
+        date_time = {"type": "string", "format": "date-time"}
+        listing = [
+            Query("page", {**integer, "minimum": 1}, "Page number (default 1)"),
+            Query("page_size", {**integer, "minimum": 1, "maximum": 100}, "Items per page (default 20)"),
+            Query("status", {"type": "string"}, "Only calls with this status"),
+            Query("workflow", {"type": "string"}, "Only calls of this workflow slug"),
+            Query("user_id", {"type": "string"}, "Only calls of this user"),
+            Query("started_after", date_time, "Started at or after (ISO 8601)"),
+            Query("started_before", date_time, "Started before (ISO 8601)"),
         ]
+        tags = ("calls",)
+        return [
+            ApiRoute("POST", "/api/v1/calls", self.start, "Start a call: a room with the agent dispatched",
+                     StartedCall, body=StartCall, status=201, errors=(400, 401, 413, 415, 422, 429, 502), tags=tags),
+            ApiRoute("GET", "/api/v1/calls", self.list, "List calls", CallPage, query=listing, tags=tags),
+            ApiRoute("GET", "/api/v1/calls/active", self.active, "Calls in progress", list[ActiveCall],
+                     query=[Query("limit", {**integer, "minimum": 1, "maximum": 100}, "Max results (default 50)")],
+                     tags=tags),
+            ApiRoute("GET", "/api/v1/calls/{id}", self.get, "A call", CallDetail, tags=tags),
+            ApiRoute("GET", "/api/v1/calls/{id}/transcript", self.transcript, "A call's transcript",
+                     list[TranscriptEntry], tags=tags),
+            ApiRoute("GET", "/api/v1/calls/{id}/metrics", self.metrics, "A call's metrics", CallMetrics, tags=tags),
+            ApiRoute("POST", "/api/v1/calls/{id}/end", self.end, "End a call (idempotent)", EndedCall,
+                     errors=(401, 404, 429, 502), tags=tags),
+        ]  # fmt: skip
 
     async def _call(self, request: web.Request) -> CallView:
         view = await self.ledger.call(request.match_info["id"], tenant=request[TENANT])
@@ -132,41 +160,39 @@ class CallRoutes:
             closed = CallClosed(call_id=call_id, status="failed", reason=reason, ended_at=now, duration_s=0.0)
             await self.ledger.write([closed])
             raise ApiError(502, f"LiveKit could not start the call: {type(exc).__name__}") from None
-        return web.json_response(
-            {
-                "call_id": call_id,
-                "room_name": room,
-                "livekit_url": self.livekit.config.url,
-                "token": self.livekit.caller_token(room, f"caller-{call_id[:8]}"),
-                "status": "pending",
-            },
-            status=201,
+        started = StartedCall(
+            call_id=call_id,
+            room_name=room,
+            livekit_url=self.livekit.config.url,
+            token=self.livekit.caller_token(room, f"caller-{call_id[:8]}"),
+            status="pending",
         )
+        return answer(started, 201)
 
     async def get(self, request: web.Request) -> web.Response:
         view = await self._call(request)
         metrics = await self._metrics(view)
-        return web.json_response(
-            {
-                **call_summary(view),
-                "current_agent": None if view.status not in RUNNING else (view.agent_history or (None,))[-1],
-                "metrics": metrics,
-                "metadata": view.metadata,
-                "recording": None if view.recording is None else {"format": view.recording.format},
-                "ended_reason": view.ended_reason,
-                "created_at": _iso(view.started_at),
-            }
+        detail = CallDetail(
+            **call_summary(view),
+            current_agent=_current_agent(view),
+            metrics=metrics,
+            metadata=dict(view.metadata) if view.metadata is not None else None,
+            recording=None if view.recording is None else {"format": view.recording.format},
+            ended_reason=view.ended_reason,
+            created_at=_iso(view.started_at) or "",
         )
+        return answer(detail)
 
     async def transcript(self, request: web.Request) -> web.Response:
         view = await self._call(request)
-        return web.json_response([dict(e) for e in view.transcript])
+        entries = [TranscriptEntry.model_validate(e).model_dump(mode="json") for e in view.transcript]
+        return web.json_response(entries)
 
     async def metrics(self, request: web.Request) -> web.Response:
         view = await self._call(request)
-        return web.json_response(await self._metrics(view))
+        return answer(await self._metrics(view))
 
-    async def _metrics(self, view: CallView) -> dict[str, Any]:
+    async def _metrics(self, view: CallView) -> CallMetrics:
         turns = await self.ledger.call_turns(view.id)
         totals = await self.ledger.call_usage_totals(view.id)
 
@@ -174,16 +200,16 @@ class CallRoutes:
             got = [v for v in values if v is not None]
             return round(sum(got) / len(got), 1) if got else None
 
-        return {
-            "duration_seconds": None if view.duration_s is None else round(view.duration_s, 3),
-            "stt_latency_ms": mean([t.stt_latency_ms for t in turns]),
-            "llm_latency_ms": mean([t.llm_ttft_ms for t in turns]),
-            "tts_latency_ms": mean([t.tts_ttfb_ms for t in turns]),
-            "e2e_latency_ms": mean([t.e2e_latency_ms for t in turns]),
-            "turns": len(turns),
-            "total_tokens": totals.prompt_tokens + totals.completion_tokens,
-            "agent_handoffs": max(0, len(view.agent_history) - 1),
-        }
+        return CallMetrics(
+            duration_seconds=None if view.duration_s is None else round(view.duration_s, 3),
+            stt_latency_ms=mean([t.stt_latency_ms for t in turns]),
+            llm_latency_ms=mean([t.llm_ttft_ms for t in turns]),
+            tts_latency_ms=mean([t.tts_ttfb_ms for t in turns]),
+            e2e_latency_ms=mean([t.e2e_latency_ms for t in turns]),
+            turns=len(turns),
+            total_tokens=totals.prompt_tokens + totals.completion_tokens,
+            agent_handoffs=max(0, len(view.agent_history) - 1),
+        )
 
     async def list(self, request: web.Request) -> web.Response:
         q = request.query
@@ -203,15 +229,14 @@ class CallRoutes:
             started_after=_when(q, "started_after"),
             started_before=_when(q, "started_before"),
         )
-        return web.json_response(
-            {
-                "items": [call_summary(v) for v in result.items],
-                "total": result.total,
-                "page": result.page,
-                "page_size": result.page_size,
-                "pages": result.pages,
-            }
+        page_of = CallPage(
+            items=[CallSummary(**call_summary(v)) for v in result.items],
+            total=result.total,
+            page=result.page,
+            page_size=result.page_size,
+            pages=result.pages,
         )
+        return answer(page_of)
 
     async def active(self, request: web.Request) -> web.Response:
         limit = _int(request.query, "limit", 50, 1, 100)
@@ -231,7 +256,7 @@ class CallRoutes:
             )
             await self.ledger.write([closed])
         view = await self._call(request)
-        return web.json_response({"id": view.id, "status": view.status, "ended_reason": view.ended_reason})
+        return answer(EndedCall(id=view.id, status=view.status, ended_reason=view.ended_reason))
 
 
 def _int(q: Any, name: str, default: int, low: int, high: int) -> int:

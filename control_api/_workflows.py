@@ -9,6 +9,8 @@ from aiohttp import web
 from workflows import UnknownWorkflowError, Workflow, WorkflowRegistry
 
 from ._errors import ApiError
+from ._models import WorkflowInfo, WorkflowList
+from ._openapi import ApiRoute
 
 
 def _variables(workflow: Workflow) -> dict[str, Any]:
@@ -39,15 +41,23 @@ class WorkflowRoutes:
     def __init__(self, registry: WorkflowRegistry) -> None:
         self.registry = registry
 
-    def routes(self) -> list[web.RouteDef]:
-        return [web.get("/api/v1/workflows", self.list), web.get("/api/v1/workflows/{slug}", self.get)]
+    def routes(self) -> list[ApiRoute]:
+        return [
+            ApiRoute("GET", "/api/v1/workflows", self.list, "The workflows calls can use", WorkflowList,
+                     errors=(401, 429), tags=("workflows",)),
+            ApiRoute("GET", "/api/v1/workflows/{slug}", self.get, "A workflow and its variables", WorkflowInfo,
+                     errors=(401, 404, 429), tags=("workflows",)),
+        ]  # fmt: skip
 
     async def list(self, _: web.Request) -> web.Response:
-        return web.json_response({"items": [describe(w) for w in self.registry.workflows()]})
+        listing = WorkflowList(
+            items=[WorkflowInfo.model_validate(describe(w)) for w in self.registry.workflows()]
+        )
+        return web.json_response(listing.model_dump(mode="json"))
 
     async def get(self, request: web.Request) -> web.Response:
         try:
             workflow = self.registry.get(request.match_info["slug"])
         except UnknownWorkflowError:
             raise ApiError(404, "no such workflow") from None
-        return web.json_response(describe(workflow))
+        return web.json_response(WorkflowInfo.model_validate(describe(workflow)).model_dump(mode="json"))
