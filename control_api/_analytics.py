@@ -170,6 +170,7 @@ def _when(q: Mapping[str, str], name: str) -> datetime | None:
         t = datetime.fromisoformat(raw)
     except ValueError:
         raise ApiError(
-            400, f"{name} {raw!r} is not an ISO 8601 date or date-time, e.g. 2026-01-17 or 2026-01-17T10:30:00Z"
+            400,
+            f"{name} {raw!r} is not an ISO 8601 date or date-time, e.g. 2026-01-17 or 2026-01-17T10:30:00Z",
         ) from None
     return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)

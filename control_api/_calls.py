@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -24,6 +24,7 @@ from ._models import (
     EndedCall,
     StartCall,
     StartedCall,
+    Status,
     TranscriptEntry,
 )
 from ._openapi import ApiRoute, Query
@@ -96,7 +97,9 @@ class CallRoutes:
         listing = [
             Query("page", {**integer, "minimum": 1}, "Page number (default 1)"),
             Query("page_size", {**integer, "minimum": 1, "maximum": 100}, "Items per page (default 20)"),
-            Query("status", {"type": "string"}, "Only calls with this status"),
+            Query(
+                "status", {"type": "string", "enum": list(get_args(Status))}, "Only calls with this status"
+            ),
             Query("workflow", {"type": "string"}, "Only calls of this workflow slug"),
             Query("user_id", {"type": "string"}, "Only calls of this user"),
             Query("started_after", date_time, "Started at or after (ISO 8601)"),
@@ -217,13 +220,16 @@ class CallRoutes:
                             "started_after", "started_before"}  # fmt: skip
         if unknown:
             raise ApiError(400, f"unknown query parameters: {', '.join(sorted(unknown))}")
+        status = q.get("status")
+        if status is not None and status not in get_args(Status):
+            raise ApiError(400, f"status must be one of: {', '.join(get_args(Status))}")
         page = _int(q, "page", 1, 1, 1_000_000)
         page_size = _int(q, "page_size", 20, 1, 100)
         result = await self.ledger.list_calls(
             tenant=request[TENANT],
             page=page,
             page_size=page_size,
-            status=q.get("status"),
+            status=status,
             workflow_slug=q.get("workflow_slug") or q.get("workflow"),
             user_id=q.get("user_id"),
             started_after=_when(q, "started_after"),

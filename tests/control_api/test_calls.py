@@ -36,6 +36,7 @@ class Api:
     def __init__(self, base: str, http: aiohttp.ClientSession, ledger: Ledger, lk: FakeLiveKitServer) -> None:
         self.base, self.http, self.ledger, self.lk = base, http, ledger, lk
         self.key = ""
+        self.app: Any = None
 
     async def req(
         self,
@@ -66,6 +67,7 @@ async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as http:
         a = Api(f"http://127.0.0.1:{server.port}", http, ledger, lk)
         a.key = (await ledger.create_api_key("acme")).key
+        a.app = app
         try:
             yield a
         finally:
