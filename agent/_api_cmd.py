@@ -70,15 +70,23 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from aiohttp import web
 
-    from control_api import LiveKitCalls, LiveKitConfig, create_app
+    from control_api import (
+        LiveKitCalls,
+        LiveKitConfig,
+        LocalCounter,
+        RateLimiter,
+        RedisCounter,
+        create_app,
+        parse_limits,
+    )
     from metering import open_ledger
     from workflows import WorkflowRegistry
 
     from ._report import price_catalog
-
-    import dataclasses
 
     settings = args.settings
     registry = WorkflowRegistry.load(settings.workflows)
@@ -94,7 +102,9 @@ async def _serve(args: argparse.Namespace) -> int:
             agent_name=args.agent_name,
         )
     )
-    runner = web.AppRunner(create_app(ledger, registry, livekit), shutdown_timeout=10.0)
+    counter = RedisCounter(redis_url) if (redis_url := os.environ.get("REDIS_URL")) else LocalCounter()
+    limiter = RateLimiter(counter, parse_limits(os.environ.get("VOICERUN_API_RATE_LIMITS", "")))
+    runner = web.AppRunner(create_app(ledger, registry, livekit, limiter=limiter), shutdown_timeout=10.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -107,6 +117,7 @@ async def _serve(args: argparse.Namespace) -> int:
         log.info("api_stopping")
     finally:
         await runner.cleanup()
+        await limiter.aclose()
         await livekit.aclose()
         await ledger.aclose()
     return 0

@@ -12,13 +12,16 @@ from metering import Ledger, metrics_handler
 from workflows import WorkflowRegistry
 
 from ._calls import CallRoutes
-from ._errors import MAX_BODY, TENANT, ApiError, Handler, errors
+from ._errors import API_KEY, MAX_BODY, TENANT, ApiError, Handler, error_response, errors
+from ._limits import LocalCounter, RateLimiter
 from ._livekit import LiveKitCalls
 from ._models import Health
 from ._openapi import ApiRoute, openapi
 from ._workflows import WorkflowRoutes
 
 LEDGER = web.AppKey("ledger", Ledger)
+LIMITER = web.AppKey("limiter", RateLimiter)
+LIMIT_CLASS = web.AppKey("limit_class", dict)
 PUBLIC = web.AppKey("public", frozenset)
 OPENAPI_PATH = "/api/v1/openapi.json"
 
@@ -36,7 +39,25 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if tenant is None:
         raise ApiError(401, "unknown or revoked API key")
     request[TENANT] = tenant
-    return await handler(request)
+    request[API_KEY] = key.strip()
+    limiter = request.app[LIMITER]
+    verdict = await limiter.hit(
+        key.strip(), request.app[LIMIT_CLASS].get((request.method, route.canonical), "other")
+    )
+    headers = {
+        "X-RateLimit-Limit": str(verdict.limit),
+        "X-RateLimit-Remaining": str(verdict.remaining),
+        "X-RateLimit-Reset": str(verdict.reset_s),
+    }
+    if not verdict.allowed:
+        refusal = error_response(
+            429, f"rate limit: {verdict.limit} requests a minute; retry in {verdict.reset_s} s"
+        )
+        refusal.headers.update({**headers, "Retry-After": str(verdict.reset_s)})
+        return refusal
+    response = await handler(request)
+    response.headers.update(headers)
+    return response
 
 
 def _version() -> str:
@@ -46,9 +67,13 @@ def _version() -> str:
         return "0"
 
 
-def create_app(ledger: Ledger, registry: WorkflowRegistry, livekit: LiveKitCalls) -> web.Application:
+def create_app(
+    ledger: Ledger, registry: WorkflowRegistry, livekit: LiveKitCalls, *, limiter: RateLimiter | None = None
+) -> web.Application:
+    """limiter: per-key rate limits (default: seed 002's, counted in this process)."""
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[LEDGER] = ledger
+    app[LIMITER] = limiter or RateLimiter(LocalCounter())
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response(Health(status="ok").model_dump())
@@ -83,6 +108,7 @@ def create_app(ledger: Ledger, registry: WorkflowRegistry, livekit: LiveKitCalls
         return web.json_response(document)
 
     app[PUBLIC] = frozenset({r.path for r in routes if r.public} | {"/metrics", OPENAPI_PATH})
+    app[LIMIT_CLASS] = {(r.method, r.path): r.limit for r in routes}
     app.add_routes([r.aiohttp() for r in routes])
     app.add_routes([web.get("/metrics", metrics_handler), web.get(OPENAPI_PATH, openapi_json)])
     app[ROUTES] = tuple(routes)

@@ -14,6 +14,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY = 64 * 1024
 """A call's start request is a few KB; anything near this is a mistake or an attack."""
+API_KEY = web.RequestKey("api_key", str)
 TENANT = web.RequestKey("tenant", str)
 """The request's tenant, set by the auth middleware from its API key; every query is scoped by it."""
 

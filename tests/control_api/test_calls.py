@@ -14,7 +14,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestServer
 
-from control_api import LiveKitCalls, LiveKitConfig, create_app
+from control_api import LiveKitCalls, LiveKitConfig, LocalCounter, RateLimiter, create_app
 from metering import CallClosed, CallOpened, Ledger, TurnReported, load_catalog
 from tests.fakes.livekit_server import FakeLiveKitServer
 from workflows import WorkflowRegistry, load_workflow_text
@@ -61,7 +61,13 @@ async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
     ledger = await Ledger.open(database_url, catalog=load_catalog())
     workflow = load_workflow_text(WORKFLOW)
     livekit = LiveKitCalls(LiveKitConfig(url=lk.url, api_key=lk.api_key, api_secret=lk.api_secret))
-    app = create_app(ledger, WorkflowRegistry({workflow.slug: (workflow, Path("r.yaml"))}), livekit)
+    # rate limits out of the way (test_rate_limits.py tests them): schemathesis sends hundreds
+    generous = RateLimiter(
+        LocalCounter(), dict.fromkeys(("dial", "create", "status", "list", "other"), 1_000_000)
+    )
+    app = create_app(
+        ledger, WorkflowRegistry({workflow.slug: (workflow, Path("r.yaml"))}), livekit, limiter=generous
+    )
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as http:
