@@ -100,6 +100,7 @@ async def _serve(args: argparse.Namespace) -> int:
             api_key=os.environ["LIVEKIT_API_KEY"],
             api_secret=os.environ["LIVEKIT_API_SECRET"],
             agent_name=args.agent_name,
+            sip_trunk_id=os.environ.get("VOICERUN_SIP_TRUNK_ID") or None,
         )
     )
     counter = RedisCounter(redis_url) if (redis_url := os.environ.get("REDIS_URL")) else LocalCounter()

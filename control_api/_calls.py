@@ -21,6 +21,8 @@ from ._models import (
     CallMetrics,
     CallPage,
     CallSummary,
+    DialCall,
+    DialedCall,
     EndedCall,
     StartCall,
     StartedCall,
@@ -110,6 +112,9 @@ class CallRoutes:
             ApiRoute("POST", "/api/v1/calls", self.start, "Start a call: a room with the agent dispatched",
                      StartedCall, body=StartCall, status=201, errors=(400, 401, 413, 415, 422, 429, 502), tags=tags,
                      limit="create"),
+            ApiRoute("POST", "/api/v1/calls/dial", self.dial, "Dial a phone (LiveKit SIP) into a new call",
+                     DialedCall, body=DialCall, status=201, errors=(400, 401, 409, 413, 415, 422, 429, 502),
+                     tags=tags, limit="dial"),
             ApiRoute("GET", "/api/v1/calls", self.list, "List calls", CallPage, query=listing, tags=tags,
                      limit="list"),
             ApiRoute("GET", "/api/v1/calls/active", self.active, "Calls in progress", list[ActiveCall],
@@ -130,19 +135,26 @@ class CallRoutes:
             raise ApiError(404, "no such call")
         return view
 
-    async def start(self, request: web.Request) -> web.Response:
-        body: StartCall = await body_of(request, StartCall)
+    def _workflow_for(self, slug: str, user_data: dict[str, Any]) -> Any:
         try:
-            workflow = self.registry.get(body.workflow_slug)
+            workflow = self.registry.get(slug)
         except UnknownWorkflowError as exc:
             raise ApiError(
                 422, "invalid request", [{"field": "workflow_slug", "message": str(exc)}]
             ) from None
         try:
-            bind_user_data(workflow, body.user_data)
+            bind_user_data(workflow, user_data)
         except VariableError as exc:
             details = [{"field": "user_data", "message": p} for p in exc.problems]
             raise ApiError(422, "invalid request", details) from None
+        return workflow
+
+    async def _open(
+        self, request: web.Request, body: StartCall | DialCall, direction: str, start: Any
+    ) -> str:
+        """Record the call (pending), then have LiveKit start it; a LiveKit failure closes it as
+        failed and answers 502."""
+        workflow = self._workflow_for(body.workflow_slug, body.user_data)
         tenant: str = request[TENANT]
         call_id = str(uuid.uuid4())
         room = f"call-{call_id}"
@@ -151,21 +163,29 @@ class CallRoutes:
             [
                 CallOpened(
                     call_id=call_id, workflow_slug=workflow.slug, started_at=now, status="pending",
-                    tenant=tenant, user_id=body.user_id, direction="web", metadata=body.metadata or None,
+                    tenant=tenant, user_id=body.user_id, direction=direction, metadata=body.metadata or None,  # type: ignore[arg-type]
                 )
             ]
         )  # fmt: skip
-        job = {
+        job: dict[str, Any] = {
             "workflow_slug": workflow.slug, "call_id": call_id, "user_id": body.user_id,
-            "user_data": body.user_data, "metadata": body.metadata, "tenant": tenant, "direction": "web",
+            "user_data": body.user_data, "metadata": body.metadata, "tenant": tenant, "direction": direction,
         }  # fmt: skip
+        if isinstance(body, DialCall):
+            job |= {"recording": body.recording, "max_duration": body.max_duration}
         try:
-            await self.livekit.start(room, job)
+            await start(room, job)
         except Exception as exc:
             reason = f"livekit: {type(exc).__name__}: {exc}"[:500]
             closed = CallClosed(call_id=call_id, status="failed", reason=reason, ended_at=now, duration_s=0.0)
             await self.ledger.write([closed])
             raise ApiError(502, f"LiveKit could not start the call: {type(exc).__name__}") from None
+        return call_id
+
+    async def start(self, request: web.Request) -> web.Response:
+        body: StartCall = await body_of(request, StartCall)
+        call_id = await self._open(request, body, "web", self.livekit.start)
+        room = f"call-{call_id}"
         started = StartedCall(
             call_id=call_id,
             room_name=room,
@@ -174,6 +194,19 @@ class CallRoutes:
             status="pending",
         )
         return answer(started, 201)
+
+    async def dial(self, request: web.Request) -> web.Response:
+        if self.livekit.config.sip_trunk_id is None:
+            raise ApiError(409, "dialling is not configured: set VOICERUN_SIP_TRUNK_ID to an outbound trunk")
+        body: DialCall = await body_of(request, DialCall)
+
+        async def dial(room: str, job: dict[str, Any]) -> None:
+            await self.livekit.dial(
+                room, job, to=body.to_number, from_=body.from_number, max_duration_s=body.max_duration
+            )
+
+        call_id = await self._open(request, body, "outbound", dial)
+        return answer(DialedCall(call_id=call_id, room_name=f"call-{call_id}", status="pending"), 201)
 
     async def get(self, request: web.Request) -> web.Response:
         view = await self._call(request)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
 from livekit import api
 
 END_REASON_KEY = "voicerun.end_reason"
@@ -22,6 +23,8 @@ class LiveKitConfig:
     api_secret: str
     agent_name: str = "voicerun"
     token_ttl: timedelta = timedelta(hours=1)
+    sip_trunk_id: str | None = None
+    """The outbound trunk dialled calls go through (LiveKit SIP); None: dialling is off."""
 
 
 class LiveKitCalls:
@@ -43,6 +46,28 @@ class LiveKitCalls:
         await lk.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(
                 agent_name=self.config.agent_name, room=room, metadata=json.dumps(metadata)
+            )
+        )
+
+    async def dial(
+        self, room: str, metadata: dict[str, Any], *, to: str, from_: str, max_duration_s: int
+    ) -> None:
+        """Start a call (room and agent, as start()) and have LiveKit SIP ring `to` into it; the
+        worker waits for the answer (sip.callStatus) and records no-answer and busy."""
+        assert self.config.sip_trunk_id is not None
+        await self.start(room, metadata)
+        limit = Duration()
+        limit.FromTimedelta(timedelta(seconds=max_duration_s))
+        await self._client().sip.create_sip_participant(
+            api.CreateSIPParticipantRequest(
+                sip_trunk_id=self.config.sip_trunk_id,
+                sip_call_to=to,
+                sip_number=from_,
+                room_name=room,
+                participant_identity=f"phone-{to.lstrip('+')}",
+                participant_name=to,
+                play_dialtone=False,
+                max_call_duration=limit,
             )
         )
 

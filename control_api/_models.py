@@ -54,6 +54,12 @@ class StartedCall(Response):
     status: Status
 
 
+class DialedCall(Response):
+    call_id: str
+    room_name: str
+    status: Status
+
+
 class CallMetrics(Response):
     duration_seconds: float | None
     stt_latency_ms: float | None

@@ -3,6 +3,7 @@ Twirp APIs answered by the fake server (which records the protobuf requests)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ class Api:
         self.base, self.http, self.ledger, self.lk = base, http, ledger, lk
         self.key = ""
         self.app: Any = None
+        self.livekit: Any = None
 
     async def req(
         self,
@@ -74,6 +76,7 @@ async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
         a = Api(f"http://127.0.0.1:{server.port}", http, ledger, lk)
         a.key = (await ledger.create_api_key("acme")).key
         a.app = app
+        a.livekit = livekit
         try:
             yield a
         finally:
@@ -236,3 +239,32 @@ async def test_health_and_readiness_need_no_key(api: Api) -> None:
     api.key = ""
     assert await api.req("GET", "/healthz") == (200, {"status": "ok"})
     assert await api.req("GET", "/readyz") == (200, {"status": "ready"})
+
+
+async def test_dialling_rings_the_number_through_the_trunk_into_the_calls_room(api: Api) -> None:
+    assert (await api.req("POST", "/api/v1/calls/dial", json={}))[0] == 409  # no trunk configured
+    api.livekit.config = dataclasses.replace(api.livekit.config, sip_trunk_id="ST_out")
+    body = {"workflow_slug": "reminders", "to_number": "+14155550123", "from_number": "+14155550100",
+            "user_data": {"name": "Ada"}, "max_duration": 120, "recording": True}  # fmt: skip
+    status, dialed = await api.req("POST", "/api/v1/calls/dial", json=body)
+    assert status == 201, dialed
+    call_id, room = dialed["call_id"], dialed["room_name"]
+    (sip,) = api.lk.calls_to("CreateSIPParticipant")
+    req = sip.request
+    assert (req.sip_trunk_id, req.sip_call_to, req.sip_number, req.room_name) == (
+        "ST_out", "+14155550123", "+14155550100", room,
+    )  # fmt: skip
+    assert req.max_call_duration.seconds == 120
+    (dispatch,) = api.lk.calls_to("CreateDispatch")
+    job = json.loads(dispatch.request.metadata)
+    assert (job["direction"], job["recording"], job["max_duration"], job["call_id"]) == (
+        "outbound",
+        True,
+        120,
+        call_id,
+    )
+    status, call = await api.req("GET", f"/api/v1/calls/{call_id}")
+    assert call["direction"] == "outbound" and call["status"] == "pending"
+    for bad in ({**body, "to_number": "555-0123"}, {**body, "max_duration": 5}):
+        status, answer = await api.req("POST", "/api/v1/calls/dial", json=bad)
+        assert status == 422 and answer["details"], bad

@@ -380,6 +380,7 @@ class FakeLiveKitServer:
                 room_pb.RoomParticipantIdentity,
                 self._remove_participant,
             ),
+            ("SIP", "CreateSIPParticipant"): (sip_pb.CreateSIPParticipantRequest, self._create_sip_participant),
             ("SIP", "TransferSIPParticipant"): (
                 sip_pb.TransferSIPParticipantRequest,
                 self._transfer_sip_participant,
@@ -979,6 +980,27 @@ class FakeLiveKitServer:
         del participants[req.identity]
         self.rooms[req.room].info.num_participants = len(participants)
         return room_pb.RemoveParticipantResponse()
+
+    async def _create_sip_participant(self, req: sip_pb.CreateSIPParticipantRequest, claims: Claims | None) -> Message:
+        """Dials out: the callee joins the room as a SIP participant (status dialing; the test
+        plays the rest). Needs the SIP call grant, a trunk, a number and a room, like the server."""
+        if claims is None or claims.sip is None or not claims.sip.call:
+            raise _TwirpError("unauthenticated", "permissions denied")
+        if not req.sip_trunk_id and not req.HasField("trunk"):
+            raise _TwirpError("invalid_argument", "missing sip trunk id")
+        if not req.sip_call_to or not req.room_name:
+            raise _TwirpError("invalid_argument", "missing sip_call_to or room_name")
+        identity = req.participant_identity or f"sip_{req.sip_call_to}"
+        self.add_room(req.room_name)
+        info = self.add_participant(
+            req.room_name, identity, kind=models.ParticipantInfo.SIP, name=req.participant_name or identity,
+            attributes={ATTR_SIP_CALL_ID: guid("SCL_"), "sip.phoneNumber": req.sip_call_to,
+                        "sip.trunkPhoneNumber": req.sip_number, "sip.callStatus": "dialing"},
+        )  # fmt: skip
+        return sip_pb.SIPParticipantInfo(
+            participant_id=info.sid, participant_identity=identity, room_name=req.room_name,
+            sip_call_id=info.attributes[ATTR_SIP_CALL_ID],
+        )  # fmt: skip
 
     async def _transfer_sip_participant(
         self, req: sip_pb.TransferSIPParticipantRequest, claims: Claims | None
