@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,14 +58,17 @@ async def test_the_openapi_document_describes_every_route(api: Api) -> None:  # 
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="schemathesis runs as a subprocess here")
-async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(api: Api) -> None:  # noqa: F811
+async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
+    api: Api,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     url = api.base + OPENAPI_PATH
     proc = await asyncio.create_subprocess_exec(
         os.path.join(os.path.dirname(sys.executable), "schemathesis"), "run", url,
         "--header", f"Authorization: Bearer {api.key}",
         "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
         "--max-examples", "25", "--seed", "1", "--generation-deterministic", "--request-timeout", "30",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,  # its cache dir goes there
     )  # fmt: skip
     async with asyncio.timeout(HANG_S):
         out, _ = await proc.communicate()
