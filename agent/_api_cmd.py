@@ -86,6 +86,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from metering import open_ledger
     from workflows import WorkflowRegistry
 
+    from ._recording_store import recording_store
     from ._report import price_catalog
 
     settings = args.settings
@@ -105,7 +106,10 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     counter = RedisCounter(redis_url) if (redis_url := os.environ.get("REDIS_URL")) else LocalCounter()
     limiter = RateLimiter(counter, parse_limits(os.environ.get("VOICERUN_API_RATE_LIMITS", "")))
-    runner = web.AppRunner(create_app(ledger, registry, livekit, limiter=limiter), shutdown_timeout=10.0)
+    # Recordings are read where the workers store them (the same directory volume, or S3).
+    store = recording_store(settings.recordings) if settings.recordings else None
+    app = create_app(ledger, registry, livekit, limiter=limiter, recordings=store.open if store else None)
+    runner = web.AppRunner(app, shutdown_timeout=10.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

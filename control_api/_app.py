@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from metering import Ledger, metrics_handler
 from workflows import WorkflowRegistry
 
-from ._calls import CallRoutes
+from ._calls import CallRoutes, RecordingReader
 from ._errors import API_KEY, MAX_BODY, TENANT, ApiError, Handler, error_response, errors
 from ._limits import LocalCounter, RateLimiter
 from ._livekit import LiveKitCalls
@@ -68,9 +68,15 @@ def _version() -> str:
 
 
 def create_app(
-    ledger: Ledger, registry: WorkflowRegistry, livekit: LiveKitCalls, *, limiter: RateLimiter | None = None
+    ledger: Ledger,
+    registry: WorkflowRegistry,
+    livekit: LiveKitCalls,
+    *,
+    limiter: RateLimiter | None = None,
+    recordings: RecordingReader | None = None,
 ) -> web.Application:
-    """limiter: per-key rate limits (default: seed 002's, counted in this process)."""
+    """limiter: per-key rate limits (default: seed 002's, counted in this process).
+    recordings: reads a stored recording by its location (None: recordings are not served)."""
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[LEDGER] = ledger
     app[LIMITER] = limiter or RateLimiter(LocalCounter())
@@ -99,7 +105,7 @@ def create_app(
             errors=(503,),
             tags=("ops",),
         ),
-        *CallRoutes(ledger, registry, livekit).routes(),
+        *CallRoutes(ledger, registry, livekit, recordings).routes(),
         *WorkflowRoutes(registry).routes(),
     ]
     document = openapi(routes, title="voicerun control API", version=_version())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, get_args
 
@@ -34,6 +35,9 @@ from ._openapi import ApiRoute, Query
 ENDED_BY_API = "api_ended"
 """The reason a call ended through POST /calls/{id}/end carries (the worker's ENDED_BY_API)."""
 RUNNING = ("pending", "connecting", "active")
+RECORDING_TYPES = {"flac": "audio/flac", "ogg": "audio/ogg"}
+RecordingReader = Callable[[str], Awaitable[bytes]]
+"""Reads a stored recording by its location (the worker's recording store, given by the host)."""
 
 
 async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
@@ -88,10 +92,17 @@ def answer(model: BaseModel, status: int = 200) -> web.Response:
 
 
 class CallRoutes:
-    def __init__(self, ledger: Ledger, registry: WorkflowRegistry, livekit: LiveKitCalls) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        registry: WorkflowRegistry,
+        livekit: LiveKitCalls,
+        recordings: RecordingReader | None = None,
+    ) -> None:
         self.ledger = ledger
         self.registry = registry
         self.livekit = livekit
+        self.recordings = recordings
 
     def routes(self) -> list[ApiRoute]:
         integer = {"type": "integer"}
@@ -125,6 +136,8 @@ class CallRoutes:
                      list[TranscriptEntry], tags=tags, limit="status"),
             ApiRoute("GET", "/api/v1/calls/{id}/metrics", self.metrics, "A call's metrics", CallMetrics, tags=tags,
                      limit="status"),
+            ApiRoute("GET", "/api/v1/calls/{id}/recording", self.recording, "A call's recording (FLAC or Ogg/Opus)",
+                     bytes, errors=(401, 404, 429), tags=tags, limit="status", media="audio/*"),
             ApiRoute("POST", "/api/v1/calls/{id}/end", self.end, "End a call (idempotent)", EndedCall,
                      errors=(401, 404, 429, 502), tags=tags),
         ]  # fmt: skip
@@ -285,6 +298,18 @@ class CallRoutes:
         calls = await self.ledger.active_calls(tenant=request[TENANT])
         return web.json_response(
             [{**call_summary(v), "current_agent": (v.agent_history or (None,))[-1]} for v in calls[:limit]]
+        )
+
+    async def recording(self, request: web.Request) -> web.Response:
+        view = await self._call(request)
+        if view.recording is None or self.recordings is None:
+            raise ApiError(404, "this call has no recording")
+        data = await self.recordings(view.recording.location)
+        fmt = view.recording.format
+        return web.Response(
+            body=data,
+            content_type=RECORDING_TYPES.get(fmt, "application/octet-stream"),
+            headers={"Content-Disposition": f'attachment; filename="{view.id}.{fmt}"'},
         )
 
     async def end(self, request: web.Request) -> web.Response:

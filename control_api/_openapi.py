@@ -36,6 +36,8 @@ class ApiRoute:
     errors: Sequence[int] = (400, 401, 404, 422, 429)
     public: bool = False
     """Served without an API key (health)."""
+    media: str = "application/json"
+    """The answer's media type; not JSON: a binary body (a recording)."""
     limit: str = "other"
     """Its rate limit class (control_api/_limits.py): dial, create, status, list, other."""
     tags: Sequence[str] = field(default_factory=tuple)

@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from control_api import LiveKitCalls, LiveKitConfig, LocalCounter, RateLimiter, create_app
-from metering import CallClosed, CallOpened, Ledger, TurnReported, load_catalog
+from metering import CallClosed, CallOpened, Ledger, RecordingStored, TurnReported, load_catalog
 from tests.fakes.livekit_server import FakeLiveKitServer
 from workflows import WorkflowRegistry, load_workflow_text
 
@@ -268,3 +268,38 @@ async def test_dialling_rings_the_number_through_the_trunk_into_the_calls_room(a
     for bad in ({**body, "to_number": "555-0123"}, {**body, "max_duration": 5}):
         status, answer = await api.req("POST", "/api/v1/calls/dial", json=bad)
         assert status == 422 and answer["details"], bad
+
+
+async def test_a_calls_recording_is_served_to_its_tenant_only(api: Api) -> None:
+    t0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    stored = {"file:///recordings/c-rec.flac": b"fLaC\x00\x00\x00\x22" + bytes(range(256))}
+
+    async def read(location: str) -> bytes:
+        return stored[location]
+
+    app = create_app(api.ledger, WorkflowRegistry({}), api.livekit, recordings=read)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        await api.ledger.write([
+            CallOpened(call_id="c-rec", workflow_slug="reminders", started_at=t0, tenant="acme"),
+            CallOpened(call_id="c-none", workflow_slug="reminders", started_at=t0, tenant="acme"),
+            CallClosed(call_id="c-rec", status="completed", reason="user_ended", ended_at=t0, duration_s=60.0),
+            RecordingStored(call_id="c-rec", location="file:///recordings/c-rec.flac", format="flac",
+                            duration_s=60.0, at=t0),
+        ])  # fmt: skip
+        base = f"http://127.0.0.1:{server.port}/api/v1/calls"
+        other = (await api.ledger.create_api_key("globex")).key
+        async with api.http.get(
+            f"{base}/c-rec/recording", headers={"Authorization": f"Bearer {api.key}"}
+        ) as r:
+            assert r.status == 200 and r.content_type == "audio/flac"
+            assert await r.read() == stored["file:///recordings/c-rec.flac"]
+        async with api.http.get(
+            f"{base}/c-none/recording", headers={"Authorization": f"Bearer {api.key}"}
+        ) as r:
+            assert r.status == 404 and (await r.json())["error"] == "this call has no recording"
+        async with api.http.get(f"{base}/c-rec/recording", headers={"Authorization": f"Bearer {other}"}) as r:
+            assert r.status == 404
+    finally:
+        await server.close()
