@@ -1,5 +1,16 @@
 """Usage metering: the ledger of calls, usage and latency; prices; export to the billing API."""
 
+from ._analytics import (
+    LATENCY_METRICS,
+    LATENCY_PERCENTILES,
+    TIMELINE_BUCKETS_MAX,
+    Analytics,
+    CallStats,
+    LatencyPercentiles,
+    TimelineBucket,
+    WorkflowStats,
+    timeline_buckets,
+)
 from ._clock import Clock, utcnow
 from ._cost import PLATFORM, CostBreakdown, UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError, PriceCatalogError, PriceNotFoundError
@@ -29,6 +40,16 @@ from ._prices import (
     load_catalog,
     parse_catalog,
 )
+from ._provider_keys import (
+    MASTER_KEYS_ENV,
+    MASTER_KEYS_HELP,
+    PROVIDER_TYPES,
+    KeyCipher,
+    ProviderKeyError,
+    ProviderKeyView,
+    ProviderType,
+    keyed_providers,
+)
 from ._records import (
     CALL_STATUSES,
     CallClosed,
@@ -44,14 +65,31 @@ from ._records import (
 )
 from ._reporter import Meter, MeteringLoss
 from ._view import CallPage, CallRecording, CallView, TurnView, UsageTotals
+from ._webhook_deliverer import WebhookDeliverer
+from ._webhooks import (
+    WEBHOOK_EVENT_TYPES,
+    NewWebhookEndpoint,
+    WebhookDelivery,
+    WebhookEndpointView,
+    WebhookEventType,
+    sign_webhook,
+)
 
 __all__ = [
     "CALL_STATUSES",
     "ENDPOINTS",
+    "LATENCY_METRICS",
+    "LATENCY_PERCENTILES",
+    "MASTER_KEYS_ENV",
+    "MASTER_KEYS_HELP",
     "PAGE_SIZE_MAX",
     "PLATFORM",
     "PROVIDER_FALLBACKS",
+    "PROVIDER_TYPES",
     "TENANT_RULE",
+    "TIMELINE_BUCKETS_MAX",
+    "WEBHOOK_EVENT_TYPES",
+    "Analytics",
     "ApiKeyView",
     "BillingIdentity",
     "CallClosed",
@@ -60,12 +98,15 @@ __all__ = [
     "CallPage",
     "CallProgressed",
     "CallRecording",
+    "CallStats",
     "CallStatus",
     "CallView",
     "Clock",
     "CostBreakdown",
     "JSONValue",
+    "KeyCipher",
     "LLMPrice",
+    "LatencyPercentiles",
     "Ledger",
     "LedgerConfigError",
     "LedgerError",
@@ -77,16 +118,21 @@ __all__ = [
     "MeteringLoss",
     "MinutePrice",
     "NewApiKey",
+    "NewWebhookEndpoint",
     "OutboxItem",
     "OutboxStatus",
     "PriceCatalog",
     "PriceCatalogError",
     "PriceNotFoundError",
+    "ProviderKeyError",
+    "ProviderKeyView",
+    "ProviderType",
     "Record",
     "RecordingStored",
     "RunningStatus",
     "STTPrice",
     "TTSPrice",
+    "TimelineBucket",
     "TurnReported",
     "TurnView",
     "UnknownCallError",
@@ -95,9 +141,15 @@ __all__ = [
     "UsageReported",
     "UsageStage",
     "UsageTotals",
+    "WebhookDeliverer",
+    "WebhookDelivery",
+    "WebhookEndpointView",
+    "WebhookEventType",
+    "WorkflowStats",
     "bound_port",
     "cost_breakdown",
     "database_url",
+    "keyed_providers",
     "load_catalog",
     "merge_lines",
     "metrics_app",
@@ -107,6 +159,8 @@ __all__ = [
     "parse_catalog",
     "seconds",
     "serve_metrics",
+    "sign_webhook",
+    "timeline_buckets",
     "usage_exporter",
     "utcnow",
 ]

@@ -23,13 +23,13 @@ import structlog
 from sqlalchemy import Insert, and_, case, delete, event, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import aliased
 
 from pipeline.providers import PROVIDERS
 
-from . import _migrate
+from . import _migrate, _webhooks
 from ._clock import Clock, utcnow
 from ._cost import UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError
@@ -37,19 +37,40 @@ from ._json import plain
 from ._keys import ApiKeyView, NewApiKey, check_name, check_tenant, key_hash, new_key
 from ._owner import ProcessIdentity, is_gone
 from ._prices import PriceCatalog
+from ._provider_keys import (
+    KeyCipher,
+    ProviderKeyView,
+    ProviderType,
+    check_api_key,
+    check_provider,
+    masked,
+)
 from ._records import (
     CALL_STATUSES,
     CallClosed,
     CallOpened,
     CallProgressed,
+    CallStatus,
     Record,
     RecordingStored,
     RunningStatus,
     TurnReported,
     UsageReported,
 )
-from ._schema import ApiKey, Base, Call, DeadLetter, OutboxEvent, TurnMetric, UsageEvent, WorkerLease
+from ._schema import (
+    ApiKey,
+    Base,
+    Call,
+    DeadLetter,
+    OutboxEvent,
+    ProviderKey,
+    TurnMetric,
+    UsageEvent,
+    WebhookEndpoint,
+    WorkerLease,
+)
 from ._view import CallPage, CallView, TurnView, UsageTotals, call_view
+from ._webhooks import WEBHOOK, NewWebhookEndpoint, WebhookDelivery, WebhookEndpointView
 
 log = structlog.get_logger("voicerun.metering")
 
@@ -316,6 +337,7 @@ class Ledger:
                 tenant=r.tenant,
                 direction=r.direction,
                 call_metadata=None if r.metadata is None else plain(r.metadata),
+                webhook_url=r.webhook_url,
                 owner_host=self.process.host,
                 owner_machine=self.process.machine,
                 owner_pid=self.process.pid,
@@ -326,6 +348,7 @@ class Ledger:
         fresh = inserted.first() is not None
         if not fresh and not await self._adopt_pending(s, r):
             return
+        await self._enqueue_webhooks(s, r.call_id, r.status, r.started_at)
         if self.billing is not None:
             await self._enqueue_start(s, r, fresh=fresh)
 
@@ -353,6 +376,7 @@ class Ledger:
             "tenant": r.tenant,
             "direction": r.direction,
             "call_metadata": None if r.metadata is None else plain(r.metadata),
+            "webhook_url": r.webhook_url,
         }
         values |= {k: v for k, v in given.items() if v is not None}
         adopted = await s.execute(
@@ -372,7 +396,8 @@ class Ledger:
         ledger that opened it pending had billing (the control API's may have none)."""
         b = self.billing
         assert b is not None
-        if not fresh and await s.scalar(select(exists().where(OutboxEvent.call_id == r.call_id))):
+        usage_of_call = and_(OutboxEvent.call_id == r.call_id, OutboxEvent.kind == "usage")
+        if not fresh and await s.scalar(select(exists().where(usage_of_call))):
             return
         customer = r.customer_id or b.customer_id
         if not fresh:  # the row's: the worker's, else the API's, else b's (see _adopt_pending)
@@ -407,6 +432,8 @@ class Ledger:
         )
         if moved.first() is None:
             log.debug("call_progress_ignored", call_id=r.call_id, status=r.status)
+            return
+        await self._enqueue_webhooks(s, r.call_id, r.status, r.at)
 
     async def _store_recording(self, s: AsyncSession, r: RecordingStored) -> None:
         # Whatever the call's status: recordings are uploaded after the call ends.
@@ -448,6 +475,7 @@ class Ledger:
         if closed.first() is None:
             log.warning("call_close_ignored", call_id=r.call_id, reason="not open in the ledger")
             return
+        await self._enqueue_webhooks(s, r.call_id, r.status, r.ended_at)
         if self.billing is None:
             return
         plan = self.billing.plan
@@ -479,9 +507,26 @@ class Ledger:
             )
         )
         last = await s.execute(
-            select(func.coalesce(func.max(OutboxEvent.seq), -1)).where(OutboxEvent.call_id == r.call_id)
+            select(func.coalesce(func.max(OutboxEvent.seq), -1)).where(
+                OutboxEvent.call_id == r.call_id, OutboxEvent.kind == "usage"
+            )
         )
         self._enqueue(s, r.call_id, steps, start_seq=int(last.scalar_one()) + 1)
+
+    async def _enqueue_webhooks(
+        self, s: AsyncSession, call_id: str, status: RunningStatus | CallStatus, at: datetime
+    ) -> None:
+        """The call entered `status`: queue its webhook events, in this transaction."""
+        queued = await _webhooks.enqueue(
+            s,
+            call_id=call_id,
+            status=status,
+            at=at,
+            now=self.clock(),
+            insert=self._insert_ignoring_duplicates,
+        )
+        if queued:
+            log.debug("webhooks_queued", call_id=call_id, status=status, events=queued)
 
     def _enqueue(
         self, s: AsyncSession, call_id: str, steps: list[tuple[str, str, dict[str, Any]]], *, start_seq: int
@@ -848,10 +893,182 @@ class Ledger:
                 ).all()
             )
 
+    # -- webhooks (metering/_webhooks.py) ----------------------------------------------------
+
+    async def create_webhook_endpoint(
+        self, tenant: str, url: str, events: Sequence[str] | None = None
+    ) -> NewWebhookEndpoint:
+        """A new endpoint of `tenant`, receiving `events` (None: all) of every call of the
+        tenant from now on. Its signing secret is in the result only. ValueError: a malformed
+        tenant or URL (http or https only), an unknown event type."""
+        async with self._writes.begin() as s:
+            new = await _webhooks.create_endpoint(s, tenant, url, events, now=self.clock())
+        log.info("webhook_endpoint_created", tenant=tenant, endpoint_id=new.id)
+        return new
+
+    async def webhook_endpoints(self, tenant: str) -> tuple[WebhookEndpointView, ...]:
+        """The tenant's endpoints, disabled ones included, oldest first (never their secrets)."""
+        query = (
+            select(WebhookEndpoint)
+            .where(WebhookEndpoint.tenant == check_tenant(tenant))
+            .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+        )
+        async with self._sessions() as s:
+            return tuple(_webhooks.endpoint_view(row) for row in (await s.scalars(query)).all())
+
+    async def delete_webhook_endpoint(self, endpoint_id: str, *, tenant: str) -> bool:
+        """Delete the tenant's endpoint; events it had yet to receive are cancelled. False for
+        an endpoint that is not the tenant's (no tenant deletes, or learns of, another's)."""
+        async with self._writes.begin() as s:
+            deleted = await _webhooks.delete_endpoint(s, endpoint_id, tenant)
+        if deleted:
+            log.info("webhook_endpoint_deleted", tenant=tenant, endpoint_id=endpoint_id)
+        return deleted
+
+    async def tenant_webhook_secret(self, tenant: str) -> str:
+        """The secret that signs the events sent to a call's own webhook_url (created on first
+        use). Endpoints have their own, given when they are created."""
+        async with self._writes.begin() as s:
+            return await _webhooks.tenant_secret(
+                s, tenant, now=self.clock(), insert=self._insert_ignoring_duplicates
+            )
+
+    async def claim_webhooks(self, *, limit: int, lease_s: float) -> list[WebhookDelivery]:
+        """Due webhook events, claimed like the exporter's (`claim_due`): leased for `lease_s`,
+        each only once every earlier event of its call to its target is delivered. Events whose
+        target went away meanwhile are cancelled, not returned."""
+        items = await self.claim_due(limit=limit, lease_s=lease_s, kind=WEBHOOK)
+        if not items:
+            return []
+        async with self._writes.begin() as s:
+            return await _webhooks.deliveries(
+                s, [i.id for i in items], now=self.clock(), insert=self._insert_ignoring_duplicates
+            )
+
+    async def disable_webhook_target(self, outbox_id: int) -> str | None:
+        """The target of webhook event `outbox_id` answered 410 Gone: an endpoint is disabled
+        (a call's webhook_url dropped) and its pending events cancelled. Returns the target."""
+        async with self._writes.begin() as s:
+            return await _webhooks.disable_target(s, outbox_id, now=self.clock())
+
+    # -- tenants' provider keys (metering/_provider_keys.py) -----------------------------------
+
+    async def create_provider_key(
+        self,
+        tenant: str,
+        provider_type: str,
+        provider_name: str,
+        api_key: str,
+        *,
+        is_default: bool = False,
+        cipher: KeyCipher,
+    ) -> ProviderKeyView:
+        """Store the tenant's `api_key` for a provider, encrypted by `cipher`. A new default
+        replaces the tenant's default of that stage. ValueError: a malformed tenant, a stage or
+        provider that takes no key, a key not 8-512 characters long."""
+        check_tenant(tenant)
+        stage = check_provider(provider_type, provider_name)
+        check_api_key(api_key)
+        ciphertext = cipher.encrypt(api_key)
+        for attempt in range(3):
+            row = ProviderKey(
+                id=str(uuid.uuid4()),
+                tenant=tenant,
+                provider_type=stage,
+                provider_name=provider_name,
+                ciphertext=ciphertext,
+                last4=api_key[-4:],
+                is_default=is_default,
+                created_at=self.clock(),
+            )
+            try:
+                async with self._writes.begin() as s:
+                    if is_default:
+                        await s.execute(
+                            update(ProviderKey)
+                            .where(
+                                ProviderKey.tenant == tenant,
+                                ProviderKey.provider_type == stage,
+                                ProviderKey.is_default.is_(True),
+                            )
+                            .values(is_default=False)
+                        )
+                    s.add(row)
+                break
+            except IntegrityError:
+                # Two defaults created at once (PostgreSQL): the unique index refused the
+                # second; clearing again now sees the first.
+                if not is_default or attempt == 2:
+                    raise
+        log.info(
+            "provider_key_created", tenant=tenant, key_id=row.id, provider_type=stage,
+            provider_name=provider_name, is_default=is_default,
+        )  # fmt: skip
+        return _provider_key_view(row)
+
+    async def provider_keys(self, tenant: str) -> tuple[ProviderKeyView, ...]:
+        """The tenant's provider keys, oldest first, masked (never a key, nor its ciphertext)."""
+        query = (
+            select(ProviderKey)
+            .where(ProviderKey.tenant == check_tenant(tenant))
+            .order_by(ProviderKey.created_at, ProviderKey.id)
+        )
+        async with self._sessions() as s:
+            return tuple(_provider_key_view(row) for row in (await s.scalars(query)).all())
+
+    async def delete_provider_key(self, key_id: str, *, tenant: str) -> bool:
+        """Delete the tenant's provider key. False for a key that is not the tenant's (no tenant
+        deletes, or learns of, another's)."""
+        check_tenant(tenant)
+        async with self._writes.begin() as s:
+            deleted = await s.execute(
+                delete(ProviderKey)
+                .where(ProviderKey.id == key_id, ProviderKey.tenant == tenant)
+                .returning(ProviderKey.id)
+            )
+            found = deleted.first() is not None
+        if found:
+            log.info("provider_key_deleted", tenant=tenant, key_id=key_id)
+        return found
+
+    async def tenant_credentials(self, tenant: str, *, cipher: KeyCipher) -> dict[str, dict[str, str]]:
+        """The options the tenant's keys give its calls' providers, by provider name
+        ({"openai": {"api_key": ...}}), for ProviderPool's `credentials`; a provider without a
+        key of the tenant is absent (the process environment is used). Of a provider's several
+        keys, a default one wins, then the newest. ProviderKeyError: a key that cannot be
+        decrypted (its id named)."""
+        query = (
+            select(ProviderKey.id, ProviderKey.provider_name, ProviderKey.ciphertext)
+            .where(ProviderKey.tenant == check_tenant(tenant))
+            .order_by(ProviderKey.is_default, ProviderKey.created_at, ProviderKey.id)
+        )
+        async with self._sessions() as s:
+            rows = (await s.execute(query)).all()
+        chosen = {name: (key_id, token) for key_id, name, token in rows}  # the last one wins
+        return {
+            name: {"api_key": cipher.decrypt(token, key_id=key_id)}
+            for name, (key_id, token) in chosen.items()
+        }
+
+    async def reencrypt_provider_keys(self, cipher: KeyCipher) -> int:
+        """Encrypt every stored provider key again with `cipher`'s first master key (rotation);
+        returns how many. All or none: a key that cannot be decrypted is a ProviderKeyError
+        naming it, and nothing is changed."""
+        async with self._writes.begin() as s:
+            rows = (await s.execute(select(ProviderKey.id, ProviderKey.ciphertext))).all()
+            for key_id, token in rows:
+                await s.execute(
+                    update(ProviderKey)
+                    .where(ProviderKey.id == key_id)
+                    .values(ciphertext=cipher.rotate(token, key_id=key_id))
+                )
+        log.info("provider_keys_reencrypted", count=len(rows))
+        return len(rows)
+
     # -- the outbox ------------------------------------------------------------------------
 
     async def claim_due(
-        self, *, limit: int, lease_s: float, resend_unanswered: bool = True
+        self, *, limit: int, lease_s: float, resend_unanswered: bool = True, kind: str = "usage"
     ) -> list[OutboxItem]:
         """Pending events whose time has come and whose call's earlier steps are delivered.
 
@@ -861,12 +1078,17 @@ class Ledger:
         Idempotency-Key), claiming also marks the event as being sent (`sending_since`), and an
         event whose lease ran out with that mark and no outcome recorded (its sender died) is
         moved to `doubt` instead: resending might bill it twice.
+
+        kind: the outbox's lanes this claims from, `usage` (the exporter's) or `webhook`.
         """
         now = self.clock()
         query = (
             select(OutboxEvent)
             .where(
-                OutboxEvent.state == "pending", OutboxEvent.next_attempt_at <= now, ~_waiting_for_earlier()
+                OutboxEvent.kind == kind,
+                OutboxEvent.state == "pending",
+                OutboxEvent.next_attempt_at <= now,
+                ~_waiting_for_earlier(),
             )
             .order_by(OutboxEvent.id)
             .limit(limit)
@@ -881,6 +1103,7 @@ class Ledger:
                     await s.scalars(
                         update(OutboxEvent)
                         .where(
+                            OutboxEvent.kind == kind,
                             OutboxEvent.state == "pending",
                             OutboxEvent.sending_since.is_not(None),
                             OutboxEvent.next_attempt_at <= now,
@@ -1002,21 +1225,27 @@ class Ledger:
         async with self.engine.connect() as conn:
             return await conn.run_sync(_migrate.current_revision)
 
-    async def outbox_status(self) -> OutboxStatus:
+    async def outbox_status(self, *, kind: str = "usage") -> OutboxStatus:
+        mine = OutboxEvent.kind == kind
         async with self._sessions() as s:
             counts = dict(
-                (await s.execute(select(OutboxEvent.state, func.count()).group_by(OutboxEvent.state))).all()
+                (
+                    await s.execute(
+                        select(OutboxEvent.state, func.count()).where(mine).group_by(OutboxEvent.state)
+                    )
+                ).all()
             )
             blocked = await s.scalar(
                 select(func.count())
                 .select_from(OutboxEvent)
                 .where(
+                    mine,
                     OutboxEvent.state == "pending",
                     _has_earlier_step(lambda e: e.state.in_(("dead", "doubt"))),
                 )
             )
             oldest = await s.scalar(
-                select(func.min(OutboxEvent.created_at)).where(OutboxEvent.state == "pending")
+                select(func.min(OutboxEvent.created_at)).where(mine, OutboxEvent.state == "pending")
             )
         return OutboxStatus(
             pending=counts.get("pending", 0),
@@ -1051,28 +1280,48 @@ class Ledger:
             await s.execute(delete(DeadLetter).where(DeadLetter.outbox_id.in_(ids)))
             return len(ids)
 
-    async def next_attempt_at(self) -> datetime | None:
+    async def next_attempt_at(self, *, kind: str = "usage") -> datetime | None:
         """When the next deliverable event is due. None: nothing can be sent until something
         else is delivered or retried (events waiting for an earlier step do not count)."""
         async with self._sessions() as s:
             return await s.scalar(
                 select(func.min(OutboxEvent.next_attempt_at)).where(
-                    OutboxEvent.state == "pending", ~_waiting_for_earlier()
+                    OutboxEvent.kind == kind, OutboxEvent.state == "pending", ~_waiting_for_earlier()
                 )
             )
 
 
+def _provider_key_view(row: ProviderKey) -> ProviderKeyView:
+    return ProviderKeyView(
+        id=row.id,
+        tenant=row.tenant,
+        provider_type=cast(ProviderType, row.provider_type),
+        provider_name=row.provider_name,
+        is_default=row.is_default,
+        masked_key=masked(row.last4),
+        created_at=row.created_at,
+    )
+
+
 def _has_earlier_step(test: Callable[[Any], Any]) -> Any:
-    """An outbox event whose call has an earlier step for which `test(step)` holds."""
+    """An outbox event whose lane (call, kind, target) has an earlier step for which
+    `test(step)` holds."""
     earlier = aliased(OutboxEvent)
     return exists().where(
-        and_(earlier.call_id == OutboxEvent.call_id, earlier.seq < OutboxEvent.seq, test(earlier))
+        and_(
+            earlier.call_id == OutboxEvent.call_id,
+            earlier.kind == OutboxEvent.kind,
+            earlier.target == OutboxEvent.target,
+            earlier.seq < OutboxEvent.seq,
+            test(earlier),
+        )
     )
 
 
 def _waiting_for_earlier() -> Any:
-    """An outbox event whose call has an earlier step not yet delivered."""
-    return _has_earlier_step(lambda e: e.state != "delivered")
+    """An outbox event whose lane has an earlier step not yet delivered (nor cancelled: a
+    webhook event whose target went away)."""
+    return _has_earlier_step(lambda e: e.state.not_in(("delivered", "cancelled")))
 
 
 _WRITE = {"voicerun_write": True}

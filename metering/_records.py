@@ -44,6 +44,9 @@ class CallOpened:
     direction: CallDirection | None = None
     metadata: Mapping[str, JSONValue] | None = None
     """What the application stored with the call (the control API's `metadata`)."""
+    webhook_url: str | None = None
+    """Where the call's webhook events go, besides its tenant's endpoints (signed with the
+    tenant's webhook secret, so a call without a tenant sends it nothing)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

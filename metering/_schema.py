@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -100,6 +101,8 @@ class Call(Base):
     transcript: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONOrNull)
     """Written when the call closes (None until then)."""
     agent_history: Mapped[list[str] | None] = mapped_column(JSONOrNull)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    """Where the call's own webhook events go (besides its tenant's endpoints)."""
     recording_location: Mapped[str | None] = mapped_column(Text)
     """Set when the recording is stored, usually after the call closed."""
     recording_format: Mapped[str | None] = mapped_column(String(16))
@@ -172,10 +175,12 @@ class TurnMetric(Base):
 
 
 class OutboxEvent(Base):
-    """A request to the usage-tracking API, committed before it is sent (the durable outbox).
+    """A request committed before it is sent (the durable outbox): to the usage-tracking API
+    (kind `usage`) or a call's webhook (kind `webhook`, `target` an endpoint id or `call`).
 
-    A call's events are delivered in `seq` order: a step is sent only once every earlier step of
-    its call is delivered, because the API needs the customer and the session first.
+    A call's events are delivered in `seq` order per lane (call, kind, target): a step is sent
+    only once every earlier step of its lane is delivered, because the API needs the customer and
+    the session first, and a webhook receiver gets a call's events in the order they happened.
     """
 
     __tablename__ = "usage_outbox"
@@ -183,6 +188,9 @@ class OutboxEvent(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), default="usage", server_default="usage")
+    target: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    """Where a webhook event goes: a WebhookEndpoint's id, or `call` (the call's webhook_url)."""
     seq: Mapped[int] = mapped_column(Integer)
     step: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -200,7 +208,7 @@ class OutboxEvent(Base):
     means the sender died with the request in flight."""
 
     __table_args__ = (
-        Index(None, "call_id", "seq", unique=True),
+        Index(None, "call_id", "kind", "target", "seq", unique=True),
         Index(None, "state", "next_attempt_at"),
     )
 
@@ -236,3 +244,60 @@ class ApiKey(Base):
     """The key's `<prefix>`: not secret, shown so people can tell their keys apart."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WebhookEndpoint(Base):
+    """A tenant's webhook receiver: every call of the tenant reports its events here."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(100))
+    """The signing secret (HMAC needs it in clear): shown once, when the endpoint is created."""
+    events: Mapped[list[str] | None] = mapped_column(JSONOrNull)
+    """The event types it receives; None: all of them."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """Deleted by its tenant, or it answered 410 Gone: it receives nothing more."""
+
+
+class WebhookSecret(Base):
+    """A tenant's signing secret for the webhook_url its calls name (created on first use)."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ProviderKey(Base):
+    """A tenant's key for a provider (bring your own key), encrypted with the master keys."""
+
+    __tablename__ = "provider_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    provider_type: Mapped[str] = mapped_column(String(8))
+    """stt, llm or tts."""
+    provider_name: Mapped[str] = mapped_column(String(64))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    """A Fernet token of the key (metering/_provider_keys.py): never the key."""
+    last4: Mapped[str] = mapped_column(String(4))
+    """The key's last 4 characters, for the masked listing."""
+    is_default: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # One default per tenant and stage, even between two concurrent writers.
+        Index(
+            "ix_provider_keys_default",
+            "tenant",
+            "provider_type",
+            unique=True,
+            sqlite_where=text("is_default"),
+            postgresql_where=text("is_default"),
+        ),
+    )
