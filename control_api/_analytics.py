@@ -21,6 +21,7 @@ from metering import (
 )
 
 from ._errors import TENANT, ApiError
+from ._openapi import ApiRoute, Query
 
 DEFAULT_PERIOD = timedelta(days=30)
 BUCKETS = {"day": 86_400, "hour": 3_600}
@@ -34,12 +35,19 @@ class AnalyticsRoutes:
         self.clock = clock or ledger.clock
         """The "now" a period without end_date ends at."""
 
-    def routes(self) -> list[web.RouteDef]:
+    def routes(self) -> list[ApiRoute]:
+        date = {"type": "string", "description": "ISO 8601 date or date-time (UTC when no zone)"}
+        period = [Query("start_date", date), Query("end_date", date)]
+        tags = ("analytics",)
         return [
-            web.get("/api/v1/analytics/overview", self.overview),
-            web.get("/api/v1/analytics/detailed", self.detailed),
-            web.get("/api/v1/analytics/timeline", self.timeline),
-        ]
+            ApiRoute("GET", "/api/v1/analytics/overview", self.overview, "Calls, minutes, cost, latency, outcomes",
+                     dict[str, Any], query=period, errors=(400, 401, 429), tags=tags, limit="list"),
+            ApiRoute("GET", "/api/v1/analytics/detailed", self.detailed, "The overview per workflow",
+                     dict[str, Any], query=period, errors=(400, 401, 429), tags=tags, limit="list"),
+            ApiRoute("GET", "/api/v1/analytics/timeline", self.timeline, "Calls, minutes and cost per day or hour",
+                     dict[str, Any], errors=(400, 401, 429), tags=tags, limit="list",
+                     query=[*period, Query("bucket", {"type": "string", "enum": ["day", "hour"]})]),
+        ]  # fmt: skip
 
     async def overview(self, request: web.Request) -> web.Response:
         start, end = self._period(request.query, _PERIOD_PARAMS)

@@ -8,15 +8,18 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from metering import Ledger, metrics_handler
+from metering import KeyCipher, Ledger, metrics_handler
 from workflows import WorkflowRegistry
 
+from ._analytics import AnalyticsRoutes
 from ._calls import CallRoutes, RecordingReader
 from ._errors import API_KEY, MAX_BODY, TENANT, ApiError, Handler, error_response, errors
 from ._limits import LocalCounter, RateLimiter
 from ._livekit import LiveKitCalls
 from ._models import Health
 from ._openapi import ApiRoute, openapi
+from ._provider_keys import ProviderKeyRoutes
+from ._webhooks import WebhookRoutes
 from ._workflows import WorkflowRoutes
 
 LEDGER = web.AppKey("ledger", Ledger)
@@ -74,9 +77,11 @@ def create_app(
     *,
     limiter: RateLimiter | None = None,
     recordings: RecordingReader | None = None,
+    provider_keys: KeyCipher | None = None,
 ) -> web.Application:
     """limiter: per-key rate limits (default: seed 002's, counted in this process).
-    recordings: reads a stored recording by its location (None: recordings are not served)."""
+    recordings: reads a stored recording by its location (None: recordings are not served).
+    provider_keys: encrypts tenants' provider keys (None: no master key, /provider-keys answers 409)."""
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[LEDGER] = ledger
     app[LIMITER] = limiter or RateLimiter(LocalCounter())
@@ -107,6 +112,9 @@ def create_app(
         ),
         *CallRoutes(ledger, registry, livekit, recordings).routes(),
         *WorkflowRoutes(registry).routes(),
+        *WebhookRoutes(ledger).routes(),
+        *ProviderKeyRoutes(ledger, provider_keys).routes(),
+        *AnalyticsRoutes(ledger).routes(),
     ]
     document = openapi(routes, title="voicerun control API", version=_version())
 

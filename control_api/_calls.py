@@ -177,6 +177,7 @@ class CallRoutes:
                 CallOpened(
                     call_id=call_id, workflow_slug=workflow.slug, started_at=now, status="pending",
                     tenant=tenant, user_id=body.user_id, direction=direction, metadata=body.metadata or None,  # type: ignore[arg-type]
+                    webhook_url=body.webhook_url if isinstance(body, DialCall) else None,
                 )
             ]
         )  # fmt: skip

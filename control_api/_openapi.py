@@ -29,7 +29,7 @@ class ApiRoute:
     handler: Handler
     summary: str
     response: Any
-    """The answer's type (a model, or list[Model])."""
+    """The answer's type (a model, or list[Model]); None: no body (a 204)."""
     body: Any = None
     status: int = 200
     query: Sequence[Query] = ()
@@ -65,7 +65,9 @@ def openapi(routes: Sequence[ApiRoute], *, title: str, version: str) -> dict[str
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
             "responses": {
-                str(route.status): {
+                str(route.status): {"description": "No content"}
+                if route.response is None  # a 204 has no body
+                else {
                     "description": "OK",
                     "content": {
                         "application/json": {"schema": _schema(route.response, components, "serialization")}

@@ -14,24 +14,23 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from control_api._analytics import AnalyticsRoutes
-from control_api._app import LEDGER, PUBLIC, auth
-from control_api._errors import MAX_BODY, errors
+from control_api import LiveKitCalls, LiveKitConfig, create_app
 from metering import (
     CALL_STATUSES,
     CallClosed,
     CallOpened,
     CallStatus,
     Ledger,
+    RecordingStored,
     TurnReported,
     UsageLine,
     UsageReported,
     load_catalog,
     seconds,
 )
+from workflows import WorkflowRegistry
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 """The API's clock: the default period is [2026-02-08T12:00Z, 2026-03-10T12:00Z)."""
@@ -82,9 +81,15 @@ def make_specs() -> list[Spec]:
                 started_at=start,
                 status=status,
                 duration_s=None if running else round(rng.uniform(3, 900), 3),
-                e2e=[None if rng.random() < 0.2 else round(rng.uniform(400, 2500) * slow, 1) for _ in range(turns)],
+                e2e=[
+                    None if rng.random() < 0.2 else round(rng.uniform(400, 2500) * slow, 1)
+                    for _ in range(turns)
+                ],
                 stt=[round(rng.uniform(80, 400) * slow, 1) for _ in range(turns)],
-                llm=[None if rng.random() < 0.3 else round(rng.uniform(150, 900) * slow, 1) for _ in range(turns)],
+                llm=[
+                    None if rng.random() < 0.3 else round(rng.uniform(150, 900) * slow, 1)
+                    for _ in range(turns)
+                ],
                 tts=[round(rng.uniform(50, 300) * slow, 1) for _ in range(turns)],
                 recorded=rng.random() < 0.5,
             )
@@ -94,7 +99,7 @@ def make_specs() -> list[Spec]:
     return specs
 
 
-async def write(ledger: Ledger, spec: Spec) -> None:
+def records_of(spec: Spec) -> list[Any]:
     records: list[Any] = [
         CallOpened(call_id=spec.id, workflow_slug=spec.workflow, started_at=spec.started_at, tenant=spec.tenant),
         UsageReported(
@@ -121,16 +126,13 @@ async def write(ledger: Ledger, spec: Spec) -> None:
                 duration_s=spec.duration_s,
             )
         )  # fmt: skip
-    await ledger.write(records)
     if spec.recorded:
-        from metering import RecordingStored
-
-        await ledger.write(
-            [RecordingStored(call_id=spec.id, location="s3://x", format="flac", duration_s=1.0, at=spec.started_at)]
+        records.append(
+            RecordingStored(
+                call_id=spec.id, location="s3://x", format="flac", duration_s=1.0, at=spec.started_at
+            )
         )
-    view = await ledger.call(spec.id)
-    assert view is not None
-    spec.cost = view.cost_total
+    return records
 
 
 def money(total: Decimal) -> str:
@@ -162,7 +164,9 @@ def expected_metrics(specs: list[Spec]) -> dict[str, Any]:
         "total_duration_seconds": float(total_s),
         "total_minutes": float((total_s / 60).quantize(Decimal("0.001"))),
         "total_cost": {"USD": money(sum(costs, Decimal(0)))} if costs else {},
-        "recording_availability_rate": round(sum(s.recorded for s in specs) / len(specs), 4) if specs else None,
+        "recording_availability_rate": round(sum(s.recorded for s in specs) / len(specs), 4)
+        if specs
+        else None,
         "latency_ms": latency,
     }
 
@@ -185,15 +189,17 @@ class Api:
 
 @pytest.fixture
 async def api(database_url: str) -> AsyncIterator[Api]:
-    ledger = await Ledger.open(database_url, catalog=load_catalog())
+    ledger = await Ledger.open(database_url, catalog=load_catalog(), clock=lambda: NOW)
     specs = make_specs()
+    await ledger.write([r for spec in specs for r in records_of(spec)])
     for spec in specs:
-        await write(ledger, spec)
-    # The app as create_app builds it, with only these routes: the same errors and auth.
-    app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
-    app[LEDGER] = ledger
-    app[PUBLIC] = frozenset()
-    app.add_routes(AnalyticsRoutes(ledger, clock=lambda: NOW).routes())
+        view = await ledger.call(spec.id)
+        assert view is not None
+        spec.cost = view.cost_total
+    assert sum(s.cost is not None and s.cost > 0 for s in specs) > 20
+    # The real app: its errors, auth and limits (its analytics take "now" from the ledger's clock)
+    livekit = LiveKitCalls(LiveKitConfig(url="http://127.0.0.1:9", api_key="k", api_secret="s" * 32))
+    app = create_app(ledger, WorkflowRegistry({}), livekit)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as http:
@@ -204,6 +210,7 @@ async def api(database_url: str) -> AsyncIterator[Api]:
             yield a
         finally:
             await server.close()
+            await livekit.aclose()
             await ledger.aclose()
 
 
@@ -218,7 +225,9 @@ async def test_the_overview_of_the_last_30_days_counts_only_the_tenants_calls(ap
     # globex sees its own calls only, never acme's (its latencies are 50 times acme's)
     status, theirs = await api.get("overview", tenant="globex")
     assert theirs["metrics"] == expected_metrics(api.of("globex"))
-    assert theirs["metrics"]["latency_ms"]["stt"]["p50"] > 80 * 50 > body["metrics"]["latency_ms"]["stt"]["p99"]
+    assert (
+        theirs["metrics"]["latency_ms"]["stt"]["p50"] > 80 * 50 > body["metrics"]["latency_ms"]["stt"]["p99"]
+    )
 
 
 async def test_dates_bound_the_period_and_a_date_only_end_includes_that_day(api: Api) -> None:
@@ -230,7 +239,9 @@ async def test_dates_bound_the_period_and_a_date_only_end_includes_that_day(api:
     assert body["metrics"] == expected_metrics(expected)
     # date-times: UTC when they name no zone, converted when they do
     start, end = datetime(2026, 3, 4, 6, tzinfo=UTC), datetime(2026, 3, 7, 18, 30, tzinfo=UTC)
-    status, body = await api.get("overview?start_date=2026-03-04T06:00:00&end_date=2026-03-07T20:30:00%2B02:00")
+    status, body = await api.get(
+        "overview?start_date=2026-03-04T06:00:00&end_date=2026-03-07T20:30:00%2B02:00"
+    )
     assert body["period"] == {"start_date": "2026-03-04T06:00:00Z", "end_date": "2026-03-07T18:30:00Z"}
     assert body["metrics"] == expected_metrics(api.of("acme", start, end))
 
@@ -256,7 +267,9 @@ async def test_detailed_splits_the_figures_by_workflow(api: Api) -> None:
         assert w == {"workflow_slug": w["workflow_slug"], **expected}
 
 
-def expected_timeline(specs: list[Spec], first: datetime, width: timedelta, count: int) -> list[dict[str, Any]]:
+def expected_timeline(
+    specs: list[Spec], first: datetime, width: timedelta, count: int
+) -> list[dict[str, Any]]:
     out = []
     for i in range(count):
         start = first + i * width
@@ -282,7 +295,9 @@ async def test_the_daily_timeline_has_every_day_including_empty_ones(api: Api) -
     first = datetime(2026, 3, 1, tzinfo=UTC)
     mine = api.of("acme", first, first + timedelta(days=10))
     assert body["timeline"] == expected_timeline(mine, first, timedelta(days=1), 10)
-    assert [b["call_count"] for b in body["timeline"]][:2] == [0, 0] and body["timeline"][-1]["call_count"] == 0
+    assert [b["call_count"] for b in body["timeline"]][:2] == [0, 0] and body["timeline"][-1][
+        "call_count"
+    ] == 0
     # the default period: 31 days (its first and last partial), the last one today's
     status, body = await api.get("timeline")
     assert len(body["timeline"]) == 31 and body["timeline"][-1]["bucket"] == "2026-03-10T00:00:00Z"
@@ -297,35 +312,43 @@ async def test_the_hourly_timeline_has_every_hour(api: Api) -> None:
     assert body["timeline"] == expected_timeline(mine, day, timedelta(hours=1), 24)
     assert 0 < sum(b["call_count"] for b in body["timeline"]) < 24
     # a period starting mid-hour: its first bucket is that hour, counting from the start only
-    status, body = await api.get("timeline?bucket=hour&start_date=2026-03-05T10:30:00Z&end_date=2026-03-05T13:00Z")
+    status, body = await api.get(
+        "timeline?bucket=hour&start_date=2026-03-05T10:30:00Z&end_date=2026-03-05T13:00Z"
+    )
     assert [b["bucket"] for b in body["timeline"]] == [
         "2026-03-05T10:00:00Z", "2026-03-05T11:00:00Z", "2026-03-05T12:00:00Z"
     ]  # fmt: skip
     start = datetime(2026, 3, 5, 10, 30, tzinfo=UTC)
     assert [b["call_count"] for b in body["timeline"]] == [
-        len([s for s in mine if max(start, day + timedelta(hours=h)) <= s.started_at < day + timedelta(hours=h + 1)])
+        len(
+            [
+                s
+                for s in mine
+                if max(start, day + timedelta(hours=h)) <= s.started_at < day + timedelta(hours=h + 1)
+            ]
+        )
         for h in (10, 11, 12)
     ]
 
 
-@pytest.mark.parametrize(
-    ("path", "words"),
-    [
-        ("overview?start_date=yesterday", ["start_date", "'yesterday'", "ISO 8601"]),
-        ("overview?end_date=2026-13-01", ["end_date", "ISO 8601"]),
-        ("overview?start_date=2026-03-05&end_date=2026-03-01", ["start_date", "before end_date"]),
-        ("overview?start_date=2026-03-05T10:00Z&end_date=2026-03-05T10:00Z", ["before end_date"]),
-        ("overview?bucket=day", ["unknown query parameters: bucket"]),
-        ("detailed?workflow=sales", ["unknown query parameters: workflow"]),
-        ("timeline?bucket=week", ["bucket 'week'", "day or hour"]),
-        ("timeline?bucket=hour&start_date=2025-01-01", ["hour buckets", "2,000"]),
-        ("overview?end_date=9999-12-31", ["out of range"]),
-    ],
-)
-async def test_bad_parameters_are_a_400_that_names_the_problem(api: Api, path: str, words: list[str]) -> None:
-    status, body = await api.get(path)
-    assert status == 400, body
-    assert all(w in body["error"] for w in words), body
+BAD_PARAMETERS = [
+    ("overview?start_date=yesterday", ["start_date", "'yesterday'", "ISO 8601"]),
+    ("overview?end_date=2026-13-01", ["end_date", "ISO 8601"]),
+    ("overview?start_date=2026-03-05&end_date=2026-03-01", ["start_date", "before end_date"]),
+    ("overview?start_date=2026-03-05T10:00Z&end_date=2026-03-05T10:00Z", ["before end_date"]),
+    ("overview?bucket=day", ["unknown query parameters: bucket"]),
+    ("detailed?workflow=sales", ["unknown query parameters: workflow"]),
+    ("timeline?bucket=week", ["bucket 'week'", "day or hour"]),
+    ("timeline?bucket=hour&start_date=2025-01-01", ["hour buckets", "2,000"]),
+    ("overview?end_date=9999-12-31", ["out of range"]),
+]
+
+
+async def test_bad_parameters_are_a_400_that_names_the_problem(api: Api) -> None:
+    for path, words in BAD_PARAMETERS:
+        status, body = await api.get(path)
+        assert status == 400, (path, body)
+        assert all(w in body["error"] for w in words), (path, body)
 
 
 async def test_analytics_need_a_key(api: Api) -> None:

@@ -14,9 +14,10 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp.test_utils import TestServer
+from cryptography.fernet import Fernet
 
 from control_api import LiveKitCalls, LiveKitConfig, LocalCounter, RateLimiter, create_app
-from metering import CallClosed, CallOpened, Ledger, RecordingStored, TurnReported, load_catalog
+from metering import CallClosed, CallOpened, KeyCipher, Ledger, RecordingStored, TurnReported, load_catalog
 from tests.fakes.livekit_server import FakeLiveKitServer
 from workflows import WorkflowRegistry, load_workflow_text
 
@@ -68,7 +69,11 @@ async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
         LocalCounter(), dict.fromkeys(("dial", "create", "status", "list", "other"), 1_000_000)
     )
     app = create_app(
-        ledger, WorkflowRegistry({workflow.slug: (workflow, Path("r.yaml"))}), livekit, limiter=generous
+        ledger,
+        WorkflowRegistry({workflow.slug: (workflow, Path("r.yaml"))}),
+        livekit,
+        limiter=generous,
+        provider_keys=KeyCipher([Fernet.generate_key().decode()]),
     )
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()

@@ -38,9 +38,12 @@ async def test_every_scoped_route_hides_another_tenants_call_and_needs_a_key(api
         # without a key: 401, whatever the route
         status, body = await api.req(route.method, path, key="", json={} if route.body else None)
         assert status == 401 and "error" in body, route.path
-        if "{id}" in route.path:  # a call's route: another tenant's call is not there
+        if route.path.startswith("/api/v1/calls/{id}"):  # a call's route: another tenant's call is not there
             status, body = await api.req(route.method, path, key=other)
             assert (status, body) == (404, {"error": "no such call"}), route.path
+        elif "{id}" in route.path:  # another resource's: nothing of another tenant's either
+            status, body = await api.req(route.method, path, key=other)
+            assert status == 404 and body["error"].startswith("no such"), route.path
     assert not api.lk.calls_to("DeleteRoom")  # no other tenant ended the call
 
 
