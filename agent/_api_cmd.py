@@ -66,7 +66,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     missing = [v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not os.environ.get(v)]
     if missing:
         raise UsageError(f"{', '.join(missing)} not set: the API creates calls in LiveKit")
-    return asyncio.run(_serve(args))
+    try:
+        return asyncio.run(_serve(args))
+    except ValueError as exc:  # a setting: a bad master key, rate limit or recordings URL
+        raise UsageError(str(exc).splitlines()[0]) from None
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -83,7 +86,7 @@ async def _serve(args: argparse.Namespace) -> int:
         create_app,
         parse_limits,
     )
-    from metering import open_ledger
+    from metering import KeyCipher, WebhookDeliverer, open_ledger
     from workflows import WorkflowRegistry
 
     from ._recording_store import recording_store
@@ -108,8 +111,20 @@ async def _serve(args: argparse.Namespace) -> int:
     limiter = RateLimiter(counter, parse_limits(os.environ.get("VOICERUN_API_RATE_LIMITS", "")))
     # Recordings are read where the workers store them (the same directory volume, or S3).
     store = recording_store(settings.recordings) if settings.recordings else None
-    app = create_app(ledger, registry, livekit, limiter=limiter, recordings=store.open if store else None)
+    cipher = KeyCipher.parse(settings.master_keys.get_secret_value()) if settings.master_keys else None
+    app = create_app(
+        ledger,
+        registry,
+        livekit,
+        limiter=limiter,
+        recordings=store.open if store else None,
+        provider_keys=cipher,
+    )
     runner = web.AppRunner(app, shutdown_timeout=10.0)
+    # Webhooks go out from the ledger's outbox; every API process delivers (claims keep it once).
+    deliverer = WebhookDeliverer(ledger)
+    stop_delivering = asyncio.Event()
+    delivering = asyncio.create_task(deliverer.run(stop_delivering), name="webhooks")
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,6 +137,9 @@ async def _serve(args: argparse.Namespace) -> int:
         log.info("api_stopping")
     finally:
         await runner.cleanup()
+        stop_delivering.set()
+        await delivering
+        await deliverer.aclose()
         await limiter.aclose()
         await livekit.aclose()
         await ledger.aclose()

@@ -57,6 +57,10 @@ class ProviderPool:
         self._llm: dict[str, LLM] = {}
         self._building: dict[tuple[str, str], asyncio.Lock] = {}
 
+    @property
+    def registry(self) -> ProviderRegistry:
+        return self._registry
+
     @staticmethod
     def _key(spec: ProviderSpec) -> str:
         return spec.model_dump_json()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ END_REASON_KEY = "voicerun.end_reason"
 EXTERNAL_END_REASONS = frozenset({ENDED_BY_API})
 
 KEYPAD_GAP_S = 1.0
+TENANT_KEYS_TTL_S = 60.0
 """Keys pressed with gaps shorter than this are one keypad turn (or up to #)."""
 
 _KIND = rtc.ParticipantKind
@@ -77,6 +78,38 @@ class CallHost:
     services: RoomServices | None = None
     recordings: RecordingStore | None = None
     calls: dict[str, RoomCall] = field(default_factory=dict)
+    credentials: Callable[[str], Awaitable[Mapping[str, Mapping[str, str]]]] | None = None
+    """A tenant's provider credentials (its stored keys), or None: every call uses the process
+    environment's."""
+    _tenant_pools: dict[str, tuple[float, ProviderPool]] = field(default_factory=dict)
+
+    async def providers_for(self, tenant: str | None) -> ProviderPool:
+        """The pool a call of `tenant` uses: the tenant's own keys when it stored any, else the
+        process's. A tenant's pool is rebuilt when its keys are a minute old (a key changed
+        through the API reaches new calls within TENANT_KEYS_TTL_S)."""
+        if tenant is None or self.credentials is None:
+            return self.providers
+        now = self.clock.now()
+        cached = self._tenant_pools.get(tenant)
+        if cached is not None and now - cached[0] < TENANT_KEYS_TTL_S:
+            return cached[1]
+        keys = await self.credentials(tenant)
+        if not keys:
+            return self.providers
+        pool = ProviderPool(self.providers.registry, credentials=keys)
+        self._tenant_pools[tenant] = (now, pool)
+        if cached is not None:
+            self._retired.append(cached[1])  # calls may still use it: closed with the host
+        return pool
+
+    _retired: list[ProviderPool] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for _, pool in self._tenant_pools.values():
+            await pool.aclose()
+        for pool in self._retired:
+            await pool.aclose()
+
     """The calls running now, by id (drain ends them; the load report counts them)."""
 
 
@@ -252,7 +285,16 @@ class _FirstFrameFirst:
 class RoomCall:
     """Runs one dispatched call in `room` (already connected) for `dispatch`."""
 
-    def __init__(self, room: Any, dispatch: Dispatch, host: CallHost, *, workflow: Workflow) -> None:
+    def __init__(
+        self,
+        room: Any,
+        dispatch: Dispatch,
+        host: CallHost,
+        *,
+        workflow: Workflow,
+        providers: ProviderPool | None = None,
+    ) -> None:
+        """providers: the call's tenant's (CallHost.providers_for); default the process's."""
         self.room = room
         self.dispatch = dispatch
         self.host = host
@@ -268,7 +310,7 @@ class RoomCall:
         sink = self._recorder.record_sink(self.sink) if self._recorder is not None else self.sink
         self.call = Call(
             workflow=workflow,
-            providers=host.providers,
+            providers=providers or host.providers,
             caller=self,  # the room's caller audio, once the caller's track is found
             sink=sink,
             clock=host.clock,

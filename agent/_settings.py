@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     workflows: Path = Path("workflows/examples")
     data_dir: Path = Path("data")
+    master_keys: SecretStr | None = None
+    """Fernet keys (comma-separated, the first encrypts) for tenants' provider keys, which the
+    control API stores and the worker uses for its calls; unset, provider keys are off."""
     recordings: str | None = None
     """Where the worker stores recordings of calls that ask for one: a directory, or
     s3://bucket/prefix?endpoint_url=...&region=... for any S3-compatible store."""

@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,10 @@ from ._room_call import CallHost, RoomCall, RoomServices
 log = structlog.get_logger("voicerun.worker")
 
 DRAIN_GRACE_S = 30.0
+JOB_TERMINATED = "job_terminated"
+"""The reason of a call whose job LiveKit ended (its room deleted through the API, mostly)."""
+TERMINATE_GRACE_S = 5.0
+"""How long a terminated job's call may take to end and record itself before it is stopped."""
 """After the drain timeout has ended the remaining calls, how long their goodbyes may take."""
 
 
@@ -144,6 +148,7 @@ class Worker:
         room_factory: RoomFactory = rtc.Room,
         services: RoomServices | None = None,
         cpu: Callable[[], float] | None = None,
+        credentials: Callable[[str], Awaitable[Mapping[str, Mapping[str, str]]]] | None = None,
     ) -> None:
         """cpu: this process's recent CPU as a share of one core (default: measured)."""
         self.config = config
@@ -156,9 +161,11 @@ class Worker:
             meter=meter,
             services=services,
             recordings=recordings,
+            credentials=credentials,
         )
         self._jobs = 0
         """Jobs accepted and not yet ended (a call registers itself a little later)."""
+        self._by_job: dict[str, RoomCall] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: AgentServer | None = None
         self._http: web.AppRunner | None = None
@@ -268,6 +275,7 @@ class Worker:
         await server.aclose()
 
     async def _close(self) -> None:
+        await self.host.aclose()
         if self._http is not None:
             await self._http.cleanup()
         if self._services is not None and isinstance(self._services, LiveKitServices):
@@ -286,11 +294,37 @@ class Worker:
                 ctx.job.id, ctx.job.room.name, ctx.job.metadata, info.url or self.config.url, info.token
             )
         )
+        job_id = ctx.job.id
+
+        async def on_shutdown(reason: str) -> None:
+            # livekit asks the job to stop (JobTermination when the room was deleted through the
+            # API, a drain's end, our own shutdown below): end the call now, as a hang-up would,
+            # rather than after livekit's own timeouts cancel the entry.
+            loop.call_soon_threadsafe(self._end_job, job_id, JOB_TERMINATED)
+
+        loop = self._loop
+        ctx.add_shutdown_callback(on_shutdown)
+        done = asyncio.wrap_future(job)
         try:
-            await asyncio.wrap_future(job)
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # livekit ended the job (JobTermination: the room was deleted through the API, or a
+            # shutdown): end the call as a hang-up would, so it is recorded whole, then wait a
+            # little for it before stopping it outright.
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._end_job, ctx.job.id, JOB_TERMINATED)
+            try:
+                await asyncio.wait_for(asyncio.shield(done), TERMINATE_GRACE_S)
+            except (TimeoutError, asyncio.CancelledError):
+                job.cancel()
+            raise
         finally:
-            job.cancel()  # the job was cancelled here (shutdown): so is its call
             ctx.shutdown("call ended")
+
+    def _end_job(self, job_id: str, reason: str) -> None:
+        room_call = self._by_job.get(job_id)
+        if room_call is not None:
+            room_call.end(reason)
 
     def _loop_run(self, coro: Any) -> Any:
         assert self._loop is not None
@@ -330,7 +364,8 @@ class Worker:
             self._record_unstartable(dispatch.call_id or job_id, workflow.slug, reason)
             return
         try:
-            room_call = RoomCall(room, dispatch, self.host, workflow=workflow)
+            providers = await self.host.providers_for(dispatch.tenant)
+            room_call = RoomCall(room, dispatch, self.host, workflow=workflow, providers=providers)
         except Exception as exc:  # user_data or a provider the workflow names, checked before the call
             self.jobs_failed += 1
             reason = f"{type(exc).__name__}: {exc}"
@@ -338,7 +373,11 @@ class Worker:
             self._record_unstartable(dispatch.call_id or job_id, workflow.slug, reason)
             await room.disconnect()
             return
-        record = await asyncio.create_task(room_call.run(), name=f"call-{room_call.call.id}")
+        self._by_job[job_id] = room_call
+        try:
+            record = await asyncio.create_task(room_call.run(), name=f"call-{room_call.call.id}")
+        finally:
+            del self._by_job[job_id]
         log.info("job_done", call_id=record.call_id, status=record.status)
 
     def _record_unstartable(self, call_id: str, slug: str, reason: str) -> None:

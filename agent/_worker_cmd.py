@@ -170,7 +170,7 @@ def _serve_one(args: argparse.Namespace, url: str, index: int) -> int:
 
 
 async def _serve(settings: Any, config: Any) -> int:
-    from metering import open_metering
+    from metering import KeyCipher, open_metering
     from workflows import WorkflowError, WorkflowRegistry
 
     from ._cli import UsageError
@@ -187,7 +187,14 @@ async def _serve(settings: Any, config: Any) -> int:
         raise UsageError(f"no workflows in {settings.workflows} (VOICERUN_WORKFLOWS)")
     recordings = recording_store(settings.recordings) if settings.recordings else None
     providers = ProviderPool()
+    cipher = KeyCipher.parse(settings.master_keys.get_secret_value()) if settings.master_keys else None
     async with open_metering(settings.metering(), catalog=price_catalog(), recover=True) as metering:
+        ledger = metering.ledger
+
+        async def credentials(tenant: str) -> dict[str, dict[str, str]]:
+            assert cipher is not None
+            return await ledger.tenant_credentials(tenant, cipher=cipher)
+
         worker = Worker(
             config,
             registry=registry,
@@ -195,6 +202,7 @@ async def _serve(settings: Any, config: Any) -> int:
             meter=metering.meter,
             recordings=recordings,
             services=LiveKitServices(config),
+            credentials=credentials if cipher is not None else None,
         )
         install_drain_signals(worker)
         try:

@@ -222,3 +222,32 @@ async def test_the_control_api_ends_a_call_by_naming_its_reason_in_the_rooms_met
     assert record.status == "completed" and record.summary is not None
     assert record.summary.reason == "api_ended"
     await mic.aclose()
+
+
+async def test_a_tenants_calls_use_its_own_provider_keys_else_the_processs() -> None:
+    class Clock:
+        t = 0.0
+
+        def now(self) -> float:
+            return self.t
+
+    asked: list[str] = []
+    stored = {"acme": {"openai": {"api_key": "sk-acme-1"}}}
+
+    async def credentials(tenant: str) -> dict[str, dict[str, str]]:
+        asked.append(tenant)
+        return dict(stored.get(tenant, {}))
+
+    h = host("unused")
+    clock = Clock()
+    h.clock, h.credentials = clock, credentials  # type: ignore[assignment]
+    acme = await h.providers_for("acme")
+    assert acme is not h.providers and acme._credentials == {"openai": {"api_key": "sk-acme-1"}}
+    assert await h.providers_for("globex") is h.providers  # no keys stored: the environment's
+    assert await h.providers_for(None) is h.providers
+    assert await h.providers_for("acme") is acme and asked == ["acme", "globex"]  # cached
+    stored["acme"] = {"openai": {"api_key": "sk-acme-2"}}
+    clock.t += 61  # a key changed through the API reaches new calls within a minute
+    renewed = await h.providers_for("acme")
+    assert renewed is not acme and renewed._credentials == {"openai": {"api_key": "sk-acme-2"}}
+    await h.aclose()

@@ -288,3 +288,28 @@ async def test_a_call_that_asks_for_it_is_recorded_caller_left_agent_right(
     assert (caller_side > 1000).sum() > 0.3 * rate and (agent_side > 1000).sum() > 0.2 * rate
     # each side's audio is on its own channel: the agent's tone is absent from the caller's side
     assert (caller_side[agent_side > 1000] > 1000).mean() < 0.2
+
+
+async def test_a_job_livekit_terminates_ends_its_call_whole(lk: FakeLiveKitServer, tmp_path: Path) -> None:
+    async with running(lk, tmp_path) as (_worker, rooms, metering):
+        job = await lk.dispatch(
+            agent_name=AGENT, room="t-room", metadata='{"workflow_slug": "desk", "call_id": "c-t"}'
+        )
+        room = await rooms.next(1)
+        mic = Microphone()
+        streams = room.local_participant.streams_changed
+        async with speaking(mic):
+            room.join("caller", microphone=mic)
+            async with asyncio.timeout(HANG_S):
+                while not room.captions(track="TR_agent1"):
+                    streams.clear()
+                    await streams.wait()
+            await lk.terminate_job(job)  # what deleting the room through the API does
+            async with asyncio.timeout(HANG_S):
+                await job.status_reached(agent.JS_SUCCESS)
+        await mic.aclose()
+        row = await call_row(metering, "c-t")
+    assert (row.status, row.ended_reason) == ("completed", "job_terminated")
+    assert [e["content"] for e in row.transcript if e["role"] == "assistant"] == [
+        "Hello, thanks for calling."
+    ]
