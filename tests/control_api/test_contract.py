@@ -76,7 +76,12 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_sche
         # run of the suite) deadlocks its threads; the API it fuzzes runs in this process
         env={k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME", "FAKETIME_SHARED")},
     )  # fmt: skip
-    async with asyncio.timeout(HANG_S):
-        out, _ = await proc.communicate()
+    try:
+        async with asyncio.timeout(HANG_S):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # timed out: the fuzzer must not outlive the test
+            proc.kill()
+            await proc.wait()
     report = out.decode(errors="replace")
     assert proc.returncode == 0, report[-4000:]
