@@ -883,16 +883,6 @@ class Ledger:
         async with self._sessions() as s:
             return await self._lines(s, call_id)
 
-    async def turns(self, call_id: str) -> list[TurnMetric]:
-        async with self._sessions() as s:
-            return list(
-                (
-                    await s.scalars(
-                        select(TurnMetric).where(TurnMetric.call_id == call_id).order_by(TurnMetric.turn)
-                    )
-                ).all()
-            )
-
     # -- webhooks (metering/_webhooks.py) ----------------------------------------------------
 
     async def create_webhook_endpoint(

@@ -114,7 +114,7 @@ async def test_a_known_call_has_exact_totals_cost_and_turns(ledger: Ledger) -> N
     assert costs["transcriber"]["seconds"] == 7.0 and costs["voice"]["characters"] == 210
     assert [p["provider"] for p in costs["voice"]["providers"]] == ["deepgram", "polly"]
     assert costs["agent"]["seconds"] == 95.25
-    turns = await ledger.turns("call-1")
+    turns = await ledger.call_turns("call-1")
     assert [(t.turn, t.agent, t.e2e_latency_ms, t.interrupted) for t in turns] == [
         (0, "front", 640.2, False),
         (1, "billing", None, True),

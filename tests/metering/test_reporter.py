@@ -128,7 +128,7 @@ async def test_a_whole_call_lands_in_the_ledger_with_exact_totals(ledger: Ledger
     assert lines["stt", "deepgram", "nova-3"].audio_seconds > 0
     llm = lines["llm", "rules", None]  # named, though the rules use no tokens
     assert (llm.prompt_tokens, llm.completion_tokens) == (0, 0)
-    turns = await ledger.turns("metered-1")
+    turns = await ledger.call_turns("metered-1")
     assert len(turns) == len(record.summary.turns) == 2
     assert [t.agent for t in turns] == ["payments", "payments"] or [t.agent for t in turns] == [
         "host",
@@ -197,7 +197,7 @@ async def test_a_full_queue_keeps_every_usage_and_lifecycle_record_and_drops_tur
             (line,) = await ledger.usage_lines(call_id)
             assert line.characters == 10 * n
             assert call.cost_breakdown is not None and call.cost_breakdown["voice"]["characters"] == 10 * n
-        kept = len(await ledger.turns("busy-1")) + len(await ledger.turns("busy-2"))
+        kept = len(await ledger.call_turns("busy-1")) + len(await ledger.call_turns("busy-2"))
         assert kept < 310 and meter.dropped_turns == 310 - kept
         assert sample("voicerun_metering_dropped_total", {"kind": "turn"}) - dropped_before == 310 - kept
     finally:
@@ -215,7 +215,7 @@ async def test_closing_the_meter_commits_what_is_queued(tmp_path: Path) -> None:
             meter.report(r)
         await meter.aclose()
         call = await ledger.call("late")
-        assert call is not None and call.status == "completed" and len(await ledger.turns("late")) == 5
+        assert call is not None and call.status == "completed" and len(await ledger.call_turns("late")) == 5
     finally:
         await ledger.aclose()
 
@@ -253,7 +253,7 @@ async def test_a_database_outage_delays_the_ledger_and_loses_nothing(
         call = await ledger.call("outage")
         assert call is not None and call.status == "completed"
         (line,) = await ledger.usage_lines("outage")
-        assert line.characters == 200 and len(await ledger.turns("outage")) == 20
+        assert line.characters == 200 and len(await ledger.call_turns("outage")) == 20
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
@@ -370,7 +370,7 @@ async def test_the_writer_gathers_records_and_commits_a_full_batch_or_a_flush_at
         ))  # fmt: skip
         async with asyncio.timeout(10):
             await meter.flush()  # does not wait out the linger
-        assert len(await ledger.turns("batched")) == BATCH + 1
+        assert len(await ledger.call_turns("batched")) == BATCH + 1
     finally:
         await meter.aclose()
         await ledger.aclose()
@@ -401,7 +401,7 @@ async def test_records_the_database_refuses_are_set_aside_loudly_and_the_rest_la
     call = await ledger.call("good")
     assert call is not None and call.status == "completed"
     assert [ln.characters for ln in await ledger.usage_lines("good")] == [30]
-    assert len(await ledger.turns("good")) == 3
+    assert len(await ledger.call_turns("good")) == 3
     assert await ledger.call("ghost") is None
     assert sample("voicerun_metering_dropped_total", {"kind": "rejected"}) - rejected_before == 2
     rejected = [e for e in captured_logs if e["event"] == "metering_record_rejected"]
