@@ -33,11 +33,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import aiohttp
 import structlog
@@ -45,6 +45,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import _metrics as m
 from ._ledger import Ledger, OutboxItem, OutboxStatus
+
+T = TypeVar("T")
 
 log = structlog.get_logger("voicerun.metering")
 
@@ -411,16 +413,7 @@ class UsageExporter:
         return wait_s if cap_s is None else min(wait_s, cap_s)
 
     async def _sleep(self, seconds: float, stop: asyncio.Event | None) -> None:
-        """Wait `seconds`, or less if woken or stopped."""
-        waiters = [asyncio.ensure_future(self._woken.wait())]
-        if stop is not None:
-            waiters.append(asyncio.ensure_future(stop.wait()))
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await wait_woken(self._woken, seconds, stop)
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -445,11 +438,30 @@ class UsageExporter:
         )
 
 
-def _by_call(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:
-    by_call: dict[str, list[OutboxItem]] = {}
+async def wait_woken(woken: asyncio.Event, seconds: float, stop: asyncio.Event | None) -> None:
+    """An outbox worker's pause between passes: `seconds`, or less if woken or stopped."""
+    waiters = [asyncio.ensure_future(woken.wait())]
+    if stop is not None:
+        waiters.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+def lanes(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[T]]:
+    """Claimed outbox rows grouped by lane (in claim order): a lane's rows go out one after
+    another, lanes side by side."""
+    grouped: dict[Hashable, list[T]] = {}
     for item in items:
-        by_call.setdefault(item.call_id, []).append(item)
-    return list(by_call.values())
+        grouped.setdefault(key(item), []).append(item)
+    return list(grouped.values())
+
+
+def _by_call(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:
+    return lanes(items, lambda item: item.call_id)
 
 
 def _over(stop: asyncio.Event | None, deadline: float | None, loop: asyncio.AbstractEventLoop) -> bool:

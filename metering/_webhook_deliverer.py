@@ -31,6 +31,7 @@ import aiohttp
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from ._exporter import lanes, wait_woken
 from ._ledger import Ledger
 from ._webhooks import WEBHOOK, WebhookDelivery, sign_webhook
 
@@ -232,17 +233,8 @@ class WebhookDeliverer:
         return "retry", status, f"{where} returned {status}"
 
     async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
-        waiters = [asyncio.ensure_future(self._woken.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await wait_woken(self._woken, seconds, stop)
 
 
 def _lanes(claimed: Sequence[WebhookDelivery]) -> list[list[WebhookDelivery]]:
-    lanes: dict[tuple[str, str], list[WebhookDelivery]] = {}
-    for d in claimed:
-        lanes.setdefault((d.call_id, d.target), []).append(d)
-    return list(lanes.values())
+    return lanes(claimed, lambda d: (d.call_id, d.target))
