@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from ._metering_cmd import _count
+
 log = structlog.get_logger("voicerun.worker")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -43,13 +45,13 @@ def add_worker_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     w.add_argument(
         "--processes",
-        type=_positive("--processes"),
+        type=_count,
         default=env("VOICERUN_WORKER_PROCESSES", str(os.cpu_count() or 1)),
         help="worker processes (env VOICERUN_WORKER_PROCESSES; default one per core: %(default)s)",
     )
     w.add_argument(
         "--max-calls",
-        type=_positive("--max-calls"),
+        type=_count,
         default=env("VOICERUN_MAX_CALLS_PER_PROCESS", "20"),
         help="calls one process takes at once (env VOICERUN_MAX_CALLS_PER_PROCESS; default %(default)s)",
     )
@@ -69,19 +71,6 @@ def add_worker_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     w.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     w.set_defaults(func=cmd_worker, default_log_level="info")
-
-
-def _positive(option: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} must be a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{option} must be at least 1, got {value}")
-        return value
-
-    return parse
 
 
 def _port(text: str) -> int:
