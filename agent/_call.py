@@ -88,7 +88,7 @@ def turn_config(s: TurnSettings) -> TurnConfig:
     )
 
 
-ENDED_BY_API = "api_ended"
+ENDED_BY_API = "api"
 ENDED_BY_DRAIN = "drain"
 DISCONNECTED = "disconnected"
 """Reasons a call is ended from outside (Call.end): the control API, a draining worker, a
@@ -421,7 +421,7 @@ class Call:
         return lambda: self._detach(observer)
 
     def end(self, reason: str) -> None:
-        """End the call as if it ended there, for `reason` (api_ended, drain, a hang-up the
+        """End the call as if it ended there, for `reason` (api, drain, a hang-up the
         transport saw...): the reply in progress stops, usage so far is kept, and the record and
         the ledger give the reason. Before the call starts, it ends the moment it does."""
         if self._ended_by is None and not self._done:

@@ -32,7 +32,7 @@ from ._models import (
 )
 from ._openapi import ApiRoute, Query
 
-ENDED_BY_API = "api_ended"
+ENDED_BY_API = "api"
 """The reason a call ended through POST /calls/{id}/end carries (the worker's ENDED_BY_API)."""
 RUNNING = ("pending", "connecting", "active")
 RECORDING_TYPES = {"flac": "audio/flac", "ogg": "audio/ogg"}

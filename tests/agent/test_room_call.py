@@ -217,10 +217,10 @@ async def test_the_control_api_ends_a_call_by_naming_its_reason_in_the_rooms_met
         await until(streams, lambda: len(room.captions(track="TR_agent1")) >= 1)
         room.set_metadata('{"other": 1}')  # anything else in the metadata is not an end
         room.set_metadata('{"voicerun.end_reason": "made-up"}')  # nor a reason it does not know
-        room.set_metadata('{"voicerun.end_reason": "api_ended"}')
+        room.set_metadata('{"voicerun.end_reason": "api"}')
         record = await asyncio.wait_for(task, WAIT_S)
     assert record.status == "completed" and record.summary is not None
-    assert record.summary.reason == "api_ended"
+    assert record.summary.reason == "api"
     await mic.aclose()
 
 

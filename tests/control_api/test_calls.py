@@ -222,10 +222,10 @@ async def test_ending_a_call_is_idempotent_and_names_the_reason_for_the_worker(a
     )
     call_id, room = body["call_id"], body["room_name"]
     status, ended = await api.req("POST", f"/api/v1/calls/{call_id}/end")
-    assert status == 200 and ended["ended_reason"] == "api_ended" and ended["status"] == "completed"
+    assert status == 200 and ended["ended_reason"] == "api" and ended["status"] == "completed"
     (meta,) = api.lk.calls_to("UpdateRoomMetadata")
     assert meta.request.room == room and json.loads(meta.request.metadata) == {
-        "voicerun.end_reason": "api_ended"
+        "voicerun.end_reason": "api"
     }
     assert [c.request.room for c in api.lk.calls_to("DeleteRoom")] == [room]
     status, again = await api.req("POST", f"/api/v1/calls/{call_id}/end")
