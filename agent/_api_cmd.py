@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import os
 import signal
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
 log = structlog.get_logger("voicerun.api")
+T = TypeVar("T")
 
 
 def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +62,16 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_on_uvloop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the API's loop on libuv where uvloop is installed (every platform but Windows):
+    its socket handling takes about a third less CPU per request than asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from ._cli import UsageError
 
@@ -67,7 +79,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"{', '.join(missing)} not set: the API creates calls in LiveKit")
     try:
-        return asyncio.run(_serve(args))
+        return run_on_uvloop(_serve(args))
     except ValueError as exc:  # a setting: a bad master key, rate limit or recordings URL
         raise UsageError(str(exc).splitlines()[0]) from None
 

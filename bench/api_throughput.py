@@ -1,7 +1,7 @@
 """Control API throughput: GET /api/v1/calls/{id} and POST /api/v1/calls, on PostgreSQL (or SQLite).
 
 The API runs in this process (one aiohttp server, as `voicerun api` runs it); the load comes
-from a second process (aiohttp client, N connections) so the client's CPU is not the server's.
+from wrk (`apt-get install wrk`), N connections on one thread.
 POST /calls talks to the fake LiveKit server's Twirp stub (tests/fakes), in a third process.
 
     .venv/bin/python bench/api_throughput.py [--database postgresql://postgres@127.0.0.1:5432/test]
@@ -15,6 +15,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,35 +37,19 @@ def _livekit_server(ready: mp.Queue) -> None:  # type: ignore[type-arg]
     asyncio.run(main())
 
 
-def _client(
-    url: str, key: str, method: str, body: str | None, seconds: float, connections: int, out: mp.Queue
-) -> None:  # type: ignore[type-arg]
-    import aiohttp
-
-    async def main() -> None:
-        latencies: list[float] = []
-        errors = 0
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        connector = aiohttp.TCPConnector(limit=connections)
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
-            end = time.perf_counter() + seconds
-
-            async def worker() -> None:
-                nonlocal errors
-                while time.perf_counter() < end:
-                    t0 = time.perf_counter()
-                    async with http.request(method, url, data=body) as r:
-                        await r.read()
-                        if r.status >= 300:
-                            errors += 1
-                    latencies.append(time.perf_counter() - t0)
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(connections)))
-            wall = time.perf_counter() - t0
-        out.put((latencies, errors, wall))
-
-    asyncio.run(main())
+_WRK_SCRIPT = """
+wrk.method = os.getenv("WRK_METHOD")
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("WRK_KEY")
+wrk.headers["Content-Type"] = "application/json"
+local body = os.getenv("WRK_BODY")
+if body ~= "" then wrk.body = body end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %f %f %f\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, summary.duration / 1e6,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
 
 
 async def serve(database_url: str, livekit: tuple[str, str, str]) -> tuple[object, str, str, object]:
@@ -102,17 +87,24 @@ async def serve(database_url: str, livekit: tuple[str, str, str]) -> tuple[objec
 def measure(
     label: str, url: str, key: str, method: str, body: str | None, seconds: float, connections: int
 ) -> None:
-    out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    """wrk drives the load (C, one thread): a Python client on this 2-core machine would take
+    the CPU the server is being measured on."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT)
+    env = {**os.environ, "WRK_METHOD": method, "WRK_KEY": key, "WRK_BODY": body or ""}
     cpu0 = time.process_time()
-    proc = mp.Process(target=_client, args=(url, key, method, body, seconds, connections, out))
-    proc.start()
-    latencies, errors, wall = out.get()
-    proc.join()
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s", script.name, url],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    os.unlink(script.name)
     cpu = time.process_time() - cpu0
-    latencies.sort()
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
-    print(f"{label:<22} {len(latencies) / wall:>8.0f} req/s  p50 {p(0.5):6.1f} ms  p99 {p(0.99):6.1f} ms  "
-          f"errors {errors}  server CPU {cpu / wall:.2f} cores", flush=True)  # fmt: skip
+    requests, errors, wall, p50, p99 = next(
+        line.split()[1:] for line in out.splitlines() if line.startswith("RESULT")
+    )
+    wall_s = float(wall)
+    print(f"{label:<22} {int(requests) / wall_s:>8.0f} req/s  p50 {float(p50):6.1f} ms  p99 {float(p99):6.1f} ms  "
+          f"errors {errors}  server CPU {cpu / wall_s:.2f} cores", flush=True)  # fmt: skip
 
 
 async def create_database(server: str) -> tuple[str, str]:
@@ -137,6 +129,7 @@ def main() -> None:
     )
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--asyncio", action="store_true", help="asyncio's own loop rather than uvloop's")
     args = ap.parse_args()
     import logging
 
@@ -172,7 +165,12 @@ def main() -> None:
         await lk.aclose()  # type: ignore[attr-defined]
         await ledger.aclose()  # type: ignore[attr-defined]
 
-    asyncio.run(run())
+    if args.asyncio:
+        asyncio.run(run())
+    else:
+        from agent._api_cmd import run_on_uvloop
+
+        run_on_uvloop(run())  # as `voicerun api` runs
     lk_proc.terminate()
 
 

@@ -14,6 +14,7 @@ from workflows import WorkflowRegistry
 from ._analytics import AnalyticsRoutes
 from ._calls import CallRoutes, RecordingReader
 from ._errors import API_KEY, MAX_BODY, TENANT, ApiError, Handler, error_response, errors
+from ._keys import KeyTenants
 from ._limits import LocalCounter, RateLimiter
 from ._livekit import LiveKitCalls
 from ._models import Health
@@ -22,7 +23,7 @@ from ._provider_keys import ProviderKeyRoutes
 from ._webhooks import WebhookRoutes
 from ._workflows import WorkflowRoutes
 
-LEDGER = web.AppKey("ledger", Ledger)
+KEYS = web.AppKey("keys", KeyTenants)
 LIMITER = web.AppKey("limiter", RateLimiter)
 LIMIT_CLASS = web.AppKey("limit_class", dict)
 PUBLIC = web.AppKey("public", frozenset)
@@ -38,7 +39,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "missing API key: send Authorization: Bearer <key>")
-    tenant = await request.app[LEDGER].api_key_tenant(key.strip())
+    tenant = await request.app[KEYS].tenant(key.strip())
     if tenant is None:
         raise ApiError(401, "unknown or revoked API key")
     request[TENANT] = tenant
@@ -78,12 +79,14 @@ def create_app(
     limiter: RateLimiter | None = None,
     recordings: RecordingReader | None = None,
     provider_keys: KeyCipher | None = None,
+    keys: KeyTenants | None = None,
 ) -> web.Application:
     """limiter: per-key rate limits (default: seed 002's, counted in this process).
     recordings: reads a stored recording by its location (None: recordings are not served).
-    provider_keys: encrypts tenants' provider keys (None: no master key, /provider-keys answers 409)."""
+    provider_keys: encrypts tenants' provider keys (None: no master key, /provider-keys answers 409).
+    keys: resolves API keys to tenants (default: the ledger's, each remembered for 10 s)."""
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
-    app[LEDGER] = ledger
+    app[KEYS] = keys or KeyTenants(ledger)
     app[LIMITER] = limiter or RateLimiter(LocalCounter())
 
     async def healthz(_: web.Request) -> web.Response:

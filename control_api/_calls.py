@@ -11,7 +11,7 @@ from typing import Any, get_args
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from metering import CallClosed, CallOpened, CallView, Ledger
+from metering import CallClosed, CallDetailView, CallOpened, CallView, Ledger
 from workflows import UnknownWorkflowError, VariableError, WorkflowRegistry, bind_user_data
 
 from ._errors import TENANT, ApiError
@@ -88,7 +88,7 @@ def _current_agent(view: CallView) -> str | None:
 
 
 def answer(model: BaseModel, status: int = 200) -> web.Response:
-    return web.json_response(model.model_dump(mode="json"), status=status)
+    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
 
 
 class CallRoutes:
@@ -222,19 +222,25 @@ class CallRoutes:
         call_id = await self._open(request, body, "outbound", dial)
         return answer(DialedCall(call_id=call_id, room_name=f"call-{call_id}", status="pending"), 201)
 
+    async def _detail(self, request: web.Request) -> CallDetailView:
+        detail = await self.ledger.call_detail(request.match_info["id"], tenant=request[TENANT])
+        if detail is None:  # another tenant's call is as absent as a call that never was
+            raise ApiError(404, "no such call")
+        return detail
+
     async def get(self, request: web.Request) -> web.Response:
-        view = await self._call(request)
-        metrics = await self._metrics(view)
-        detail = CallDetail(
+        detail = await self._detail(request)
+        view = detail.call
+        body = CallDetail(
             **call_summary(view),
             current_agent=_current_agent(view),
-            metrics=metrics,
+            metrics=_metrics(detail),
             metadata=dict(view.metadata) if view.metadata is not None else None,
             recording=None if view.recording is None else {"format": view.recording.format},
             ended_reason=view.ended_reason,
             created_at=_iso(view.started_at) or "",
         )
-        return answer(detail)
+        return answer(body)
 
     async def transcript(self, request: web.Request) -> web.Response:
         view = await self._call(request)
@@ -242,27 +248,7 @@ class CallRoutes:
         return web.json_response(entries)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        view = await self._call(request)
-        return answer(await self._metrics(view))
-
-    async def _metrics(self, view: CallView) -> CallMetrics:
-        turns = await self.ledger.call_turns(view.id)
-        totals = await self.ledger.call_usage_totals(view.id)
-
-        def mean(values: list[float | None]) -> float | None:
-            got = [v for v in values if v is not None]
-            return round(sum(got) / len(got), 1) if got else None
-
-        return CallMetrics(
-            duration_seconds=None if view.duration_s is None else round(view.duration_s, 3),
-            stt_latency_ms=mean([t.stt_latency_ms for t in turns]),
-            llm_latency_ms=mean([t.llm_ttft_ms for t in turns]),
-            tts_latency_ms=mean([t.tts_ttfb_ms for t in turns]),
-            e2e_latency_ms=mean([t.e2e_latency_ms for t in turns]),
-            turns=len(turns),
-            total_tokens=totals.prompt_tokens + totals.completion_tokens,
-            agent_handoffs=max(0, len(view.agent_history) - 1),
-        )
+        return answer(_metrics(await self._detail(request)))
 
     async def list(self, request: web.Request) -> web.Response:
         q = request.query
@@ -325,6 +311,24 @@ class CallRoutes:
             await self.ledger.write([closed])
         view = await self._call(request)
         return answer(EndedCall(id=view.id, status=view.status, ended_reason=view.ended_reason))
+
+
+def _metrics(detail: CallDetailView) -> CallMetrics:
+    view, figures = detail.call, detail.figures
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    return CallMetrics(
+        duration_seconds=None if view.duration_s is None else round(view.duration_s, 3),
+        stt_latency_ms=ms(figures.stt_latency_ms),
+        llm_latency_ms=ms(figures.llm_ttft_ms),
+        tts_latency_ms=ms(figures.tts_ttfb_ms),
+        e2e_latency_ms=ms(figures.e2e_latency_ms),
+        turns=figures.turns,
+        total_tokens=figures.usage.prompt_tokens + figures.usage.completion_tokens,
+        agent_handoffs=max(0, len(view.agent_history) - 1),
+    )
 
 
 def _int(q: Any, name: str, default: int, low: int, high: int) -> int:

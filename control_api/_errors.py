@@ -46,6 +46,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status >= 400:
             return error_response(exc.status, exc.reason or "error")
         raise
+    except ConnectionResetError:  # the client left before its request was read: nothing to answer
+        log.info("api_client_disconnected", path=request.path, method=request.method)
+        return error_response(400, "the connection closed before the request was read")
     except Exception:
         log.exception("api_internal_error", path=request.path, method=request.method)
         return error_response(500, "internal error (logged)")

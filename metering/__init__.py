@@ -64,7 +64,7 @@ from ._records import (
     UsageReported,
 )
 from ._reporter import Meter, MeteringLoss
-from ._view import CallPage, CallRecording, CallView, TurnView, UsageTotals
+from ._view import CallDetailView, CallFigures, CallPage, CallRecording, CallView, TurnView, UsageTotals
 from ._webhook_deliverer import WebhookDeliverer
 from ._webhooks import (
     WEBHOOK_EVENT_TYPES,
@@ -93,7 +93,9 @@ __all__ = [
     "ApiKeyView",
     "BillingIdentity",
     "CallClosed",
+    "CallDetailView",
     "CallDirection",
+    "CallFigures",
     "CallOpened",
     "CallPage",
     "CallProgressed",

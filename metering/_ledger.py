@@ -20,12 +20,29 @@ from pathlib import Path
 from typing import Any, cast, get_args
 
 import structlog
-from sqlalchemy import Insert, and_, case, delete, event, exists, func, select, text, update
+from sqlalchemy import (
+    Executable,
+    Insert,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    event,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import BindParameter
 
 from pipeline.providers import PROVIDERS
 
@@ -69,7 +86,7 @@ from ._schema import (
     WebhookEndpoint,
     WorkerLease,
 )
-from ._view import CallPage, CallView, TurnView, UsageTotals, call_view
+from ._view import CallDetailView, CallFigures, CallPage, CallView, TurnView, UsageTotals, call_view
 from ._webhooks import WEBHOOK, NewWebhookEndpoint, WebhookDelivery, WebhookEndpointView
 
 log = structlog.get_logger("voicerun.metering")
@@ -178,7 +195,9 @@ class Ledger:
         worker_id: str = "local",
         billing: BillingIdentity | None = None,
         clock: Clock = utcnow,
+        reads: AsyncEngine | None = None,
     ) -> None:
+        """reads: the engine single-statement reads use (default: `engine`)."""
         self.engine = engine
         self.clock = clock
         self.process = ProcessIdentity.current()
@@ -192,6 +211,7 @@ class Ledger:
         # Write transactions take SQLite's write lock up front (see _sqlite_begin).
         self._writes = async_sessionmaker(engine.execution_options(**_WRITE), expire_on_commit=False)
         self._dialect = engine.dialect.name
+        self._reads = reads or engine
 
     @classmethod
     async def open(
@@ -223,7 +243,9 @@ class Ledger:
                 sqlite_file = Path(path)
                 _prepare_sqlite_file(sqlite_file, create=writable)
         else:
-            kwargs |= {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
+            # Connections beyond pool_size are closed when returned: under a steady load that is a
+            # connect (and SSL negotiation) per transaction, so the pool is sized for the load.
+            kwargs |= {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -248,10 +270,38 @@ class Ledger:
             if "readonly" in problem or "read-only" in problem:
                 raise LedgerConfigError(f"the ledger at {safe} cannot be written: {problem}") from None
             raise LedgerError(f"cannot open the ledger at {safe}: {problem}") from exc
-        return cls(engine, catalog=catalog, worker_id=worker_id, billing=billing, clock=clock)
+        reads = None
+        if engine.dialect.name == "postgresql":
+            # The control API's hot reads are single statements on a pool of their own: no
+            # BEGIN/ROLLBACK around them, and no pre-ping (three round trips on asyncpg) before
+            # them. A connection the server dropped fails its read, which is retried once (_read).
+            # A read holds one connection for one statement, so a fixed pool only queues a burst
+            # (no overflow connections opened and closed under load).
+            reads = create_async_engine(
+                url,
+                connect_args=connect_args or {},
+                isolation_level="AUTOCOMMIT",
+                pool_size=20,
+                max_overflow=0,
+            )
+        return cls(engine, catalog=catalog, worker_id=worker_id, billing=billing, clock=clock, reads=reads)
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+        if self._reads is not self.engine:
+            await self._reads.dispose()
+
+    async def _read(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+        """The first row of a single-statement read on the reads pool. A pooled connection the
+        server closed (a restart) is dropped by SQLAlchemy and the read tried once more."""
+        for attempt in (1, 2):
+            try:
+                async with self._reads.connect() as conn:
+                    return (await conn.execute(statement, params)).first()
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -780,30 +830,30 @@ class Ledger:
             for t in rows
         )
 
-    async def call_usage_totals(self, call_id: str) -> UsageTotals:
-        """The call's usage summed in SQL over its usage events: tokens of its LLM lines,
-        characters of its TTS lines, seconds of its STT lines (zeros if it has none)."""
-
-        def total(column: Any, stage: str) -> Any:
-            return func.coalesce(func.sum(case((UsageEvent.stage == stage, column), else_=0)), 0)
-
-        query = select(
-            total(UsageEvent.prompt_tokens, "llm"),
-            total(UsageEvent.completion_tokens, "llm"),
-            total(UsageEvent.cached_tokens, "llm"),
-            total(UsageEvent.characters, "tts"),
-            total(UsageEvent.audio_seconds, "stt"),
-        ).where(UsageEvent.call_id == call_id)
-        async with self._sessions() as s:
-            prompt, completion, cached, chars, audio = (await s.execute(query)).one()
-        return UsageTotals(
-            prompt_tokens=int(prompt),
-            completion_tokens=int(completion),
-            cached_tokens=int(cached),
-            tts_characters=int(chars),
-            # SQLite sums NUMERIC as a float: back to the 3 decimals it was stored with.
-            stt_audio_seconds=seconds(Decimal(str(audio))),
+    async def call_detail(self, call_id: str, *, tenant: str) -> CallDetailView | None:
+        """The tenant's call with its figures (turn latency means, usage totals), read in one
+        statement; None if it is not the tenant's call. The control API's GET /calls/{id} reads
+        this on every poll, so it is one round trip with no transaction around it."""
+        params = {"call_id": call_id, "tenant": check_tenant(tenant)}
+        row = await self._read(_CALL_DETAIL, params)
+        if row is None:
+            return None
+        figures = CallFigures(
+            turns=row.turns or 0,
+            stt_latency_ms=row.stt,
+            llm_ttft_ms=row.llm,
+            tts_ttfb_ms=row.tts,
+            e2e_latency_ms=row.e2e,
+            usage=UsageTotals(
+                prompt_tokens=int(row.prompt or 0),
+                completion_tokens=int(row.completion or 0),
+                cached_tokens=int(row.cached or 0),
+                tts_characters=int(row.characters or 0),
+                # SQLite sums NUMERIC as a float: back to the 3 decimals it was stored with.
+                stt_audio_seconds=seconds(Decimal(str(row.audio or 0))),
+            ),
         )
+        return CallDetailView(call=call_view(row), figures=figures)
 
     # -- the control API's keys ------------------------------------------------------------
 
@@ -830,9 +880,8 @@ class Ledger:
 
     async def api_key_tenant(self, key: str) -> str | None:
         """The tenant `key` authenticates; None for a key unknown or revoked."""
-        query = select(ApiKey.tenant).where(ApiKey.key_hash == key_hash(key), ApiKey.revoked_at.is_(None))
-        async with self._sessions() as s:
-            return await s.scalar(query)
+        row = await self._read(_API_KEY_TENANT, {"key_hash": key_hash(key)})
+        return None if row is None else str(row.tenant)
 
     async def revoke_api_key(self, key_id: str, *, tenant: str) -> bool:
         """Revoke the tenant's key `key_id` (from then on it authenticates nothing). True if the
@@ -1345,6 +1394,57 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _call_detail_statement() -> Select[Any]:
+    """Built once: constructing a statement costs more than running it (hot read paths)."""
+    call_id: BindParameter[str] = bindparam("call_id")
+
+    def total(column: Any, stage: str) -> Any:
+        return func.coalesce(func.sum(case((UsageEvent.stage == stage, column), else_=0)), 0)
+
+    turns = (
+        select(
+            TurnMetric.call_id.label("turn_call"),
+            func.count().label("turns"),
+            func.avg(TurnMetric.stt_latency_ms).label("stt"),
+            func.avg(TurnMetric.llm_ttft_ms).label("llm"),
+            func.avg(TurnMetric.tts_ttfb_ms).label("tts"),
+            func.avg(TurnMetric.e2e_latency_ms).label("e2e"),
+        )
+        .where(TurnMetric.call_id == call_id)
+        .group_by(TurnMetric.call_id)
+        .subquery()
+    )
+    usage = (
+        select(
+            UsageEvent.call_id.label("usage_call"),
+            total(UsageEvent.prompt_tokens, "llm").label("prompt"),
+            total(UsageEvent.completion_tokens, "llm").label("completion"),
+            total(UsageEvent.cached_tokens, "llm").label("cached"),
+            total(UsageEvent.characters, "tts").label("characters"),
+            total(UsageEvent.audio_seconds, "stt").label("audio"),
+        )
+        .where(UsageEvent.call_id == call_id)
+        .group_by(UsageEvent.call_id)
+        .subquery()
+    )
+    # The calls table's columns named as Call's attributes, so the row reads as call_view expects.
+    columns = [attr.columns[0].label(attr.key) for attr in sa_inspect(Call).column_attrs]
+    joined = Call.__table__.outerjoin(turns, turns.c.turn_call == Call.id).outerjoin(
+        usage, usage.c.usage_call == Call.id
+    )
+    return (
+        select(*columns, *turns.c, *usage.c)
+        .select_from(joined)
+        .where(Call.id == call_id, Call.tenant == bindparam("tenant"))
+    )
+
+
+_CALL_DETAIL = _call_detail_statement()
+_API_KEY_TENANT = select(ApiKey.tenant).where(
+    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+)
 
 
 def _aware(at: datetime) -> datetime:

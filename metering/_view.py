@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
+
+from sqlalchemy import Row
 
 from ._cost import CostBreakdown
 from ._json import JSONValue
@@ -53,7 +55,8 @@ class CallView:
     cost_breakdown: CostBreakdown | None
 
 
-def call_view(row: Call) -> CallView:
+def call_view(row: Call | Row[Any]) -> CallView:
+    """From an ORM row or a Core row with Call's attribute names (the ledger's _CALL_COLUMNS)."""
     assert row.status_at is not None  # written with every status; migration 0003 filled in older calls
     recording = None
     if row.recording_location is not None:
@@ -127,3 +130,22 @@ class UsageTotals:
     tts_characters: int
     stt_audio_seconds: Decimal
     """Exact, as billed (3 decimals)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallFigures:
+    """A call's turn latencies averaged over its turns (None: no turn had that stage) and its
+    usage totals, as the control API shows them beside the call."""
+
+    turns: int
+    stt_latency_ms: float | None
+    llm_ttft_ms: float | None
+    tts_ttfb_ms: float | None
+    e2e_latency_ms: float | None
+    usage: UsageTotals
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallDetailView:
+    call: CallView
+    figures: CallFigures

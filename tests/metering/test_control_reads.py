@@ -252,7 +252,7 @@ async def test_call_turns_come_in_turn_order(ledger: Ledger) -> None:
     assert await ledger.call_turns("ghost") == ()
 
 
-async def test_call_usage_totals_sum_every_provider_and_agent(ledger: Ledger) -> None:
+async def test_a_calls_detail_sums_usage_over_every_provider_and_agent(ledger: Ledger) -> None:
     lines = [
         UsageLine(
             "llm", "openai", "gpt-4o-mini", prompt_tokens=1000, completion_tokens=200, cached_tokens=300
@@ -272,16 +272,42 @@ async def test_call_usage_totals_sum_every_provider_and_agent(ledger: Ledger) ->
         ]
         + [UsageReported(call_id="c2", seq=0, line=lines[0], agent=None, at=T0)]
     )
-    assert await ledger.call_usage_totals("c1") == UsageTotals(
+    one = await ledger.call_detail("c1", tenant="acme")
+    assert one is not None and one.figures.usage == UsageTotals(
         prompt_tokens=1500,
         completion_tokens=250,
         cached_tokens=300,
         tts_characters=200,
         stt_audio_seconds=Decimal("20.100"),
     )
-    assert await ledger.call_usage_totals("ghost") == UsageTotals(
-        prompt_tokens=0, completion_tokens=0, cached_tokens=0, tts_characters=0, stt_audio_seconds=Decimal(0)
-    )
+    other = await ledger.call_detail("c2", tenant="acme")
+    assert other is not None and other.figures.usage.prompt_tokens == 1000
+    assert await ledger.call_detail("ghost", tenant="acme") is None
+
+
+async def test_a_calls_detail_averages_its_turns_latencies_over_the_turns_that_had_them(
+    ledger: Ledger,
+) -> None:
+    await ledger.write([opened("c1"), opened("c2")])
+    await ledger.write([turn("c1", 0, llm_ttft_ms=200.0), turn("c1", 1, llm_ttft_ms=None), turn("c2", 0)])
+    await ledger.write([turn("c1", 2, llm_ttft_ms=300.0, e2e_latency_ms=None)])
+    detail = await ledger.call_detail("c1", tenant="acme")
+    assert detail is not None and detail.call.id == "c1"
+    figures = detail.figures
+    assert figures.turns == 3
+    assert figures.llm_ttft_ms == 250.0  # the turn without an LLM stage is not a zero
+    assert figures.e2e_latency_ms == 700.0
+    assert figures.usage.prompt_tokens == 0
+    fresh = await ledger.call_detail("c2", tenant="acme")
+    assert fresh is not None and fresh.figures.turns == 1
+    await ledger.write([opened("c3")])
+    empty = await ledger.call_detail("c3", tenant="acme")
+    assert empty is not None and empty.figures.turns == 0 and empty.figures.e2e_latency_ms is None
+
+
+async def test_a_calls_detail_is_only_its_tenants(ledger: Ledger) -> None:
+    await ledger.write([opened("c1")])
+    assert await ledger.call_detail("c1", tenant="globex") is None
 
 
 # -- calls the control API opens before a worker runs them ---------------------------------
@@ -503,3 +529,30 @@ async def test_the_0004_migration_goes_down_and_up_keeping_every_call(ledger: Le
     assert {"ix_calls_tenant_started_at", "ix_calls_tenant_status"} <= indexes
     assert ids(await ledger.list_calls(tenant="acme")) == ["c1", "c2"]
     assert await ledger.api_keys("acme") == ()  # the table came back empty
+
+
+async def test_a_read_survives_the_server_dropping_the_pools_connections(
+    ledger: Ledger, database_url: str
+) -> None:
+    """The reads pool has no pre-ping: a connection PostgreSQL closed (a restart, a failover)
+    fails its read, which is retried once on a fresh connection rather than answered 500."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server to drop connections")
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    await ledger.write([opened("c1")])
+    assert await ledger.call_detail("c1", tenant="acme") is not None  # a pooled connection now
+    url = make_url(database_url)
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        dropped = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            url.database,
+        )
+    finally:
+        await admin.close()
+    assert dropped >= 1
+    detail = await ledger.call_detail("c1", tenant="acme")
+    assert detail is not None and detail.call.id == "c1"
