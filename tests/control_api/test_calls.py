@@ -224,9 +224,7 @@ async def test_ending_a_call_is_idempotent_and_names_the_reason_for_the_worker(a
     status, ended = await api.req("POST", f"/api/v1/calls/{call_id}/end")
     assert status == 200 and ended["ended_reason"] == "api" and ended["status"] == "completed"
     (meta,) = api.lk.calls_to("UpdateRoomMetadata")
-    assert meta.request.room == room and json.loads(meta.request.metadata) == {
-        "voicerun.end_reason": "api"
-    }
+    assert meta.request.room == room and json.loads(meta.request.metadata) == {"voicerun.end_reason": "api"}
     assert [c.request.room for c in api.lk.calls_to("DeleteRoom")] == [room]
     status, again = await api.req("POST", f"/api/v1/calls/{call_id}/end")
     assert status == 200 and again == ended and len(api.lk.calls_to("DeleteRoom")) == 1
@@ -308,3 +306,45 @@ async def test_a_calls_recording_is_served_to_its_tenant_only(api: Api) -> None:
             assert r.status == 404
     finally:
         await server.close()
+
+
+async def test_a_client_that_leaves_mid_request_is_logged_as_gone_not_as_a_server_error(api: Api) -> None:
+    import asyncio
+    import socket
+    import struct
+
+    from aiohttp import web
+    from structlog.testing import capture_logs
+
+    # Served as `voicerun api` serves it: aiohttp's test server would cancel the handler instead.
+    runner = web.AppRunner(api.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        with capture_logs() as logs:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /api/v1/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {api.key}\r\nContent-Length: 5000\r\n".encode()
+                + b"Expect: 100-continue\r\n\r\n"
+            )
+            # The server has the request in hand once it asks for the body.
+            assert (await reader.readline()).startswith(b"HTTP/1.1 100")
+            writer.write(b'{"workflow_slug": ')
+            await writer.drain()
+            # Reset before the body's end (as a killed client or a proxy does).
+            writer.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            writer.close()
+            for _ in range(500):  # the server notices on its own schedule
+                if any(e["event"].startswith("api_") for e in logs):
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await runner.cleanup()
+    events = [e["event"] for e in logs]
+    assert "api_client_disconnected" in events and "api_internal_error" not in events
+    assert (await api.req("GET", "/api/v1/calls"))[1]["total"] == 0
