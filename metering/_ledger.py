@@ -212,6 +212,7 @@ class Ledger:
         self._writes = async_sessionmaker(engine.execution_options(**_WRITE), expire_on_commit=False)
         self._dialect = engine.dialect.name
         self._reads = reads or engine
+        self._webhook_listeners: list[Callable[[], None]] = []
 
     @classmethod
     async def open(
@@ -305,6 +306,11 @@ class Ledger:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def on_webhooks_queued(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after a write of this ledger commits webhook events (a deliverer in
+        this process wakes up for them; other processes' events it finds on its timer)."""
+        self._webhook_listeners.append(listener)
+
     def _insert_ignoring_duplicates(self, table: type[Base]) -> Insert:
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         return dialect_insert(table).on_conflict_do_nothing()
@@ -369,6 +375,9 @@ class Ledger:
                 await self._close_call(s, c)
             for rec in recordings:
                 await self._store_recording(s, rec)
+        if s.info.get(_QUEUED_WEBHOOKS):
+            for listener in self._webhook_listeners:
+                listener()
 
     async def _open_call(self, s: AsyncSession, r: CallOpened) -> None:
         """Insert the call; a second open of it adopts it if it is pending, else is ignored."""
@@ -576,6 +585,7 @@ class Ledger:
             insert=self._insert_ignoring_duplicates,
         )
         if queued:
+            s.info[_QUEUED_WEBHOOKS] = True
             log.debug("webhooks_queued", call_id=call_id, status=status, events=queued)
 
     def _enqueue(
@@ -1364,6 +1374,8 @@ def _waiting_for_earlier() -> Any:
 
 
 _WRITE = {"voicerun_write": True}
+_QUEUED_WEBHOOKS = "voicerun_queued_webhooks"
+"""Set in a write session's info when it queued webhook events (see on_webhooks_queued)."""
 
 
 def _sqlite_begin(conn: Any) -> None:

@@ -97,6 +97,7 @@ class WebhookDeliverer:
         self.idle_wait_s = idle_wait_s
         self._rng = rng or random.Random()
         self._woken = asyncio.Event()
+        ledger.on_webhooks_queued(self.wake)
 
     def wake(self) -> None:
         """Events were committed: look for due ones now rather than at the next timer."""
