@@ -6,10 +6,14 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import structlog
+
+from ._metering_cmd import _count
+from ._supervisor import supervise
 
 log = structlog.get_logger("voicerun.api")
 T = TypeVar("T")
@@ -30,6 +34,14 @@ def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     a.add_argument(
         "--agent-name", default=env("VOICERUN_AGENT_NAME", "voicerun"), help="the workers' agent name"
     )
+    a.add_argument(
+        "--processes",
+        type=_count,
+        default=env("VOICERUN_API_PROCESSES", "1"),
+        help="server processes sharing the port (SO_REUSEPORT); above 1, set REDIS_URL so rate "
+        "limits hold across them (env VOICERUN_API_PROCESSES; default %(default)s)",
+    )
+    a.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
     a.set_defaults(func=cmd_api, default_log_level="info")
 
     keys = sub.add_parser("keys", help="API keys of the control API's tenants")
@@ -78,6 +90,17 @@ def cmd_api(args: argparse.Namespace) -> int:
     missing = [v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not os.environ.get(v)]
     if missing:
         raise UsageError(f"{', '.join(missing)} not set: the API creates calls in LiveKit")
+    if args.process_index is None and args.processes > 1:
+        if not os.environ.get("REDIS_URL"):
+            log.warning(
+                "api_rate_limits_per_process",
+                processes=args.processes,
+                hint="without REDIS_URL each process counts its own requests",
+            )
+        base = [sys.executable, "-m", "agent", "api", "--host", args.host, "--port", str(args.port)]
+        base += ["--agent-name", args.agent_name, "--processes", "1"]
+        argvs = [[*base, "--process-index", str(i)] for i in range(args.processes)]
+        return supervise(argvs, dict(os.environ), name="api")
     try:
         return run_on_uvloop(_serve(args))
     except ValueError as exc:  # a setting: a bad master key, rate limit or recordings URL
@@ -108,7 +131,8 @@ async def _serve(args: argparse.Namespace) -> int:
     registry = WorkflowRegistry.load(settings.workflows)
     # Its own id in the ledger: a worker sharing the API's id would close the API's pending
     # calls as abandoned when it starts (recover()).
-    config = dataclasses.replace(settings.metering(), worker_id=f"{settings.worker_id}-api")
+    suffix = "-api" if args.process_index is None else f"-api-{args.process_index}"
+    config = dataclasses.replace(settings.metering(), worker_id=f"{settings.worker_id}{suffix}")
     ledger = await open_ledger(config, catalog=price_catalog())
     livekit = LiveKitCalls(
         LiveKitConfig(
@@ -143,7 +167,9 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(runner, args.host, args.port).start()
+        # Under a supervisor, its processes share the port; the kernel spreads connections.
+        shared = args.process_index is not None
+        await web.TCPSite(runner, args.host, args.port, reuse_port=shared).start()
         log.info("api_listening", host=args.host, port=runner.addresses[0][1])
         await stop.wait()
         log.info("api_stopping")
