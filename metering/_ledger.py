@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import BindParameter
@@ -273,10 +273,8 @@ class Ledger:
             raise LedgerError(f"cannot open the ledger at {safe}: {problem}") from exc
         reads = None
         if engine.dialect.name == "postgresql":
-            # The control API's hot reads are single statements on a pool of their own: no
-            # BEGIN/ROLLBACK around them, and no pre-ping (three round trips on asyncpg) before
-            # them. A connection the server dropped fails its read, which is retried once (_read).
-            # A read holds one connection for one statement, so a fixed pool only queues a burst
+            # The control API's hot reads are single statements on a pool of their own, with no
+            # BEGIN/ROLLBACK around them. A read holds one connection for one statement, so a fixed pool only queues a burst
             # (no overflow connections opened and closed under load).
             reads = create_async_engine(
                 url,
@@ -285,6 +283,7 @@ class Ledger:
                 pool_size=20,
                 max_overflow=0,
             )
+            event.listen(reads.sync_engine, "checkout", _drop_if_closed)
         return cls(engine, catalog=catalog, worker_id=worker_id, billing=billing, clock=clock, reads=reads)
 
     async def aclose(self) -> None:
@@ -1376,6 +1375,15 @@ def _waiting_for_earlier() -> Any:
 _WRITE = {"voicerun_write": True}
 _QUEUED_WEBHOOKS = "voicerun_queued_webhooks"
 """Set in a write session's info when it queued webhook events (see on_webhooks_queued)."""
+
+
+def _drop_if_closed(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    # The reads pool's stand-in for pool_pre_ping, whose ping is three round trips on asyncpg
+    # (BEGIN, a query, ROLLBACK): a connection PostgreSQL closed (a restart, an idle timeout)
+    # has seen its end of stream, so asyncpg knows it is closed without asking, and the pool
+    # replaces it. A read that meets one closed a moment ago retries once (Ledger._read).
+    if dbapi_conn.driver_connection.is_closed():
+        raise DisconnectionError("PostgreSQL closed this pooled connection")
 
 
 def _sqlite_begin(conn: Any) -> None:
