@@ -153,7 +153,7 @@ async def _serve(args: argparse.Namespace) -> int:
         registry,
         livekit,
         limiter=limiter,
-        recordings=store.open if store else None,
+        recordings=store,
         provider_keys=cipher,
     )
     runner = web.AppRunner(app, shutdown_timeout=10.0)

@@ -43,6 +43,11 @@ class RecordingStore(Protocol):
         outside this store, RecordingStoreError when it cannot be read (or is not there)."""
         ...
 
+    async def link(self, location: str, expires_s: int) -> str | None:
+        """A URL that fetches the recording without credentials for `expires_s` seconds; None
+        for a store that has no such URLs (a local directory)."""
+        ...
+
 
 def _check_key(key: str) -> str:
     if not all(_KEY_PART.fullmatch(part) for part in key.split("/")):
@@ -87,6 +92,9 @@ class LocalRecordingStore:
             raise RecordingStoreError(f"no recording at {location}") from exc
         except OSError as exc:
             raise RecordingStoreError(f"cannot read recording {location}: {exc}") from exc
+
+    async def link(self, location: str, expires_s: int) -> str | None:
+        return None  # the API streams a local recording itself
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -149,7 +157,7 @@ class S3RecordingStore:
         await asyncio.to_thread(put)
         return location
 
-    async def open(self, location: str) -> bytes:
+    def _key(self, location: str) -> str:
         parts = urlsplit(location)
         key = parts.path.lstrip("/")
         if (
@@ -158,7 +166,22 @@ class S3RecordingStore:
             or not key.startswith(f"{self.prefix}/" if self.prefix else "")
         ):
             raise ValueError(f"recording location {location!r} is not in s3://{self.bucket}/{self.prefix}")
-        _check_key(key)
+        return _check_key(key)
+
+    async def link(self, location: str, expires_s: int) -> str | None:
+        """A presigned GET URL (signed here, no request made)."""
+        key = self._key(location)
+
+        def sign() -> str:
+            params = {"Bucket": self.bucket, "Key": key}
+            url: str = self._request(location, "generate_presigned_url", ClientMethod="get_object",
+                                     Params=params, ExpiresIn=expires_s)  # fmt: skip
+            return url
+
+        return await asyncio.to_thread(sign)  # the first use builds the client: not on the loop
+
+    async def open(self, location: str) -> bytes:
+        key = self._key(location)
 
         def get() -> bytes:
             body = self._request(location, "get_object", Bucket=self.bucket, Key=key)["Body"]
@@ -204,7 +227,8 @@ class S3RecordingStore:
                 self._client = session.client(
                     "s3",
                     endpoint_url=self.endpoint_url,
-                    config=Config(s3=addressing, retries={"mode": "standard"}),
+                    # SigV4: the deprecated SigV2 is what presigned URLs would otherwise use
+                    config=Config(s3=addressing, retries={"mode": "standard"}, signature_version="s3v4"),
                 )
             return self._client
 

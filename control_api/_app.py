@@ -12,7 +12,7 @@ from metering import KeyCipher, Ledger, metrics_handler
 from workflows import WorkflowRegistry
 
 from ._analytics import AnalyticsRoutes
-from ._calls import CallRoutes, RecordingReader
+from ._calls import CallRoutes, Recordings
 from ._errors import API_KEY, MAX_BODY, TENANT, ApiError, Handler, error_response, errors
 from ._keys import KeyTenants
 from ._limits import LocalCounter, RateLimiter
@@ -77,12 +77,12 @@ def create_app(
     livekit: LiveKitCalls,
     *,
     limiter: RateLimiter | None = None,
-    recordings: RecordingReader | None = None,
+    recordings: Recordings | None = None,
     provider_keys: KeyCipher | None = None,
     keys: KeyTenants | None = None,
 ) -> web.Application:
     """limiter: per-key rate limits (default: seed 002's, counted in this process).
-    recordings: reads a stored recording by its location (None: recordings are not served).
+    recordings: the store the workers keep recordings in (None: recordings are not served).
     provider_keys: encrypts tenants' provider keys (None: no master key, /provider-keys answers 409).
     keys: resolves API keys to tenants (default: the ledger's, each remembered for 10 s)."""
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, get_args
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, get_args
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +25,7 @@ from ._models import (
     DialCall,
     DialedCall,
     EndedCall,
+    RecordingLink,
     StartCall,
     StartedCall,
     Status,
@@ -32,12 +33,24 @@ from ._models import (
 )
 from ._openapi import ApiRoute, Query
 
+log = structlog.get_logger("voicerun.api")
+
 ENDED_BY_API = "api"
 """The reason a call ended through POST /calls/{id}/end carries (the worker's ENDED_BY_API)."""
 RUNNING = ("pending", "connecting", "active")
 RECORDING_TYPES = {"flac": "audio/flac", "ogg": "audio/ogg"}
-RecordingReader = Callable[[str], Awaitable[bytes]]
-"""Reads a stored recording by its location (the worker's recording store, given by the host)."""
+RECORDING_LINK_S = 900
+"""How long a recording's URL (?url=true) lets anyone holding it download the recording."""
+
+
+class Recordings(Protocol):
+    """Where the workers store recordings (agent's RecordingStore, given by the host)."""
+
+    async def open(self, location: str) -> bytes: ...
+
+    async def link(self, location: str, expires_s: int) -> str | None:
+        """A URL fetching it without credentials until it expires; None if the store has none."""
+        ...
 
 
 async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
@@ -97,7 +110,7 @@ class CallRoutes:
         ledger: Ledger,
         registry: WorkflowRegistry,
         livekit: LiveKitCalls,
-        recordings: RecordingReader | None = None,
+        recordings: Recordings | None = None,
     ) -> None:
         self.ledger = ledger
         self.registry = registry
@@ -136,8 +149,11 @@ class CallRoutes:
                      list[TranscriptEntry], tags=tags, limit="status"),
             ApiRoute("GET", "/api/v1/calls/{id}/metrics", self.metrics, "A call's metrics", CallMetrics, tags=tags,
                      limit="status"),
-            ApiRoute("GET", "/api/v1/calls/{id}/recording", self.recording, "A call's recording (FLAC or Ogg/Opus)",
-                     bytes, errors=(401, 404, 429), tags=tags, limit="status", media="audio/*"),
+            ApiRoute("GET", "/api/v1/calls/{id}/recording", self.recording,
+                     "A call's recording (FLAC or Ogg/Opus); with url=true, a time-limited URL to it instead",
+                     bytes, errors=(400, 401, 404, 409, 429, 502), tags=tags, limit="status", media="audio/*",
+                     query=[Query("url", {"type": "boolean"},
+                                  f"Answer {{url, expires_at, format}}: a URL valid {RECORDING_LINK_S} s (S3 stores)")]),
             ApiRoute("POST", "/api/v1/calls/{id}/end", self.end, "End a call (idempotent)", EndedCall,
                      errors=(401, 404, 429, 502), tags=tags),
         ]  # fmt: skip
@@ -288,11 +304,29 @@ class CallRoutes:
         )
 
     async def recording(self, request: web.Request) -> web.Response:
+        want_url = _flag(request.query, "url")
         view = await self._call(request)
         if view.recording is None or self.recordings is None:
             raise ApiError(404, "this call has no recording")
-        data = await self.recordings(view.recording.location)
-        fmt = view.recording.format
+        location, fmt = view.recording.location, view.recording.format
+        try:  # the store is another service (S3) or a disk: any failure of it is a 502, logged
+            url = await self.recordings.link(location, RECORDING_LINK_S) if want_url else None
+            data = None if want_url else await self.recordings.open(location)
+        except Exception as exc:
+            log.error(
+                "recording_unreadable",
+                call_id=view.id,
+                location=location,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            raise ApiError(502, "the recording could not be read from its store (logged)") from None
+        if want_url:
+            if url is None:
+                raise ApiError(
+                    409, "recordings are kept on the API's disk: download this one without url=true"
+                )
+            expires = datetime.now(UTC) + timedelta(seconds=RECORDING_LINK_S)
+            return answer(RecordingLink(url=url, expires_at=_iso(expires) or "", format=fmt))
         return web.Response(
             body=data,
             content_type=RECORDING_TYPES.get(fmt, "application/octet-stream"),
@@ -329,6 +363,15 @@ def _metrics(detail: CallDetailView) -> CallMetrics:
         total_tokens=figures.usage.prompt_tokens + figures.usage.completion_tokens,
         agent_handoffs=max(0, len(view.agent_history) - 1),
     )
+
+
+def _flag(q: Any, name: str) -> bool:
+    raw = q.get(name)
+    if raw is None or raw in ("false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise ApiError(400, f"{name} must be true or false")
 
 
 def _int(q: Any, name: str, default: int, low: int, high: int) -> int:

@@ -119,6 +119,13 @@ class EndedCall(Response):
     ended_reason: str | None
 
 
+class RecordingLink(Response):
+    url: str
+    """Fetches the recording with no credentials until expires_at: treat it as a secret."""
+    expires_at: str
+    format: str
+
+
 class Variable(Response):
     type: str
     required: bool

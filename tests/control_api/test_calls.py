@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet
 
 from control_api import LiveKitCalls, LiveKitConfig, LocalCounter, RateLimiter, create_app
 from metering import CallClosed, CallOpened, KeyCipher, Ledger, RecordingStored, TurnReported, load_catalog
+from tests.agent.test_call_recording_store import aws_env, s3_endpoint  # noqa: F401 (fixtures)
 from tests.fakes.livekit_server import FakeLiveKitServer
 from workflows import WorkflowRegistry, load_workflow_text
 
@@ -273,37 +274,72 @@ async def test_dialling_rings_the_number_through_the_trunk_into_the_calls_room(a
         assert status == 422 and answer["details"], bad
 
 
-async def test_a_calls_recording_is_served_to_its_tenant_only(api: Api) -> None:
+async def recording_app(api: Api, store: Any) -> tuple[TestServer, str]:
+    """The API serving recordings from `store`, with call c-rec recorded there and c-none not."""
     t0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
-    stored = {"file:///recordings/c-rec.flac": b"fLaC\x00\x00\x00\x22" + bytes(range(256))}
-
-    async def read(location: str) -> bytes:
-        return stored[location]
-
-    app = create_app(api.ledger, WorkflowRegistry({}), api.livekit, recordings=read)
-    server = TestServer(app, host="127.0.0.1")
+    location = await store.save("acme/c-rec.flac", FLAC, "audio/flac")
+    server = TestServer(
+        create_app(api.ledger, WorkflowRegistry({}), api.livekit, recordings=store), host="127.0.0.1"
+    )
     await server.start_server()
+    await api.ledger.write([
+        CallOpened(call_id="c-rec", workflow_slug="reminders", started_at=t0, tenant="acme"),
+        CallOpened(call_id="c-none", workflow_slug="reminders", started_at=t0, tenant="acme"),
+        CallClosed(call_id="c-rec", status="completed", reason="user_ended", ended_at=t0, duration_s=60.0),
+        RecordingStored(call_id="c-rec", location=location, format="flac", duration_s=60.0, at=t0),
+    ])  # fmt: skip
+    return server, f"http://127.0.0.1:{server.port}/api/v1/calls"
+
+
+FLAC = b"fLaC\x00\x00\x00\x22" + bytes(range(256))
+
+
+async def test_a_calls_recording_is_served_to_its_tenant_only(api: Api, tmp_path: Path) -> None:
+    from agent._recording_store import LocalRecordingStore
+
+    server, base = await recording_app(api, LocalRecordingStore(tmp_path / "recordings"))
+    auth = {"Authorization": f"Bearer {api.key}"}
     try:
-        await api.ledger.write([
-            CallOpened(call_id="c-rec", workflow_slug="reminders", started_at=t0, tenant="acme"),
-            CallOpened(call_id="c-none", workflow_slug="reminders", started_at=t0, tenant="acme"),
-            CallClosed(call_id="c-rec", status="completed", reason="user_ended", ended_at=t0, duration_s=60.0),
-            RecordingStored(call_id="c-rec", location="file:///recordings/c-rec.flac", format="flac",
-                            duration_s=60.0, at=t0),
-        ])  # fmt: skip
-        base = f"http://127.0.0.1:{server.port}/api/v1/calls"
-        other = (await api.ledger.create_api_key("globex")).key
-        async with api.http.get(
-            f"{base}/c-rec/recording", headers={"Authorization": f"Bearer {api.key}"}
-        ) as r:
+        async with api.http.get(f"{base}/c-rec/recording", headers=auth) as r:
             assert r.status == 200 and r.content_type == "audio/flac"
-            assert await r.read() == stored["file:///recordings/c-rec.flac"]
-        async with api.http.get(
-            f"{base}/c-none/recording", headers={"Authorization": f"Bearer {api.key}"}
-        ) as r:
+            assert await r.read() == FLAC
+        async with api.http.get(f"{base}/c-rec/recording?url=true", headers=auth) as r:
+            assert r.status == 409 and "url=true" in (await r.json())["error"]  # a disk has no URLs
+        async with api.http.get(f"{base}/c-rec/recording?url=maybe", headers=auth) as r:
+            assert r.status == 400
+        async with api.http.get(f"{base}/c-none/recording", headers=auth) as r:
             assert r.status == 404 and (await r.json())["error"] == "this call has no recording"
+        other = (await api.ledger.create_api_key("globex")).key
         async with api.http.get(f"{base}/c-rec/recording", headers={"Authorization": f"Bearer {other}"}) as r:
             assert r.status == 404
+        (tmp_path / "recordings" / "acme" / "c-rec.flac").unlink()  # lost from the store
+        async with api.http.get(f"{base}/c-rec/recording", headers=auth) as r:
+            assert r.status == 502 and "could not be read" in (await r.json())["error"]
+    finally:
+        await server.close()
+
+
+async def test_an_s3_recording_is_also_offered_as_a_url_that_expires(
+    api: Api,
+    s3_endpoint: str,  # noqa: F811 (the fixture)
+    aws_env: None,  # noqa: F811
+) -> None:
+    from agent._recording_store import S3RecordingStore
+
+    store = S3RecordingStore("recordings", "calls", endpoint_url=s3_endpoint, region="us-east-1")
+    server, base = await recording_app(api, store)
+    auth = {"Authorization": f"Bearer {api.key}"}
+    try:
+        async with api.http.get(f"{base}/c-rec/recording", headers=auth) as r:
+            assert r.status == 200 and await r.read() == FLAC
+        async with api.http.get(f"{base}/c-rec/recording?url=true", headers=auth) as r:
+            assert r.status == 200
+            link = await r.json()
+        assert link["format"] == "flac" and link["expires_at"].endswith("Z")
+        assert "X-Amz-Expires=900" in link["url"] and "X-Amz-Signature=" in link["url"]
+        async with aiohttp.ClientSession() as anyone:  # no API key: the URL is the credential
+            async with anyone.get(link["url"]) as r:
+                assert r.status == 200 and await r.read() == FLAC
     finally:
         await server.close()
 
