@@ -161,6 +161,7 @@ async def _serve(args: argparse.Namespace) -> int:
     deliverer = WebhookDeliverer(ledger)
     stop_delivering = asyncio.Event()
     delivering = asyncio.create_task(deliverer.run(stop_delivering), name="webhooks")
+    sweeping = asyncio.create_task(_sweep_orphans(ledger, stop_delivering), name="orphans")
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -177,8 +178,28 @@ async def _serve(args: argparse.Namespace) -> int:
         await runner.cleanup()
         stop_delivering.set()
         await delivering
+        await sweeping
         await deliverer.aclose()
         await limiter.aclose()
         await livekit.aclose()
         await ledger.aclose()
     return 0
+
+
+ORPHAN_SWEEP_S = 60.0
+
+
+async def _sweep_orphans(ledger: Any, stop: asyncio.Event) -> None:
+    """Close the calls of workers that died and fail calls no worker took (recover_orphans),
+    every minute, so their webhooks (call.failed) go out without waiting for a restart."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    while not stop.is_set():
+        try:
+            await ledger.recover_orphans()
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("orphan_sweep_failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        try:
+            await asyncio.wait_for(stop.wait(), ORPHAN_SWEEP_S)
+        except TimeoutError:
+            pass

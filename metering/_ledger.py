@@ -177,6 +177,8 @@ class OutboxStatus:
 
 
 PAGE_SIZE_MAX = 100
+PENDING_LIMIT = timedelta(minutes=10)
+"""How long a call the control API started may wait for a worker to take it before it fails."""
 
 RUNNING: tuple[RunningStatus, ...] = get_args(RunningStatus)
 """The statuses of an open call, in the order a call goes through them."""
@@ -652,13 +654,20 @@ class Ledger:
         """Close as `abandoned` every open call whose owner is provably gone: a process on this
         machine (same boot, same PID namespace) whose pid no longer runs or now names another
         process (reason `process_lost`), or a worker whose lease expired (`worker_lost`). Calls
-        of live processes, and of processes elsewhere, are never touched. Returns their ids."""
+        of live processes, and of processes elsewhere, are never touched.
+
+        A `pending` call (the control API made its room; no worker has taken it yet) belongs to
+        no process: its API process may restart and a worker still takes it over. It fails
+        (`failed`, reason `not_started`) once it has waited PENDING_LIMIT for a worker.
+        Returns the ids closed."""
         now = self.clock()
         async with self._sessions() as s:
             rows = (
                 await s.execute(
                     select(
                         Call.id,
+                        Call.status,
+                        Call.status_at,
                         Call.owner_machine,
                         Call.owner_pid,
                         Call.owner_started,
@@ -668,18 +677,38 @@ class Ledger:
                     .where(Call.status.in_(RUNNING))
                 )
             ).all()
-        lost_workers = [
-            call_id for call_id, *_, lease_until in rows if lease_until is not None and lease_until < now
+        not_started = [
+            r.id
+            for r in rows
+            if r.status == "pending"
+            and r.status_at is not None
+            and _aware(r.status_at) <= now - PENDING_LIMIT
         ]
+        owned = [r for r in rows if r.status != "pending"]
+        lost_workers = [r.id for r in owned if r.lease_until is not None and r.lease_until < now]
         lost_processes = [
-            call_id
-            for call_id, machine, pid, started, lease_until in rows
-            if call_id not in lost_workers and is_gone(self.process, machine, pid, started)
+            r.id
+            for r in owned
+            if r.id not in lost_workers
+            and is_gone(self.process, r.owner_machine, r.owner_pid, r.owner_started)
         ]
         return [
             *await self._abandon(lost_workers, reason="worker_lost"),
             *await self._abandon(lost_processes, reason="process_lost"),
+            *await self._fail_unstarted(not_started),
         ]
+
+    async def _fail_unstarted(self, call_ids: list[str]) -> list[str]:
+        if not call_ids:
+            return []
+        now = self.clock()
+        records = [
+            CallClosed(call_id=c, status="failed", reason="not_started", ended_at=now, duration_s=0.0)
+            for c in call_ids
+        ]
+        await self.write(records)
+        log.warning("calls_not_started", calls=call_ids, waited_s=PENDING_LIMIT.total_seconds())
+        return call_ids
 
     async def renew_lease(self, lease_s: float) -> None:
         """Claim this worker id for `lease_s` more seconds. A worker renews well before its lease

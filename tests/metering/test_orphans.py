@@ -133,3 +133,39 @@ async def test_calls_of_another_machine_are_left_to_their_workers_lease(database
         assert call is not None and (call.status, call.ended_reason) == ("abandoned", "worker_lost")
     finally:
         await ledger.aclose()
+
+
+async def test_a_pending_call_outlives_the_api_process_that_started_it_until_it_waits_too_long(
+    database_url: str,
+) -> None:
+    """The control API opens a call `pending` and a worker takes it over: the API process
+    restarting must not close it. Only a call no worker took within PENDING_LIMIT fails."""
+    from sqlalchemy import update
+
+    from metering._ledger import PENDING_LIMIT
+    from metering._schema import Call
+
+    clock = FakeClock(T0)
+    ledger = await Ledger.open(database_url, catalog=load_catalog(), worker_id="api", clock=clock)
+    try:
+        for call_id in ("waiting", "running"):
+            await ledger.write(
+                [CallOpened(call_id=call_id, workflow_slug="wf", started_at=T0, status="pending")]
+            )
+        await ledger.write(
+            [CallOpened(call_id="running", workflow_slug="wf", started_at=T0, status="active")]
+        )
+        assert ledger.process.started is not None
+        async with ledger.engine.begin() as conn:  # the process that opened both is gone
+            await conn.execute(update(Call).values(owner_started=ledger.process.started - 1))
+        assert await ledger.recover_orphans() == ["running"]  # a worker's call: process_lost
+        clock.advance(seconds=PENDING_LIMIT.total_seconds() - 1)
+        assert await ledger.recover_orphans() == []
+        waiting = await ledger.call("waiting")
+        assert waiting is not None and waiting.status == "pending"
+        clock.advance(seconds=1)
+        assert await ledger.recover_orphans() == ["waiting"]
+        waiting = await ledger.call("waiting")
+        assert waiting is not None and (waiting.status, waiting.ended_reason) == ("failed", "not_started")
+    finally:
+        await ledger.aclose()
