@@ -171,6 +171,8 @@ class _Metering:
         self._seq = 0
         self._turn = 0
         self._agent = workflow.start
+        self._agents = [workflow.start]
+        """The agents that have taken the call so far (the ledger's agent_history while it runs)."""
 
     def opened(self) -> None:
         if self._meter is not None:
@@ -206,6 +208,8 @@ class _Metering:
     def on_event(self, ev: SessionEvent) -> None:
         if isinstance(ev, AgentHandoff):
             self._agent = ev.to_agent
+            self._agents.append(ev.to_agent)
+            self._progressed()  # who has the call now, for the control API's current_agent
         elif isinstance(ev, UsageRecorded):
             agent = ev.agent or self._start
             chain = self._pricing[agent][ev.stage]
@@ -240,9 +244,17 @@ class _Metering:
             self._turn += 1
 
     def active(self) -> None:
+        self._progressed()
+
+    def _progressed(self) -> None:
         if self._meter is not None:
             self._meter.report(
-                CallProgressed(call_id=self._record.call_id, status="active", at=datetime.now(UTC))
+                CallProgressed(
+                    call_id=self._record.call_id,
+                    status="active",
+                    at=datetime.now(UTC),
+                    agent_history=tuple(self._agents),
+                )
             )
 
     def closed(self, duration_s: float, reason: str, status: CallStatus | None = None) -> None:

@@ -481,6 +481,14 @@ class Ledger:
         )
 
     async def _progress_call(self, s: AsyncSession, r: CallProgressed) -> None:
+        if r.agent_history:
+            # Who has a running call, whether or not its status moves (a handoff leaves it
+            # active); never a closed call's, which its close wrote whole.
+            await s.execute(
+                update(Call)
+                .where(Call.id == r.call_id, Call.status.in_(RUNNING))
+                .values(agent_history=list(r.agent_history))
+            )
         # Forward only: records can arrive late (a reporter's queue, a retried batch), and a
         # late one must neither move a call back nor reopen a closed one.
         earlier = RUNNING[: RUNNING.index(r.status)]

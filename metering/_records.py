@@ -57,6 +57,10 @@ class CallProgressed:
     call_id: str
     status: Literal["connecting", "active"]
     at: datetime
+    agent_history: tuple[str, ...] = ()
+    """The agents that have taken the call so far, in order: the last one has it now (a handoff
+    is reported as progress to the status the call already has). Empty: not said. Kept on a
+    running call only; the close's own history is the last word."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,14 +38,16 @@ async def lk() -> AsyncIterator[FakeLiveKitServer]:
 
 
 class Rooms:
-    """The room factory: every room a job joins, and an event when one is made."""
+    """The room factory: every room a job joins, and an event when one is made. With `server`,
+    the rooms connect through it (its room APIs reach them: tests/fakes/room.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: FakeLiveKitServer | None = None) -> None:
         self.made: list[TestRoom] = []
         self.changed = asyncio.Event()
+        self.server = server
 
     def __call__(self) -> TestRoom:
-        room = TestRoom(f"room-{len(self.made)}")
+        room = TestRoom(f"room-{len(self.made)}", server=self.server)
         self.made.append(room)
         self.changed.set()
         return room

@@ -20,7 +20,12 @@ pkg/agent/worker.go, auth.go, roomservice.go, the SIP service) does, so a real l
   services, Twirp JSON errors. Rooms and participants are an in-memory model: a room exists once
   `dispatch()`, CreateRoom, CreateDispatch or `add_room()` made it.
 
-There is no RTC signalling: nothing can join a room. Tests wait with the `wait_for`-style methods
+There is no RTC media or signalling. A client the test drives (tests/fakes/room.py's TestRoom,
+made with `server=`) can stand in for a connected participant: `connect_rtc()` checks its token as
+the server checks a join, and then what the server would signal to it reaches it as the events
+`rtc.Room` emits: UpdateRoomMetadata as `room_metadata_changed` (before the request is answered,
+as the server's SetMetadata sends the room update at once), DeleteRoom as `disconnected` with
+reason ROOM_DELETED. Tests wait with the `wait_for`-style methods
 (asyncio events, no polling); bound them with `asyncio.timeout()`.
 """
 
@@ -39,7 +44,7 @@ import jwt
 from aiohttp import WSCloseCode, WSMsgType, web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from livekit import api
+from livekit import api, rtc
 from livekit.api.access_token import Claims
 from livekit.protocol import agent, agent_dispatch, models
 from livekit.protocol import room as room_pb
@@ -357,6 +362,8 @@ class FakeLiveKitServer:
         self.deleted_rooms: list[FakeRoom] = []
         self.dispatches: list[agent_dispatch.AgentDispatch] = []
         self.twirp_calls: list[TwirpCall] = []
+        self.rtc_clients: dict[str, list[Any]] = {}
+        """Room name -> the clients connected to it through connect_rtc(), in order."""
         self._scripted: dict[str, list[_TwirpError]] = {}
         self._event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -380,7 +387,10 @@ class FakeLiveKitServer:
                 room_pb.RoomParticipantIdentity,
                 self._remove_participant,
             ),
-            ("SIP", "CreateSIPParticipant"): (sip_pb.CreateSIPParticipantRequest, self._create_sip_participant),
+            ("SIP", "CreateSIPParticipant"): (
+                sip_pb.CreateSIPParticipantRequest,
+                self._create_sip_participant,
+            ),
             ("SIP", "TransferSIPParticipant"): (
                 sip_pb.TransferSIPParticipantRequest,
                 self._transfer_sip_participant,
@@ -532,6 +542,29 @@ class FakeLiveKitServer:
                 "sip.callStatus": "active",
             },
         )
+
+    def connect_rtc(self, token: str, client: Any) -> str:
+        """`client` joins the room its token grants (what an SDK's connect does, minus the media);
+        returns the room's name. The token must be this server's with room_join for a room, as
+        for the server's RTC endpoint (PermissionError otherwise). From then on the room's
+        metadata updates are `client.set_metadata(metadata)` and its deletion `client.close()`."""
+        try:
+            claims = api.TokenVerifier(self.api_key, self.api_secret).verify(token)
+        except jwt.PyJWTError as exc:
+            raise PermissionError(f"invalid token: {exc}") from None
+        if claims.video is None or not claims.video.room_join or not claims.video.room:
+            raise PermissionError("permissions denied: the token does not grant joining a room")
+        room = self.add_room(claims.video.room).name
+        self.rtc_clients.setdefault(room, []).append(client)
+        self._changed()
+        return room
+
+    def disconnect_rtc(self, client: Any) -> None:
+        """`client` left its room (its own disconnect): nothing more reaches it."""
+        for clients in self.rtc_clients.values():
+            if client in clients:
+                clients.remove(client)
+        self._changed()
 
     def fail_next(self, method: str, code: str, msg: str, *, meta: Mapping[str, str] | None = None) -> None:
         """Answer the next call to `method` that passes authentication with this Twirp error,
@@ -936,16 +969,21 @@ class FakeLiveKitServer:
         if room is None:
             raise _TwirpError("not_found", "room not found")
         room.info.metadata = req.metadata
+        for client in list(self.rtc_clients.get(req.room, ())):
+            client.set_metadata(req.metadata)
         return _clone(room.info)
 
     async def _delete_room(self, req: room_pb.DeleteRoomRequest, claims: Claims | None) -> Message:
-        """Deletes the room; its running agent jobs get a JobTermination (the agents would
-        otherwise see the room disconnect, which this fake has no RTC for)."""
+        """Deletes the room: its connected clients are disconnected (ROOM_DELETED), as the
+        server closes every participant, and its running agent jobs get a JobTermination (an
+        agent that joined without connect_rtc() could not see the room go otherwise)."""
         _ensure_create(claims)
         room = self.rooms.pop(req.room, None)
         if room is None:
             raise _TwirpError("not_found", "room not found")
         self.deleted_rooms.append(room)
+        for client in self.rtc_clients.pop(req.room, []):
+            client.close(rtc.DisconnectReason.ROOM_DELETED)
         for outcome in self.jobs:
             if outcome.room == req.room and outcome.worker is not None and outcome.state.status not in ENDED:
                 await self.terminate_job(outcome)
@@ -981,7 +1019,9 @@ class FakeLiveKitServer:
         self.rooms[req.room].info.num_participants = len(participants)
         return room_pb.RemoveParticipantResponse()
 
-    async def _create_sip_participant(self, req: sip_pb.CreateSIPParticipantRequest, claims: Claims | None) -> Message:
+    async def _create_sip_participant(
+        self, req: sip_pb.CreateSIPParticipantRequest, claims: Claims | None
+    ) -> Message:
         """Dials out: the callee joins the room as a SIP participant (status dialing; the test
         plays the rest). Needs the SIP call grant, a trunk, a number and a room, like the server."""
         if claims is None or claims.sip is None or not claims.sip.call:

@@ -4,7 +4,8 @@ The caller's microphone is a real `rtc.AudioSource` whose `LocalAudioTrack` stan
 remote track the worker subscribes to (an `rtc.AudioStream` reads any track: the loopback of
 shared/FINDINGS.md). The agent's published track is kept, so a test can listen to it through
 another AudioStream, and its text streams (captions) are recorded. Room events are emitted by
-the test: `join()`, `leave()`, `press()`, `set_attributes()`, `close()`.
+the test: `join()`, `leave()`, `press()`, `set_attributes()`, `close()`, or, for a room connected
+through a FakeLiveKitServer (`server=`), by the server's room APIs: `set_metadata()`, `close()`.
 """
 
 from __future__ import annotations
@@ -113,9 +114,12 @@ class TestRoom(rtc.EventEmitter[str]):
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, name: str = "room-1") -> None:
+    def __init__(self, name: str = "room-1", *, server: Any = None) -> None:
+        """server: a FakeLiveKitServer to connect through (connect() then takes the token's
+        room name, and the server's metadata updates and room deletion reach this room)."""
         super().__init__()
         self.name = name
+        self._server = server
         self.metadata = ""
         self.remote_participants: dict[str, Participant] = {}
         self.local_participant = LocalParticipant(self)
@@ -124,9 +128,13 @@ class TestRoom(rtc.EventEmitter[str]):
 
     async def connect(self, url: str, token: str, options: Any = None) -> None:
         self.connected_with = (url, token)
+        if self._server is not None:
+            self.name = self._server.connect_rtc(token, self)
 
     async def disconnect(self) -> None:
         self.disconnects += 1
+        if self._server is not None:
+            self._server.disconnect_rtc(self)
 
     def isconnected(self) -> bool:
         return self.connected_with is not None and not self.disconnects

@@ -218,6 +218,29 @@ async def test_progress_never_moves_a_call_back_nor_reopens_it(ledger: Ledger) -
     assert (await call(ledger, "c1")).status == "disconnected"
 
 
+async def test_a_running_calls_agents_follow_its_progress_and_its_close_has_the_last_word(
+    ledger: Ledger,
+) -> None:
+    # Regression: the ledger learnt a call's agents only from its close, so the control API's
+    # current_agent (the last of them) was null for every call a worker was running.
+    await ledger.write([opened("c1", "pending")])
+    active_at = T0 + timedelta(seconds=5)
+    await ledger.write(
+        [CallProgressed(call_id="c1", status="active", at=active_at, agent_history=("greeter",))]
+    )
+    assert (await call(ledger, "c1")).agent_history == ("greeter",)
+    # A handoff is progress to the status the call already has: its agents change, nothing else.
+    handoff_at = T0 + timedelta(seconds=9)
+    handoff = CallProgressed(call_id="c1", status="active", at=handoff_at, agent_history=("greeter", "meals"))
+    await ledger.write([handoff])
+    view = await call(ledger, "c1")
+    assert (view.status, view.status_at, view.agent_history) == ("active", active_at, ("greeter", "meals"))
+
+    await ledger.write([closed("c1", agent_history=("greeter", "meals", "greeter"))])
+    await ledger.write([handoff])  # late: a closed call keeps the history its close wrote
+    assert (await call(ledger, "c1")).agent_history == ("greeter", "meals", "greeter")
+
+
 async def test_progress_of_a_call_the_ledger_lacks_changes_nothing(ledger: Ledger) -> None:
     await ledger.write([CallProgressed(call_id="ghost", status="active", at=T0)])
     assert await ledger.call("ghost") is None

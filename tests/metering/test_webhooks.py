@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,20 +37,9 @@ from metering import (
 )
 from metering._migrate import current_revision, downgrade, upgrade
 from metering._schema import OutboxEvent
+from tests.fakes.webhook_receiver import documented_verify
 
-ROOT = Path(__file__).resolve().parents[2]
 LIFECYCLE = ["call.initiating", "call.in_progress", "call.completed", "call.report"]
-
-
-def documented_verify() -> Callable[[str, dict[str, str], bytes], bool]:
-    """The verification snippet of docs/webhooks.md, as a receiver would paste it."""
-    doc = (ROOT / "docs" / "webhooks.md").read_text()
-    match = re.search(r"<!-- verify-webhook:.*?-->\n```python\n(.*?)```", doc, re.S)
-    assert match is not None, "docs/webhooks.md lost its verification snippet"
-    scope: dict[str, Any] = {}
-    exec(match.group(1), scope)
-    verify: Callable[[str, dict[str, str], bytes], bool] = scope["verify_webhook"]
-    return verify
 
 
 @dataclass
