@@ -154,8 +154,9 @@ class CallRoutes:
                      bytes, errors=(400, 401, 404, 409, 429, 502), tags=tags, limit="status", media="audio/*",
                      query=[Query("url", {"type": "boolean"},
                                   f"Answer {{url, expires_at, format}}: a URL valid {RECORDING_LINK_S} s (S3 stores)")]),
-            ApiRoute("POST", "/api/v1/calls/{id}/end", self.end, "End a call (idempotent)", EndedCall,
-                     errors=(401, 404, 429, 502), tags=tags),
+            ApiRoute("POST", "/api/v1/calls/{id}/end", self.end,
+                     "End a call (idempotent): 200 once ended, 202 while its worker is ending it", EndedCall,
+                     accepted=True, errors=(401, 404, 429, 502), tags=tags),
         ]  # fmt: skip
 
     async def _call(self, request: web.Request) -> CallView:
@@ -344,7 +345,12 @@ class CallRoutes:
             )
             await self.ledger.write([closed])
         view = await self._call(request)
-        return answer(EndedCall(id=view.id, status=view.status, ended_reason=view.ended_reason))
+        # A worker ends a running call (its last words, usage, recording) a moment after the
+        # room hears of it: until the ledger has that, the answer is 202, still running.
+        ending = view.status in RUNNING
+        return answer(
+            EndedCall(id=view.id, status=view.status, ended_reason=view.ended_reason), 202 if ending else 200
+        )
 
 
 def _metrics(detail: CallDetailView) -> CallMetrics:

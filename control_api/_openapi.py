@@ -32,6 +32,8 @@ class ApiRoute:
     """The answer's type (a model, or list[Model]); None: no body (a 204)."""
     body: Any = None
     status: int = 200
+    accepted: bool = False
+    """It may also answer 202 with the same body: asked for, done by a worker a moment later."""
     query: Sequence[Query] = ()
     errors: Sequence[int] = (400, 401, 404, 422, 429)
     public: bool = False
@@ -61,18 +63,22 @@ def openapi(routes: Sequence[ApiRoute], *, title: str, version: str) -> dict[str
     paths: dict[str, dict[str, Any]] = {}
     error = _schema(Error, components, "serialization")
     for route in routes:
+        ok = (
+            {"description": "No content"}
+            if route.response is None  # a 204 has no body
+            else {
+                "description": "OK",
+                "content": {
+                    "application/json": {"schema": _schema(route.response, components, "serialization")}
+                },
+            }
+        )
         op: dict[str, Any] = {
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
             "responses": {
-                str(route.status): {"description": "No content"}
-                if route.response is None  # a 204 has no body
-                else {
-                    "description": "OK",
-                    "content": {
-                        "application/json": {"schema": _schema(route.response, components, "serialization")}
-                    },
-                },
+                str(route.status): ok,
+                **({"202": {**ok, "description": "Accepted: under way"}} if route.accepted else {}),
                 **{
                     str(code): {"description": "error", "content": {"application/json": {"schema": error}}}
                     for code in route.errors
