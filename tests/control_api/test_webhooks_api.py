@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from metering import WebhookDeliverer
 from tests.control_api.test_calls import Api, api  # noqa: F401 (the fixture)
+from tests.fakes.webhook_receiver import WebhookReceiver
 
 
 async def test_a_tenants_endpoint_receives_its_calls_events_signed(api: Api) -> None:  # noqa: F811
@@ -62,30 +63,22 @@ async def test_a_tenants_endpoint_receives_its_calls_events_signed(api: Api) -> 
 async def test_an_event_the_api_queues_goes_out_at_once_not_at_the_deliverers_next_look(
     api: Api,  # noqa: F811
 ) -> None:
-    arrived = asyncio.Event()
-
-    async def receive(request: web.Request) -> web.Response:
-        arrived.set()
-        return web.Response(status=204)
-
-    receiver_app = web.Application()
-    receiver_app.router.add_post("/hook", receive)
-    receiver = TestServer(receiver_app, host="127.0.0.1")
-    await receiver.start_server()
     # An hour between looks: only the write's wake-up can deliver it within the test.
     deliverer = WebhookDeliverer(api.ledger, idle_wait_s=3600)
     stop = asyncio.Event()
     running = asyncio.create_task(deliverer.run(stop))
     try:
-        await api.req("POST", "/api/v1/webhooks", json={"url": f"http://127.0.0.1:{receiver.port}/hook"})
-        status, _ = await api.req(
-            "POST", "/api/v1/calls", json={"workflow_slug": "reminders", "user_data": {"name": "A"}}
-        )
-        assert status == 201
-        async with asyncio.timeout(30):
-            await arrived.wait()
+        async with WebhookReceiver() as receiver:
+            _, endpoint = await api.req("POST", "/api/v1/webhooks", json={"url": f"{receiver.url}/hook"})
+            receiver.secret = endpoint["secret"]
+            status, _ = await api.req(
+                "POST", "/api/v1/calls", json={"workflow_slug": "reminders", "user_data": {"name": "A"}}
+            )
+            assert status == 201
+            async with asyncio.timeout(30):
+                await receiver.received(1)
+            assert [r.event["type"] for r in receiver.requests] == ["call.initiating"]
     finally:
         stop.set()
         await running
         await deliverer.aclose()
-        await receiver.close()
