@@ -85,7 +85,9 @@ class Call(Base):
     its process died, and the next process that opened the ledger could prove it."""
     status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     """Since when it has had its status: its start, a CallProgressed's time, or its end."""
-    ended_reason: Mapped[str | None] = mapped_column(String(64))
+    ended_reason: Mapped[str | None] = mapped_column(String(500))
+    """Why it ended: user_ended, agent_ended, api, ..., or the error that kept it from starting
+    (at most 500 characters)."""
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     duration_seconds: Mapped[Decimal | None] = mapped_column(Numeric(14, 3))
