@@ -8,9 +8,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal[
-    "pending", "connecting", "active", "completed", "failed", "disconnected", "timeout", "no_answer", "busy",
-    "abandoned",
+    "scheduled", "pending", "connecting", "active", "completed", "failed", "disconnected", "timeout",
+    "no_answer", "busy", "abandoned", "cancelled",
 ]  # fmt: skip
+"""metering.CALL_STATUSES, in the same order (tests/control_api/test_scheduled_dials.py checks)."""
 Direction = Literal["inbound", "outbound", "web"]
 E164 = r"^\+[1-9][0-9]{6,14}$"
 
