@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -78,10 +79,13 @@ def create_app(
     limiter: RateLimiter | None = None,
     recordings: RecordingReader | None = None,
     provider_keys: KeyCipher | None = None,
+    dial_scheduled: Callable[[], None] | None = None,
 ) -> web.Application:
     """limiter: per-key rate limits (default: seed 002's, counted in this process).
     recordings: reads a stored recording by its location (None: recordings are not served).
-    provider_keys: encrypts tenants' provider keys (None: no master key, /provider-keys answers 409)."""
+    provider_keys: encrypts tenants' provider keys (None: no master key, /provider-keys answers 409).
+    dial_scheduled: told when a dial is scheduled (the process's DialScheduler.wake, so a call due
+    soon is not left to the scheduler's next look)."""
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[LEDGER] = ledger
     app[LIMITER] = limiter or RateLimiter(LocalCounter())
@@ -110,7 +114,7 @@ def create_app(
             errors=(503,),
             tags=("ops",),
         ),
-        *CallRoutes(ledger, registry, livekit, recordings).routes(),
+        *CallRoutes(ledger, registry, livekit, recordings, dial_scheduled).routes(),
         *WorkflowRoutes(registry).routes(),
         *WebhookRoutes(ledger).routes(),
         *ProviderKeyRoutes(ledger, provider_keys).routes(),

@@ -14,7 +14,7 @@ from ._analytics import (
 from ._clock import Clock, utcnow
 from ._cost import PLATFORM, CostBreakdown, UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError, PriceCatalogError, PriceNotFoundError
-from ._exporter import ENDPOINTS, UsageExporter
+from ._exporter import ENDPOINTS, UsageExporter, wait_woken
 from ._json import JSONValue
 from ._keys import TENANT_RULE, ApiKeyView, NewApiKey
 from ._ledger import (
@@ -173,4 +173,5 @@ __all__ = [
     "timeline_buckets",
     "usage_exporter",
     "utcnow",
+    "wait_woken",
 ]
