@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -42,6 +43,14 @@ def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "limits hold across them (env VOICERUN_API_PROCESSES; default %(default)s)",
     )
     a.add_argument("--process-index", type=int, default=None, help=argparse.SUPPRESS)
+    a.add_argument(
+        "--schedule-missed-after",
+        type=_missed_after,
+        default=env("VOICERUN_SCHEDULE_MISSED_AFTER", "3600"),
+        metavar="SECONDS",
+        help="a scheduled dial later than this (the API was down) fails as `missed` instead of "
+        "ringing late; `off`: dial however late (env VOICERUN_SCHEDULE_MISSED_AFTER, default 3600)",
+    )
     a.set_defaults(func=cmd_api, default_log_level="info")
 
     keys = sub.add_parser("keys", help="API keys of the control API's tenants")
@@ -50,6 +59,12 @@ def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     create.add_argument("--tenant", required=True, help="the tenant the key acts for")
     create.add_argument("--name", default="", help="a label for the key")
     create.set_defaults(func=cmd_keys_create)
+
+
+def _missed_after(raw: str) -> timedelta | None:
+    from ._metering_cmd import _seconds
+
+    return None if raw.strip().lower() == "off" else timedelta(seconds=_seconds(raw))
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -98,7 +113,9 @@ def cmd_api(args: argparse.Namespace) -> int:
                 hint="without REDIS_URL each process counts its own requests",
             )
         base = [sys.executable, "-m", "agent", "api", "--host", args.host, "--port", str(args.port)]
+        late = args.schedule_missed_after
         base += ["--agent-name", args.agent_name, "--processes", "1"]
+        base += ["--schedule-missed-after", "off" if late is None else str(late.total_seconds())]
         argvs = [[*base, "--process-index", str(i)] for i in range(args.processes)]
         return supervise(argvs, dict(os.environ), name="api")
     try:
@@ -113,6 +130,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from control_api import (
+        DialScheduler,
         LiveKitCalls,
         LiveKitConfig,
         LocalCounter,
@@ -148,6 +166,9 @@ async def _serve(args: argparse.Namespace) -> int:
     # Recordings are read where the workers store them (the same directory volume, or S3).
     store = recording_store(settings.recordings) if settings.recordings else None
     cipher = KeyCipher.parse(settings.master_keys.get_secret_value()) if settings.master_keys else None
+    # Scheduled dials: every API process runs a scheduler; the one holding the ledger's schedule
+    # lease dials (control_api/_scheduler.py).
+    scheduler = DialScheduler(ledger, livekit, missed_after=args.schedule_missed_after)
     app = create_app(
         ledger,
         registry,
@@ -155,6 +176,7 @@ async def _serve(args: argparse.Namespace) -> int:
         limiter=limiter,
         recordings=store,
         provider_keys=cipher,
+        dial_scheduled=scheduler.wake,
     )
     runner = web.AppRunner(app, shutdown_timeout=10.0)
     # Webhooks go out from the ledger's outbox; every API process delivers (claims keep it once).
@@ -162,6 +184,8 @@ async def _serve(args: argparse.Namespace) -> int:
     stop_delivering = asyncio.Event()
     delivering = asyncio.create_task(deliverer.run(stop_delivering), name="webhooks")
     sweeping = asyncio.create_task(_sweep_orphans(ledger, stop_delivering), name="orphans")
+    stop_scheduling = asyncio.Event()
+    scheduling = asyncio.create_task(scheduler.run(stop_scheduling), name="dial-scheduler")
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -177,8 +201,10 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         await runner.cleanup()
         stop_delivering.set()
+        stop_scheduling.set()
         await delivering
         await sweeping
+        await scheduling  # gives the schedule lease back: another process takes over at once
         await deliverer.aclose()
         await limiter.aclose()
         await livekit.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -80,11 +81,14 @@ def create_app(
     recordings: Recordings | None = None,
     provider_keys: KeyCipher | None = None,
     keys: KeyTenants | None = None,
+    dial_scheduled: Callable[[], None] | None = None,
 ) -> web.Application:
     """limiter: per-key rate limits (default: seed 002's, counted in this process).
     recordings: the store the workers keep recordings in (None: recordings are not served).
     provider_keys: encrypts tenants' provider keys (None: no master key, /provider-keys answers 409).
-    keys: resolves API keys to tenants (default: the ledger's, each remembered for 10 s)."""
+    keys: resolves API keys to tenants (default: the ledger's, each remembered for 10 s).
+    dial_scheduled: told when a dial is scheduled (the process's DialScheduler.wake, so a call due
+    soon is not left to the scheduler's next look)."""
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[KEYS] = keys or KeyTenants(ledger)
     app[LIMITER] = limiter or RateLimiter(LocalCounter())
@@ -113,7 +117,7 @@ def create_app(
             errors=(503,),
             tags=("ops",),
         ),
-        *CallRoutes(ledger, registry, livekit, recordings).routes(),
+        *CallRoutes(ledger, registry, livekit, recordings, dial_scheduled).routes(),
         *WorkflowRoutes(registry).routes(),
         *WebhookRoutes(ledger).routes(),
         *ProviderKeyRoutes(ledger, provider_keys).routes(),

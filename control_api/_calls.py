@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, get_args
 
@@ -53,6 +54,41 @@ class Recordings(Protocol):
         ...
 
 
+SCHEDULE_HORIZON = timedelta(days=30)
+"""How far ahead a dial may be scheduled."""
+Start = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Has LiveKit start a recorded call: its room, and the job the dispatched worker gets."""
+
+
+def room_of(call_id: str) -> str:
+    return f"call-{call_id}"
+
+
+def dialler(livekit: LiveKitCalls, *, to: str, from_: str, max_duration_s: int) -> Start:
+    """How a dialled call starts: the room, the agent, and LiveKit SIP ringing `to` into it."""
+
+    async def dial(room: str, job: dict[str, Any]) -> None:
+        await livekit.dial(room, job, to=to, from_=from_, max_duration_s=max_duration_s)
+
+    return dial
+
+
+async def start_or_fail(ledger: Ledger, call_id: str, job: dict[str, Any], start: Start) -> Exception | None:
+    """Have LiveKit start a call the ledger has (pending). If it cannot, the call is closed as
+    failed with LiveKit's error as its reason (its webhooks go out as for any failed call) and
+    the error is returned. An immediate start and a scheduled dial both start calls here."""
+    try:
+        await start(room_of(call_id), job)
+    except Exception as exc:
+        reason = f"livekit: {type(exc).__name__}: {exc}"[:500]
+        closed = CallClosed(
+            call_id=call_id, status="failed", reason=reason, ended_at=ledger.clock(), duration_s=0.0
+        )
+        await ledger.write([closed])
+        return exc
+    return None
+
+
 async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
     if request.content_type != "application/json":
         raise ApiError(415, "send JSON: Content-Type must be application/json")
@@ -93,6 +129,7 @@ def call_summary(view: CallView) -> dict[str, Any]:
         "agent_history": list(view.agent_history),
         "started_at": _iso(view.started_at) or "",
         "ended_at": _iso(view.ended_at),
+        "scheduled_at": _iso(view.scheduled_at),
     }
 
 
@@ -111,11 +148,14 @@ class CallRoutes:
         registry: WorkflowRegistry,
         livekit: LiveKitCalls,
         recordings: Recordings | None = None,
+        dial_scheduled: Callable[[], None] | None = None,
     ) -> None:
+        """dial_scheduled: told when a dial is scheduled (the dial scheduler's wake)."""
         self.ledger = ledger
         self.registry = registry
         self.livekit = livekit
         self.recordings = recordings
+        self.dial_scheduled = dial_scheduled
 
     def routes(self) -> list[ApiRoute]:
         integer = {"type": "integer"}
@@ -180,23 +220,25 @@ class CallRoutes:
         return workflow
 
     async def _open(
-        self, request: web.Request, body: StartCall | DialCall, direction: str, start: Any
+        self,
+        request: web.Request,
+        body: StartCall | DialCall,
+        direction: str,
+        start: Start,
+        *,
+        scheduled_at: datetime | None = None,
     ) -> str:
         """Record the call (pending), then have LiveKit start it; a LiveKit failure closes it as
-        failed and answers 502."""
+        failed and answers 502. With `scheduled_at`, the call is only recorded (scheduled) with
+        what dialling it needs: the dial scheduler starts it then, the same way."""
         workflow = self._workflow_for(body.workflow_slug, body.user_data)
         tenant: str = request[TENANT]
         call_id = str(uuid.uuid4())
-        room = f"call-{call_id}"
-        now = datetime.now(UTC)
-        await self.ledger.write(
-            [
-                CallOpened(
-                    call_id=call_id, workflow_slug=workflow.slug, started_at=now, status="pending",
-                    tenant=tenant, user_id=body.user_id, direction=direction, metadata=body.metadata or None,  # type: ignore[arg-type]
-                    webhook_url=body.webhook_url if isinstance(body, DialCall) else None,
-                )
-            ]
+        now = self.ledger.clock()
+        opened = CallOpened(
+            call_id=call_id, workflow_slug=workflow.slug, started_at=now, status="pending",
+            tenant=tenant, user_id=body.user_id, direction=direction, metadata=body.metadata or None,  # type: ignore[arg-type]
+            webhook_url=body.webhook_url if isinstance(body, DialCall) else None,
         )  # fmt: skip
         job: dict[str, Any] = {
             "workflow_slug": workflow.slug, "call_id": call_id, "user_id": body.user_id,
@@ -204,19 +246,27 @@ class CallRoutes:
         }  # fmt: skip
         if isinstance(body, DialCall):
             job |= {"recording": body.recording, "max_duration": body.max_duration}
-        try:
-            await start(room, job)
-        except Exception as exc:
-            reason = f"livekit: {type(exc).__name__}: {exc}"[:500]
-            closed = CallClosed(call_id=call_id, status="failed", reason=reason, ended_at=now, duration_s=0.0)
-            await self.ledger.write([closed])
-            raise ApiError(502, f"LiveKit could not start the call: {type(exc).__name__}") from None
+        if scheduled_at is not None:
+            assert isinstance(body, DialCall)
+            dial = {
+                "to_number": body.to_number,
+                "from_number": body.from_number,
+                "max_duration": body.max_duration,
+            }
+            await self.ledger.schedule_call(opened, at=scheduled_at, request={"job": job, "dial": dial})
+            if self.dial_scheduled is not None:
+                self.dial_scheduled()
+            return call_id
+        await self.ledger.write([opened])
+        failure = await start_or_fail(self.ledger, call_id, job, start)
+        if failure is not None:
+            raise ApiError(502, f"LiveKit could not start the call: {type(failure).__name__}")
         return call_id
 
     async def start(self, request: web.Request) -> web.Response:
         body: StartCall = await body_of(request, StartCall)
         call_id = await self._open(request, body, "web", self.livekit.start)
-        room = f"call-{call_id}"
+        room = room_of(call_id)
         started = StartedCall(
             call_id=call_id,
             room_name=room,
@@ -230,14 +280,30 @@ class CallRoutes:
         if self.livekit.config.sip_trunk_id is None:
             raise ApiError(409, "dialling is not configured: set VOICERUN_SIP_TRUNK_ID to an outbound trunk")
         body: DialCall = await body_of(request, DialCall)
+        at = None if body.scheduled_at is None else self._schedule_time(body.scheduled_at)
+        dial = dialler(
+            self.livekit, to=body.to_number, from_=body.from_number, max_duration_s=body.max_duration
+        )
+        call_id = await self._open(request, body, "outbound", dial, scheduled_at=at)
+        dialed = DialedCall(
+            call_id=call_id, room_name=room_of(call_id), status="pending" if at is None else "scheduled",
+            scheduled_at=_iso(at),
+        )  # fmt: skip
+        return answer(dialed, 201)
 
-        async def dial(room: str, job: dict[str, Any]) -> None:
-            await self.livekit.dial(
-                room, job, to=body.to_number, from_=body.from_number, max_duration_s=body.max_duration
+    def _schedule_time(self, at: datetime) -> datetime:
+        """`scheduled_at`, checked against the ledger's clock: in the future, within the horizon."""
+        now = self.ledger.clock()
+        at = at.astimezone(UTC)
+        if at <= now:
+            problem = f"must be in the future (it is {_iso(now)} now)"
+        elif at > now + SCHEDULE_HORIZON:
+            problem = (
+                f"must be at most {SCHEDULE_HORIZON.days} days ahead (until {_iso(now + SCHEDULE_HORIZON)})"
             )
-
-        call_id = await self._open(request, body, "outbound", dial)
-        return answer(DialedCall(call_id=call_id, room_name=f"call-{call_id}", status="pending"), 201)
+        else:
+            return at
+        raise ApiError(422, "invalid request", [{"field": "scheduled_at", "message": problem}])
 
     async def _detail(self, request: web.Request) -> CallDetailView:
         detail = await self.ledger.call_detail(request.match_info["id"], tenant=request[TENANT])
@@ -255,7 +321,7 @@ class CallRoutes:
             metadata=dict(view.metadata) if view.metadata is not None else None,
             recording=None if view.recording is None else {"format": view.recording.format},
             ended_reason=view.ended_reason,
-            created_at=_iso(view.started_at) or "",
+            created_at=_iso(view.created_at) or "",
         )
         return answer(body)
 
@@ -336,10 +402,13 @@ class CallRoutes:
 
     async def end(self, request: web.Request) -> web.Response:
         view = await self._call(request)
+        if view.status == "scheduled":  # cancelled: it is never dialled
+            await self.ledger.cancel_scheduled(view.id, reason=ENDED_BY_API)
+            view = await self._call(request)  # cancelled, or claimed for dialling meanwhile
         if view.status in RUNNING:
-            await self.livekit.end(f"call-{view.id}", ENDED_BY_API)
+            await self.livekit.end(room_of(view.id), ENDED_BY_API)
         if view.status == "pending":  # no worker has it: nobody else will close it
-            now = datetime.now(UTC)
+            now = self.ledger.clock()
             closed = CallClosed(
                 call_id=view.id, status="completed", reason=ENDED_BY_API, ended_at=now, duration_s=0.0
             )

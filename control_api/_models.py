@@ -3,16 +3,27 @@ and generate the OpenAPI document (control_api/_openapi.py), so the three cannot
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 Status = Literal[
-    "pending", "connecting", "active", "completed", "failed", "disconnected", "timeout", "no_answer", "busy",
-    "abandoned",
+    "scheduled", "pending", "connecting", "active", "completed", "failed", "disconnected", "timeout",
+    "no_answer", "busy", "abandoned", "cancelled",
 ]  # fmt: skip
+"""metering.CALL_STATUSES, in the same order (tests/control_api/test_scheduled_dials.py checks)."""
 Direction = Literal["inbound", "outbound", "web"]
 E164 = r"^\+[1-9][0-9]{6,14}$"
+
+
+def _date_time_text(value: Any) -> Any:
+    # JSON has no date-time: only its ISO 8601 text is one (pydantic would take a number too).
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time with a time zone, e.g. 2026-01-17T10:30:00Z")
+    return value
+
+
+DateTimeWithZone = Annotated[AwareDatetime, BeforeValidator(_date_time_text)]
 
 
 class Request(BaseModel):
@@ -43,6 +54,11 @@ class DialCall(Request):
     metadata: dict[str, Any] = Field(default_factory=dict)
     max_duration: int = Field(default=600, ge=10, le=86_400, description="Seconds")
     recording: bool = False
+    scheduled_at: DateTimeWithZone | None = Field(
+        default=None,
+        description="Dial at this time (ISO 8601 with a time zone), in the future and at most 30 days"
+        " ahead; absent: dial now",
+    )
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
 
 
@@ -58,6 +74,8 @@ class DialedCall(Response):
     call_id: str
     room_name: str
     status: Status
+    """pending (dialling now) or scheduled."""
+    scheduled_at: str | None
 
 
 class CallMetrics(Response):
@@ -81,6 +99,9 @@ class CallSummary(Response):
     agent_history: list[str]
     started_at: str
     ended_at: str | None
+    scheduled_at: str | None = Field(
+        description="When a scheduled dial is (or was) due; null: started at once"
+    )
 
 
 class ActiveCall(CallSummary):

@@ -14,12 +14,15 @@ from ._analytics import (
 from ._clock import Clock, utcnow
 from ._cost import PLATFORM, CostBreakdown, UsageLine, UsageStage, cost_breakdown, merge_lines, seconds
 from ._errors import MeteringError, PriceCatalogError, PriceNotFoundError
-from ._exporter import ENDPOINTS, UsageExporter
+from ._exporter import ENDPOINTS, UsageExporter, wait_woken
 from ._json import JSONValue
 from ._keys import TENANT_RULE, ApiKeyView, NewApiKey
 from ._ledger import (
+    MISSED,
     PAGE_SIZE_MAX,
     BillingIdentity,
+    ClaimedDials,
+    DueDial,
     Ledger,
     LedgerConfigError,
     LedgerError,
@@ -52,6 +55,7 @@ from ._provider_keys import (
 )
 from ._records import (
     CALL_STATUSES,
+    AnyStatus,
     CallClosed,
     CallDirection,
     CallOpened,
@@ -60,6 +64,7 @@ from ._records import (
     Record,
     RecordingStored,
     RunningStatus,
+    ScheduledStatus,
     TurnReported,
     UsageReported,
 )
@@ -82,6 +87,7 @@ __all__ = [
     "LATENCY_PERCENTILES",
     "MASTER_KEYS_ENV",
     "MASTER_KEYS_HELP",
+    "MISSED",
     "PAGE_SIZE_MAX",
     "PLATFORM",
     "PROVIDER_FALLBACKS",
@@ -90,6 +96,7 @@ __all__ = [
     "TIMELINE_BUCKETS_MAX",
     "WEBHOOK_EVENT_TYPES",
     "Analytics",
+    "AnyStatus",
     "ApiKeyView",
     "BillingIdentity",
     "CallClosed",
@@ -103,8 +110,10 @@ __all__ = [
     "CallStats",
     "CallStatus",
     "CallView",
+    "ClaimedDials",
     "Clock",
     "CostBreakdown",
+    "DueDial",
     "JSONValue",
     "KeyCipher",
     "LLMPrice",
@@ -133,6 +142,7 @@ __all__ = [
     "RecordingStored",
     "RunningStatus",
     "STTPrice",
+    "ScheduledStatus",
     "TTSPrice",
     "TimelineBucket",
     "TurnReported",
@@ -165,4 +175,5 @@ __all__ = [
     "timeline_buckets",
     "usage_exporter",
     "utcnow",
+    "wait_woken",
 ]

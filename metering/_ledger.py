@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    or_,
     select,
     text,
     update,
@@ -64,10 +65,10 @@ from ._provider_keys import (
 )
 from ._records import (
     CALL_STATUSES,
+    AnyStatus,
     CallClosed,
     CallOpened,
     CallProgressed,
-    CallStatus,
     Record,
     RecordingStored,
     RunningStatus,
@@ -79,8 +80,10 @@ from ._schema import (
     Base,
     Call,
     DeadLetter,
+    Lease,
     OutboxEvent,
     ProviderKey,
+    ScheduledDial,
     TurnMetric,
     UsageEvent,
     WebhookEndpoint,
@@ -162,6 +165,24 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class DueDial:
+    """A scheduled call claimed for dialling (now `pending`, owned by the claiming process)."""
+
+    call_id: str
+    scheduled_at: datetime
+    request: dict[str, Any]
+    """What `schedule_call` stored with it: the job and the numbers."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDials:
+    due: list[DueDial]
+    """To dial now: each claimed by exactly one process."""
+    missed: list[str]
+    """Closed as failed (reason `missed`) instead: later than the caller's limit."""
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStatus:
     pending: int
     """Not yet delivered and not dead, blocked ones included."""
@@ -179,6 +200,8 @@ class OutboxStatus:
 PAGE_SIZE_MAX = 100
 PENDING_LIMIT = timedelta(minutes=10)
 """How long a call the control API started may wait for a worker to take it before it fails."""
+MISSED = "missed"
+"""The reason a scheduled call too late to dial is closed with (status failed)."""
 
 RUNNING: tuple[RunningStatus, ...] = get_args(RunningStatus)
 """The statuses of an open call, in the order a call goes through them."""
@@ -380,8 +403,12 @@ class Ledger:
             for listener in self._webhook_listeners:
                 listener()
 
-    async def _open_call(self, s: AsyncSession, r: CallOpened) -> None:
-        """Insert the call; a second open of it adopts it if it is pending, else is ignored."""
+    async def _open_call(
+        self, s: AsyncSession, r: CallOpened, *, scheduled_at: datetime | None = None
+    ) -> bool:
+        """Insert the call; a second open of it adopts it if it is pending, else is ignored.
+        With `scheduled_at`, the call is inserted `scheduled`: no webhook event and nothing
+        billed until it is dialled (`claim_scheduled`). True if it was inserted."""
         customer = r.customer_id or (self.billing.customer_id if self.billing else None)
         inserted = await s.execute(
             self._insert_ignoring_duplicates(Call)
@@ -390,9 +417,11 @@ class Ledger:
                 workflow_slug=r.workflow_slug,
                 worker_id=self.worker_id,
                 customer_id=customer,
-                status=r.status,
+                status="scheduled" if scheduled_at is not None else r.status,
                 status_at=r.started_at,
                 started_at=r.started_at,
+                created_at=r.started_at,
+                scheduled_at=scheduled_at,
                 user_id=r.user_id,
                 tenant=r.tenant,
                 direction=r.direction,
@@ -406,11 +435,14 @@ class Ledger:
             .returning(Call.id)
         )
         fresh = inserted.first() is not None
+        if scheduled_at is not None:
+            return fresh
         if not fresh and not await self._adopt_pending(s, r):
-            return
+            return False
         await self._enqueue_webhooks(s, r.call_id, r.status, r.started_at)
         if self.billing is not None:
             await self._enqueue_start(s, r, fresh=fresh)
+        return fresh
 
     async def _adopt_pending(self, s: AsyncSession, r: CallOpened) -> bool:
         """The worker's open of a call the control API opened `pending`: the worker takes it
@@ -519,12 +551,16 @@ class Ledger:
         if stored.first() is None:
             raise UnknownCallError(f"recording of call {r.call_id!r}: the ledger has no such call")
 
-    async def _close_call(self, s: AsyncSession, r: CallClosed) -> None:
+    async def _close_call(self, s: AsyncSession, r: CallClosed, *, scheduled: bool = False) -> bool:
+        """Close a running call (with `scheduled`, a call still scheduled: it was never dialled,
+        so nothing of it is billed). False if the call was not in that state (ignored)."""
         lines = await self._lines(s, r.call_id)
         costs = cost_breakdown(lines, call_seconds=r.duration_s, telephony=r.telephony, catalog=self.catalog)
         closed = await s.execute(
             update(Call)
-            .where(Call.id == r.call_id, Call.status.in_(RUNNING))
+            .where(
+                Call.id == r.call_id, (Call.status == "scheduled") if scheduled else Call.status.in_(RUNNING)
+            )
             .values(
                 status=r.status,
                 status_at=r.ended_at,
@@ -541,11 +577,14 @@ class Ledger:
             .returning(Call.id)
         )
         if closed.first() is None:
-            log.warning("call_close_ignored", call_id=r.call_id, reason="not open in the ledger")
-            return
+            if not scheduled:
+                log.warning("call_close_ignored", call_id=r.call_id, reason="not open in the ledger")
+            return False
         await self._enqueue_webhooks(s, r.call_id, r.status, r.ended_at)
-        if self.billing is None:
-            return
+        if scheduled:
+            await s.execute(delete(ScheduledDial).where(ScheduledDial.call_id == r.call_id))
+        if self.billing is None or scheduled:
+            return True
         plan = self.billing.plan
         steps: list[tuple[str, str, dict[str, Any]]] = []
         for line in lines:
@@ -580,10 +619,9 @@ class Ledger:
             )
         )
         self._enqueue(s, r.call_id, steps, start_seq=int(last.scalar_one()) + 1)
+        return True
 
-    async def _enqueue_webhooks(
-        self, s: AsyncSession, call_id: str, status: RunningStatus | CallStatus, at: datetime
-    ) -> None:
+    async def _enqueue_webhooks(self, s: AsyncSession, call_id: str, status: AnyStatus, at: datetime) -> None:
         """The call entered `status`: queue its webhook events, in this transaction."""
         queued = await _webhooks.enqueue(
             s,
@@ -727,15 +765,159 @@ class Ledger:
             "host": self.process.host,
             "pid": self.process.pid,
         }
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        insert = dialect_insert(WorkerLease).values(**lease)
         async with self._writes.begin() as s:
-            await s.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[WorkerLease.worker_id],
-                    set_={k: v for k, v in lease.items() if k != "worker_id"},
-                )
+            await s.execute(self._upsert_lease(WorkerLease, WorkerLease.worker_id, lease))
+
+    def _upsert_lease(self, table: type[Base], key: Any, lease: dict[str, Any], where: Any = None) -> Any:
+        """Insert the lease row, or update it where `where` holds (always, if None)."""
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        return (
+            dialect_insert(table)
+            .values(**lease)
+            .on_conflict_do_update(
+                index_elements=[key], set_={k: v for k, v in lease.items() if k != key.key}, where=where
             )
+        )
+
+    async def hold_lease(self, name: str, holder: str, lease_s: float) -> bool:
+        """Take the lease `name` for `holder`, or renew it, for `lease_s` seconds from the
+        ledger's clock. True if `holder` has it now; False while another holder's lease runs.
+
+        One statement (an upsert that updates the row only if it is `holder`'s or has
+        expired), so two processes asking at once never both get it. Their clocks decide when a
+        lease has expired: what the lease protects must stay safe if two processes ever hold it
+        (the dial scheduler claims each call atomically as well)."""
+        now = self.clock()
+        lease = {
+            "name": name,
+            "holder": holder,
+            "lease_until": now + timedelta(seconds=lease_s),
+            "host": self.process.host,
+            "pid": self.process.pid,
+        }
+        upsert = self._upsert_lease(
+            Lease, Lease.name, lease, where=or_(Lease.holder == holder, Lease.lease_until <= now)
+        )
+        async with self._writes.begin() as s:
+            held = (await s.execute(upsert.returning(Lease.holder))).first()
+        return held is not None
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease back (it expires now), so another process need not wait it out.
+        False if `holder` did not hold it."""
+        async with self._writes.begin() as s:
+            released = await s.execute(
+                update(Lease)
+                .where(Lease.name == name, Lease.holder == holder)
+                .values(lease_until=self.clock())
+                .returning(Lease.name)
+            )
+            return released.first() is not None
+
+    async def lease_holder(self, name: str) -> tuple[str, datetime] | None:
+        """Who holds (or last held) the lease `name`, and until when; None if never taken."""
+        async with self._sessions() as s:
+            row = (await s.execute(select(Lease.holder, Lease.lease_until).where(Lease.name == name))).first()
+        return None if row is None else (row[0], row[1])
+
+    # -- scheduled calls -------------------------------------------------------------------
+
+    async def schedule_call(self, opened: CallOpened, *, at: datetime, request: dict[str, Any]) -> bool:
+        """Record a call to be started at `at` (status `scheduled`), with what starting it needs
+        (`request`, JSON), in one transaction. Nothing is queued (no webhook, no billing) until
+        it is claimed. False if a call with its id exists already (nothing changes)."""
+        if at.tzinfo is None:
+            raise ValueError(f"scheduled at {at.isoformat()}: no time zone")
+        async with self._writes.begin() as s:
+            fresh = await self._open_call(s, opened, scheduled_at=at)
+            if fresh:
+                s.add(ScheduledDial(call_id=opened.call_id, request=plain(request)))
+        return fresh
+
+    async def next_scheduled_at(self) -> datetime | None:
+        """When the earliest scheduled call is due (None: none is scheduled)."""
+        async with self._sessions() as s:
+            at = await s.scalar(select(func.min(Call.scheduled_at)).where(Call.status == "scheduled"))
+        return None if at is None else _aware(at)
+
+    async def claim_scheduled(self, *, limit: int, missed_after: timedelta | None = None) -> ClaimedDials:
+        """Scheduled calls that are due, earliest first, each claimed atomically: it moves to
+        `pending` (started now, owned by this process, its call.initiating queued and, with
+        billing, its customer and session), so two processes never both get it. A call more
+        than `missed_after` late is closed as failed with the reason `missed` instead.
+
+        The caller starts the claimed calls in LiveKit, and closes one it cannot start (as an
+        immediate dial does): a process that dies in between leaves it pending, and orphan
+        recovery closes it. A call is dialled at most once."""
+        now = self.clock()
+        query = (
+            select(Call)
+            .where(Call.status == "scheduled", Call.scheduled_at <= now)
+            .order_by(Call.scheduled_at, Call.id)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        due: list[DueDial] = []
+        missed: list[str] = []
+        async with self._writes.begin() as s:
+            for call in (await s.scalars(query)).all():
+                assert call.scheduled_at is not None  # every scheduled call has its time
+                if missed_after is not None and now - call.scheduled_at > missed_after:
+                    late = CallClosed(
+                        call_id=call.id, status="failed", reason=MISSED, ended_at=now, duration_s=0.0
+                    )
+                    if await self._close_call(s, late, scheduled=True):
+                        missed.append(call.id)
+                    continue
+                claimed = await s.execute(
+                    update(Call)
+                    .where(Call.id == call.id, Call.status == "scheduled")
+                    .values(
+                        status="pending",
+                        status_at=now,
+                        started_at=now,
+                        worker_id=self.worker_id,
+                        owner_host=self.process.host,
+                        owner_machine=self.process.machine,
+                        owner_pid=self.process.pid,
+                        owner_started=self.process.started,
+                    )
+                    .returning(Call.id)
+                )
+                if claimed.first() is None:  # another process had it first
+                    continue
+                request = await s.scalar(
+                    delete(ScheduledDial)
+                    .where(ScheduledDial.call_id == call.id)
+                    .returning(ScheduledDial.request)
+                )
+                await self._enqueue_webhooks(s, call.id, "pending", now)
+                if self.billing is not None:
+                    opened = CallOpened(
+                        call_id=call.id, workflow_slug=call.workflow_slug, started_at=now,
+                        status="pending", customer_id=call.customer_id,
+                    )  # fmt: skip
+                    await self._enqueue_start(s, opened, fresh=True)
+                due.append(DueDial(call.id, call.scheduled_at, dict(request or {})))
+        if missed:
+            log.warning(
+                "scheduled_calls_missed",
+                calls=missed,
+                missed_after_s=missed_after and missed_after.total_seconds(),
+            )
+        return ClaimedDials(due, missed)
+
+    async def cancel_scheduled(self, call_id: str, *, reason: str) -> bool:
+        """End a call that is still scheduled as `cancelled` (it is never dialled). False if it
+        is not scheduled (any more): already claimed for dialling, ended, or unknown."""
+        now = self.clock()
+        cancel = CallClosed(call_id=call_id, status="cancelled", reason=reason, ended_at=now, duration_s=0.0)
+        async with self._writes.begin() as s:
+            cancelled = await self._close_call(s, cancel, scheduled=True)
+        if cancelled:
+            log.info("scheduled_call_cancelled", call_id=call_id, reason=reason)
+        return cancelled
 
     async def _abandon(self, call_ids: list[str], *, reason: str) -> list[str]:
         """Close the calls as `abandoned`, lasting until their last sign of life (the latest usage

@@ -10,17 +10,30 @@ from typing import Literal, get_args
 from ._cost import UsageLine
 from ._json import JSONValue
 
+ScheduledStatus = Literal["scheduled"]
+"""A call stored to be started later (a scheduled dial): nothing is in LiveKit yet, nothing is
+billed; it becomes `pending` when it is dialled, or ends `cancelled` (or `failed`, missed)."""
+
 RunningStatus = Literal["pending", "connecting", "active"]
 """A call not yet ended, in the order it goes through them: dispatched and waiting for a worker
 or a line (pending), the worker joining the room or dialling (connecting), talking (active)."""
 
-CallStatus = Literal["completed", "failed", "disconnected", "timeout", "no_answer", "busy", "abandoned"]
+CallStatus = Literal[
+    "completed", "failed", "disconnected", "timeout", "no_answer", "busy", "abandoned", "cancelled"
+]
 """How a call ended: normally (completed); it could not run (failed); the line or the room
 dropped (disconnected); it ran out of time (timeout); a dialled phone did not answer (no_answer)
-or was busy (busy); its process died and another one closed it (abandoned)."""
+or was busy (busy); its process died and another one closed it (abandoned); it was scheduled and
+ended before it was dialled (cancelled)."""
 
-CALL_STATUSES: tuple[RunningStatus | CallStatus, ...] = (*get_args(RunningStatus), *get_args(CallStatus))
-"""Every status a call has in the ledger, running ones first."""
+AnyStatus = ScheduledStatus | RunningStatus | CallStatus
+"""Any status a call has in the ledger."""
+
+CALL_STATUSES: tuple[AnyStatus, ...] = (
+    *get_args(ScheduledStatus), *get_args(RunningStatus), *get_args(CallStatus)
+)  # fmt: skip
+"""Every status a call has in the ledger, in the order a call goes through them: scheduled,
+then running, then how it ended."""
 
 CallDirection = Literal["inbound", "outbound", "web"]
 """Who started the call: the caller dialled in, the platform dialled out, or a browser joined."""

@@ -81,12 +81,20 @@ class Call(Base):
     worker_id: Mapped[str] = mapped_column(String(200))
     customer_id: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
-    """Running (pending, connecting, active) or how it ended (metering.CallStatus); abandoned:
-    its process died, and the next process that opened the ledger could prove it."""
+    """Scheduled (a dial stored for later), running (pending, connecting, active) or how it
+    ended (metering.CallStatus); abandoned: its process died, and the next process that opened
+    the ledger could prove it."""
     status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     """Since when it has had its status: its start, a CallProgressed's time, or its end."""
-    ended_reason: Mapped[str | None] = mapped_column(String(64))
+    ended_reason: Mapped[str | None] = mapped_column(String(500))
+    """Why it ended: user_ended, agent_ended, api, missed, ..., or the error that kept it from
+    starting (at most 500 characters)."""
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    """When it opened; a scheduled call's moves to when it was dialled."""
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When it was recorded (None: recorded before migration 0008, when it was `started_at`)."""
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When a scheduled dial is due (kept once it is dialled); None: started at once."""
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     duration_seconds: Mapped[Decimal | None] = mapped_column(Numeric(14, 3))
     telephony_provider: Mapped[str | None] = mapped_column(String(64))
@@ -122,7 +130,19 @@ class Call(Base):
         # The control API's reads: a tenant's calls newest first, and its running ones.
         Index(None, "tenant", "started_at"),
         Index(None, "tenant", "status"),
+        # The dial scheduler's: scheduled calls by due time.
+        Index(None, "status", "scheduled_at"),
     )
+
+
+class ScheduledDial(Base):
+    """What a scheduled call needs to be dialled (the job and the numbers), kept until it is
+    dialled, cancelled or missed."""
+
+    __tablename__ = "scheduled_dials"
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class WorkerLease(Base):
@@ -132,6 +152,19 @@ class WorkerLease(Base):
     __tablename__ = "worker_leases"
 
     worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime())
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+
+
+class Lease(Base):
+    """A named lease one process holds at a time (the dial scheduler's): its holder renews it;
+    once it has expired, any process may take it."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime())
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)

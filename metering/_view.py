@@ -12,7 +12,7 @@ from sqlalchemy import Row
 
 from ._cost import CostBreakdown
 from ._json import JSONValue
-from ._records import CallDirection, CallStatus, RunningStatus
+from ._records import AnyStatus, CallDirection
 from ._schema import Call
 
 
@@ -30,7 +30,7 @@ class CallRecording:
 class CallView:
     id: str
     workflow_slug: str
-    status: RunningStatus | CallStatus
+    status: AnyStatus
     status_at: datetime
     """Since when it has had `status`: its start, its last progress, or its end."""
     ended_reason: str | None
@@ -43,6 +43,12 @@ class CallView:
     """The billing customer; None: calls recorded without billing that named none."""
     worker_id: str
     started_at: datetime
+    """When it opened; a scheduled call's is when it was scheduled until it is dialled, then
+    when it was dialled."""
+    created_at: datetime
+    """When it was recorded: its request (calls recorded before migration 0008: started_at)."""
+    scheduled_at: datetime | None
+    """When a scheduled dial is (or was) due; None: started at once."""
     ended_at: datetime | None
     duration_s: float | None
     agent_history: tuple[str, ...]
@@ -68,8 +74,8 @@ def call_view(row: Call | Row[Any]) -> CallView:
     return CallView(
         id=row.id,
         workflow_slug=row.workflow_slug,
-        # The ledger writes only these values (CallOpened, CallProgressed, CallClosed).
-        status=cast(RunningStatus | CallStatus, row.status),
+        # The ledger writes only these values (CallOpened, CallProgressed, CallClosed, scheduling).
+        status=cast(AnyStatus, row.status),
         status_at=row.status_at,
         ended_reason=row.ended_reason,
         user_id=row.user_id,
@@ -79,6 +85,8 @@ def call_view(row: Call | Row[Any]) -> CallView:
         customer_id=row.customer_id,
         worker_id=row.worker_id,
         started_at=row.started_at,
+        created_at=row.created_at or row.started_at,
+        scheduled_at=row.scheduled_at,
         ended_at=row.ended_at,
         duration_s=None if row.duration_seconds is None else float(row.duration_seconds),
         agent_history=tuple(row.agent_history or ()),

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._json import JSONValue, plain
 from ._keys import check_tenant
-from ._records import CallStatus, RunningStatus
+from ._records import AnyStatus
 from ._schema import Base, Call, OutboxEvent, TurnMetric, WebhookEndpoint, WebhookSecret
 
 WebhookEventType = Literal[
@@ -128,9 +128,13 @@ def check_events(events: Sequence[str] | None) -> tuple[WebhookEventType, ...] |
     return tuple(e for e in WEBHOOK_EVENT_TYPES if e in events)
 
 
-def events_for(status: RunningStatus | CallStatus) -> list[tuple[WebhookEventType, dict[str, JSONValue]]]:
-    """The events a call entering `status` sends, in order, with what they add to `data`."""
+def events_for(status: AnyStatus) -> list[tuple[WebhookEventType, dict[str, JSONValue]]]:
+    """The events a call entering `status` sends, in order, with what they add to `data`. A
+    scheduled call sends nothing until it is dialled (then call.initiating, as any call), and
+    one cancelled before that sends nothing at all: no receiver ever heard of it."""
     match status:
+        case "scheduled" | "cancelled":
+            return []
         case "pending":
             return [("call.initiating", {})]
         case "connecting":
@@ -156,7 +160,7 @@ async def enqueue(
     s: AsyncSession,
     *,
     call_id: str,
-    status: RunningStatus | CallStatus,
+    status: AnyStatus,
     at: datetime,
     now: datetime,
     insert: InsertFor,

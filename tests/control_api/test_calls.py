@@ -384,3 +384,19 @@ async def test_a_client_that_leaves_mid_request_is_logged_as_gone_not_as_a_serve
     events = [e["event"] for e in logs]
     assert "api_client_disconnected" in events and "api_internal_error" not in events
     assert (await api.req("GET", "/api/v1/calls"))[1]["total"] == 0
+
+
+async def test_a_call_livekit_cannot_start_answers_502_and_is_failed_with_livekits_error(api: Api) -> None:
+    api.lk.fail_next("CreateDispatch", "unavailable", "no agent dispatch service in this region")
+    status, body = await api.req(
+        "POST", "/api/v1/calls", json={"workflow_slug": "reminders", "user_data": {"name": "A"}}
+    )
+    assert status == 502 and body == {"error": "LiveKit could not start the call: ServerError"}
+    (call,) = (await api.req("GET", "/api/v1/calls"))[1]["items"]
+    status, call = await api.req("GET", f"/api/v1/calls/{call['id']}")
+    assert call["status"] == "failed" and call["duration_seconds"] == 0.0
+    # The whole error (longer than an ordinary reason), on PostgreSQL as on SQLite.
+    assert call["ended_reason"] == (
+        "livekit: ServerError: ServerError(code=unavailable, message=no agent dispatch service in this region, "
+        "status=503)"
+    )

@@ -155,6 +155,8 @@ async def test_a_call_round_trips_from_open_to_recording(ledger: Ledger) -> None
         customer_id="acme",
         worker_id="w1",
         started_at=T0,
+        created_at=T0,
+        scheduled_at=None,
         ended_at=T0 + timedelta(seconds=180),
         duration_s=180.0,
         agent_history=("greeter", "meals"),
@@ -171,9 +173,11 @@ async def test_a_call_round_trips_from_open_to_recording(ledger: Ledger) -> None
 async def test_every_status_is_held_by_a_call(ledger: Ledger) -> None:
     running: tuple[RunningStatus, ...] = get_args(RunningStatus)
     ended: tuple[CallStatus, ...] = get_args(CallStatus)
-    assert CALL_STATUSES == (*running, *ended)
+    assert CALL_STATUSES == ("scheduled", *running, *ended)
     seed_004 = {"pending", "connecting", "active", "completed", "failed", "disconnected", "timeout"}
-    assert seed_004 | {"no_answer", "busy", "abandoned"} == set(CALL_STATUSES)
+    assert seed_004 | {"no_answer", "busy", "abandoned", "scheduled", "cancelled"} == set(CALL_STATUSES)
+    await ledger.schedule_call(opened("later"), at=T0 + timedelta(hours=1), request={})
+    assert (await call(ledger, "later")).status == "scheduled"
     await ledger.write([opened(f"open-{s}", s) for s in running])
     await ledger.write([opened(f"ended-{s}") for s in ended])
     await ledger.write([closed(f"ended-{s}", s) for s in ended])

@@ -179,7 +179,7 @@ async def test_list_calls_filters_and_counts_only_what_matches(ledger: Ledger) -
         ({"page_size": 0}, r"page_size 0 is out of range \(1-100\)"),
         ({"page_size": 101}, r"page_size 101 is out of range \(1-100\)"),
         ({"page": 0}, r"page 0 is out of range"),
-        ({"status": "ringing"}, r"status 'ringing' is not a call status: one of pending, "),
+        ({"status": "ringing"}, r"status 'ringing' is not a call status: one of scheduled, pending, "),
         ({"started_after": datetime(2026, 12, 15, 9)}, r"started_after 2026-12-15T09:00:00 has no time zone"),
         ({"tenant": "acme corp"}, re.escape(f"tenant 'acme corp' is not a tenant name: {TENANT_RULE}")),
     ],

@@ -189,7 +189,7 @@ async def test_the_0006_migration_goes_down_and_up(ledger: Ledger, cipher: KeyCi
         tables = await conn.run_sync(lambda c: set(c.dialect.get_table_names(c)))
     assert "provider_keys" not in tables
     async with ledger.engine.begin() as conn:
-        await conn.run_sync(upgrade)
+        await conn.run_sync(upgrade, "0006")
     async with ledger.engine.connect() as conn:
         assert await conn.run_sync(current_revision) == "0006"
         assert await conn.scalar(text("SELECT count(*) FROM provider_keys")) == 0
