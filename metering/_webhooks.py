@@ -168,21 +168,26 @@ async def enqueue(
     """Queue the events of the call entering `status` for every target that takes them (its
     tenant's enabled endpoints, its webhook_url); returns how many rows were queued. Run it in
     the transaction that changed the status, after the change."""
-    call = await s.scalar(select(Call).where(Call.id == call_id).execution_options(populate_existing=True))
-    if call is None or call.tenant is None:
-        return 0  # events are signed with a tenant's secrets: a call of no tenant has none
-    endpoints = (
+    # Who takes them, in one light query; the call itself is loaded only when someone does.
+    rows = (
         await s.execute(
-            select(WebhookEndpoint.id, WebhookEndpoint.events).where(
-                WebhookEndpoint.tenant == call.tenant, WebhookEndpoint.disabled_at.is_(None)
+            select(Call.tenant, Call.webhook_url, WebhookEndpoint.id, WebhookEndpoint.events)
+            .outerjoin(
+                WebhookEndpoint,
+                and_(WebhookEndpoint.tenant == Call.tenant, WebhookEndpoint.disabled_at.is_(None)),
             )
+            .where(Call.id == call_id)
         )
     ).all()
-    targets: list[tuple[str, list[str] | None]] = [(id_, events) for id_, events in endpoints]
-    if call.webhook_url:
+    if not rows or rows[0].tenant is None:
+        return 0  # events are signed with a tenant's secrets: a call of no tenant has none
+    targets: list[tuple[str, list[str] | None]] = [(r.id, r.events) for r in rows if r.id is not None]
+    if rows[0].webhook_url:
         targets.append((CALL_TARGET, None))
     if not targets:
         return 0
+    call = await s.scalar(select(Call).where(Call.id == call_id).execution_options(populate_existing=True))
+    assert call is not None  # it was there a statement ago, in this transaction
     events = [
         {
             "id": str(uuid.uuid4()),  # one id per event, whichever target: receivers dedupe by it
