@@ -9,8 +9,8 @@ claimed atomically in the ledger (scheduled → pending) before LiveKit is asked
 never dial the same call even if both believe they hold the lease (clocks that disagree).
 
 A call is dialled at most once: a process that dies between the claim and LiveKit's answer
-leaves the call pending, and orphan recovery closes it as abandoned (it is not dialled again: a
-phone ringing twice is worse than once not at all). A call more than `missed_after` late (the
+leaves the call pending; if no worker takes it, orphan recovery fails it as not_started (it is
+not dialled again: a phone ringing twice is worse than once not at all). A call more than `missed_after` late (the
 API was down) is closed as failed with the reason `missed` instead of ringing hours late.
 
 Time (what is due, lateness, the lease's expiry) is the ledger's clock, so tests drive it.
