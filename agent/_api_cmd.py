@@ -181,11 +181,11 @@ async def _serve(args: argparse.Namespace) -> int:
     runner = web.AppRunner(app, shutdown_timeout=10.0)
     # Webhooks go out from the ledger's outbox; every API process delivers (claims keep it once).
     deliverer = WebhookDeliverer(ledger)
-    stop_delivering = asyncio.Event()
-    delivering = asyncio.create_task(deliverer.run(stop_delivering), name="webhooks")
-    sweeping = asyncio.create_task(_sweep_orphans(ledger, stop_delivering), name="orphans")
-    stop_scheduling = asyncio.Event()
-    scheduling = asyncio.create_task(scheduler.run(stop_scheduling), name="dial-scheduler")
+    # The background work of every API process: stopped together, after the server.
+    stop_background = asyncio.Event()
+    delivering = asyncio.create_task(deliverer.run(stop_background), name="webhooks")
+    sweeping = asyncio.create_task(_sweep_orphans(ledger, stop_background), name="orphans")
+    scheduling = asyncio.create_task(scheduler.run(stop_background), name="dial-scheduler")
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -200,8 +200,7 @@ async def _serve(args: argparse.Namespace) -> int:
         log.info("api_stopping")
     finally:
         await runner.cleanup()
-        stop_delivering.set()
-        stop_scheduling.set()
+        stop_background.set()
         await delivering
         await sweeping
         await scheduling  # gives the schedule lease back: another process takes over at once

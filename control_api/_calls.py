@@ -392,7 +392,7 @@ class CallRoutes:
                 raise ApiError(
                     409, "recordings are kept on the API's disk: download this one without url=true"
                 )
-            expires = datetime.now(UTC) + timedelta(seconds=RECORDING_LINK_S)
+            expires = self.ledger.clock() + timedelta(seconds=RECORDING_LINK_S)
             return answer(RecordingLink(url=url, expires_at=_iso(expires) or "", format=fmt))
         return web.Response(
             body=data,

@@ -237,11 +237,12 @@ class Ledger:
         # Write transactions take SQLite's write lock up front (see _sqlite_begin).
         self._writes = async_sessionmaker(engine.execution_options(**_WRITE), expire_on_commit=False)
         self._dialect = engine.dialect.name
+        # ON CONFLICT is each dialect's own insert.
+        self._dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         self._reads = reads or engine
         self._webhook_listeners: list[Callable[[], None]] = []
         calls = cast(Table, Call.__table__)
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        self._insert_call = dialect_insert(calls).on_conflict_do_nothing().returning(calls.c.id)
+        self._insert_call = self._dialect_insert(calls).on_conflict_do_nothing().returning(calls.c.id)
 
     @classmethod
     async def open(
@@ -303,8 +304,8 @@ class Ledger:
         reads = None
         if engine.dialect.name == "postgresql":
             # The control API's hot reads are single statements on a pool of their own, with no
-            # BEGIN/ROLLBACK around them. A read holds one connection for one statement, so a fixed pool only queues a burst
-            # (no overflow connections opened and closed under load).
+            # BEGIN/ROLLBACK around them. A read holds one connection for one statement, so a
+            # fixed pool only queues a burst (no overflow connections opened and closed).
             reads = create_async_engine(
                 url,
                 connect_args=connect_args or {},
@@ -340,8 +341,7 @@ class Ledger:
         self._webhook_listeners.append(listener)
 
     def _insert_ignoring_duplicates(self, table: type[Base]) -> Insert:
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        return dialect_insert(table).on_conflict_do_nothing()
+        return self._dialect_insert(table).on_conflict_do_nothing()
 
     async def write(self, records: Sequence[Record]) -> None:
         """Apply `records` in one transaction: calls opened first, then usage, turns and
@@ -775,9 +775,8 @@ class Ledger:
 
     def _upsert_lease(self, table: type[Base], key: Any, lease: dict[str, Any], where: Any = None) -> Any:
         """Insert the lease row, or update it where `where` holds (always, if None)."""
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         return (
-            dialect_insert(table)
+            self._dialect_insert(table)
             .values(**lease)
             .on_conflict_do_update(
                 index_elements=[key], set_={k: v for k, v in lease.items() if k != key.key}, where=where
@@ -853,7 +852,7 @@ class Ledger:
 
         The caller starts the claimed calls in LiveKit, and closes one it cannot start (as an
         immediate dial does): a process that dies in between leaves it pending, and orphan
-        recovery closes it. A call is dialled at most once."""
+        recovery fails it as not_started if no worker takes it. A call is dialled at most once."""
         now = self.clock()
         query = (
             select(Call)
